@@ -1,0 +1,27 @@
+# Two entry points that work on a fresh machine: `make bench` and `make test`.
+# Each creates the virtual environment it needs on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: test bench kernels clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test]"
+	# PyTorch CPU is an optional oracle for the tests; convkern never needs it.
+	$(PY) -m pip install -q torch==2.13.0 || echo "torch not installed: PyTorch comparisons will be skipped"
+	touch $@
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q tests
+
+bench: $(VENV)/.installed
+	$(VENV)/bin/convkern bench
+
+kernels: $(VENV)/.installed
+	$(VENV)/bin/convkern kernels
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,280 @@
+"""``convkern bench``: every conv algorithm x pass on a shape suite, timed, in GFLOP/s and
+% of the machine's measured GEMM peak, each result checked against a float64 reference.
+
+Timing: the first call (JIT compile + run) is reported apart; then one warm-up and repeated
+runs until at least ``min_runs`` and ``min_seconds``; the median is reported.
+"""
+import csv
+import json
+import statistics
+import sys
+import time
+
+import numpy as np
+from numba import cuda
+
+from convkern import backend, reference
+from convkern.ops.conv2d import ALGORITHMS, PASSES, conv_geometry, launcher
+from convkern.suites import SUITES, load_suite, quick
+
+FIELDS = ["suite", "layer", "N", "C", "H", "W", "K", "R", "S", "stride", "pad", "dilation", "groups",
+          "device", "dtype", "algorithm", "pass", "median_ms", "first_call_ms", "gflops", "pct_peak",
+          "correct", "max_rel_err", "peer", "ratio_vs_peer"]
+
+
+def _sync(device):
+    if device == "cuda":
+        cuda.synchronize()
+
+
+def time_call(fn, device, min_runs=3, min_seconds=0.3, max_runs=50):
+    """(first_call_seconds, median_seconds) of ``fn()``."""
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    first = time.perf_counter() - t0
+    fn()
+    _sync(device)
+    times = []
+    start = time.perf_counter()
+    while len(times) < min_runs or (time.perf_counter() - start < min_seconds and len(times) < max_runs):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return first, statistics.median(times)
+
+
+def measure_peak_gflops(device, n=2048):
+    """GFLOP/s of a large float32 GEMM: NumPy/BLAS on CPU, convkern's tiled GEMM on CUDA."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n)).astype(np.float32)
+    b = rng.standard_normal((n, n)).astype(np.float32)
+    if device == "cpu":
+        c = np.empty_like(a)
+        _, t = time_call(lambda: np.matmul(a, b, out=c), device)
+    else:
+        from convkern.kernels.gemm import gemm
+        da, db = cuda.to_device(a), cuda.to_device(b)
+        dc = cuda.device_array_like(da)
+        _, t = time_call(lambda: gemm(da, db, dc), device)
+    return 2.0 * n ** 3 / t / 1e9
+
+
+def _geometry(layer):
+    x_shape = (layer["N"], layer["C"], layer["H"], layer["W"])
+    w_shape = (layer["K"], layer["C"] // layer["groups"], layer["R"], layer["S"])
+    return conv_geometry(x_shape, w_shape, tuple(layer["stride"]), tuple(layer["pad"]),
+                         tuple(layer["dilation"]), layer["groups"], op="bench")
+
+
+def _relative_error(result, ref):
+    scale = max(float(np.max(np.abs(ref))), 1e-30)
+    return float(np.max(np.abs(result.astype(np.float64) - ref))) / scale
+
+
+class _Operands:
+    """Inputs of one layer on one device, and the float64 reference per pass (made lazily)."""
+
+    def __init__(self, g, dtype, device, seed=0):
+        rng = np.random.default_rng(seed)
+        self.g, self.dtype, self.device = g, np.dtype(dtype), device
+        self.host = dict(x=rng.standard_normal((g.N, g.C, g.H, g.W)).astype(dtype),
+                         w=rng.standard_normal((g.K, g.C // g.groups, g.R, g.S)).astype(dtype),
+                         dy=rng.standard_normal((g.N, g.K, g.P, g.Q)).astype(dtype))
+        self.dev = {k: backend.to_device(v, device) for k, v in self.host.items()}
+        self._refs = {}
+
+    def out_shape(self, pass_):
+        g = self.g
+        return {"fwd": (g.N, g.K, g.P, g.Q), "bwd_data": (g.N, g.C, g.H, g.W),
+                "bwd_filter": (g.K, g.C // g.groups, g.R, g.S)}[pass_]
+
+    def args(self, pass_):
+        d = self.dev
+        return {"fwd": (d["x"], d["w"]), "bwd_data": (d["dy"], d["w"]), "bwd_filter": (d["dy"], d["x"])}[pass_]
+
+    def ref(self, pass_):
+        if pass_ not in self._refs:
+            h, g = self.host, self.g
+            self._refs[pass_] = {"fwd": lambda: reference.conv_fwd(h["x"], h["w"], g),
+                                 "bwd_data": lambda: reference.conv_bwd_data(h["dy"], h["w"], g),
+                                 "bwd_filter": lambda: reference.conv_bwd_filter(h["dy"], h["x"], g)}[pass_]()
+        return self._refs[pass_]
+
+
+def _torch_peer(ops, pass_):
+    """A callable running PyTorch's conv pass on CPU tensors, and its result getter."""
+    import torch
+    g, h = ops.g, ops.host
+    x, w, dy = (torch.from_numpy(h[k]) for k in ("x", "w", "dy"))
+    args = dict(stride=(g.stride_h, g.stride_w), padding=(g.pad_h, g.pad_w), dilation=(g.dil_h, g.dil_w))
+    box = {}
+    if pass_ == "fwd":
+        def run():
+            box["out"] = torch.nn.functional.conv2d(x, w, None, groups=g.groups, **args)
+    else:
+        mask = [pass_ == "bwd_data", pass_ == "bwd_filter", False]
+
+        def run():
+            res = torch.ops.aten.convolution_backward(dy, x, w, None, list(args["stride"]), list(args["padding"]),
+                                                      list(args["dilation"]), False, [0, 0], g.groups, mask)
+            box["out"] = res[0] if pass_ == "bwd_data" else res[1]
+    return run, lambda: box["out"].numpy()
+
+
+def _torch_available():
+    try:
+        import torch  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+def run_bench(suite="reference", device="cpu", algorithms=None, passes=PASSES, dtype="float32",
+              quick_mode=False, peers=False, log=sys.stderr, min_seconds=0.3):
+    """Benchmark records (dicts with ``FIELDS``) for every layer x algorithm x pass."""
+    backend.check_device(device)
+    algorithms = list(algorithms or list(ALGORITHMS) + ["auto"])
+    for a in algorithms:
+        if a not in ALGORITHMS and a != "auto":
+            raise ValueError(f"--algorithms: unknown algorithm {a!r}; expected some of {list(ALGORITHMS) + ['auto']}")
+    for p in passes:
+        if p not in PASSES:
+            raise ValueError(f"--passes: unknown pass {p!r}; expected some of {list(PASSES)}")
+    layers = [quick(l) if quick_mode else l for l in load_suite(suite)]
+    peak = None if backend.cuda_kind() == "simulated" and device == "cuda" else measure_peak_gflops(device)
+    if peak is not None:
+        print(f"# peak: float32 GEMM at {peak:.1f} GFLOP/s on {device}", file=log)
+    use_torch = peers and device == "cpu" and _torch_available()
+    if peers and not use_torch:
+        print("# peers: PyTorch (CPU) not installed or device is not cpu; peer columns skipped", file=log)
+    tol = 1e-3 if np.dtype(dtype) == np.float32 else 1e-9
+    records = []
+    suite_name = suite if suite in SUITES else "custom"
+    for layer in layers:
+        g = _geometry(layer)
+        ops = _Operands(g, dtype, device)
+        base = dict(suite=suite_name, layer=layer["name"], N=g.N, C=g.C, H=g.H, W=g.W, K=g.K, R=g.R, S=g.S,
+                    stride=layer["stride"], pad=layer["pad"], dilation=layer["dilation"], groups=g.groups,
+                    device=device, dtype=str(np.dtype(dtype)))
+        for pass_ in passes:
+            peer_ms = None
+            if use_torch:
+                run, result = _torch_peer(ops, pass_)
+                first, med = time_call(run, "cpu", min_seconds=min_seconds)
+                peer_ms = med * 1e3
+                records.append(_record(base, "torch", pass_, g, first, med, peak,
+                                       _relative_error(result(), ops.ref(pass_)), tol, None, None))
+            for alg in algorithms:
+                out = backend.empty(ops.out_shape(pass_), dtype, device)
+                if device == "cpu":
+                    out.fill(np.nan)
+                fn = launcher(alg, g, device, pass_)
+                a, b = ops.args(pass_)
+                first, med = time_call(lambda: fn(a, b, out, g), device, min_seconds=min_seconds)
+                err = _relative_error(backend.to_numpy(out), ops.ref(pass_))
+                rec = _record(base, alg, pass_, g, first, med, peak, err, tol,
+                              "torch" if peer_ms else None, peer_ms / (med * 1e3) if peer_ms else None)
+                records.append(rec)
+                print(f"{rec['layer']:<18} {alg:<14} {pass_:<10} {rec['median_ms']:10.3f} ms "
+                      f"{rec['gflops']:8.1f} GF/s {'ok' if rec['correct'] else 'WRONG'}", file=log)
+    return records
+
+
+def _record(base, alg, pass_, g, first, med, peak, err, tol, peer, ratio):
+    gflops = g.flops / med / 1e9
+    correct = bool(np.isfinite(err) and err <= tol)
+    return dict(base, algorithm=alg, **{"pass": pass_}, median_ms=med * 1e3,
+                first_call_ms=first * 1e3, gflops=gflops if correct else 0.0,
+                pct_peak=(100.0 * gflops / peak) if (peak and correct) else None,
+                correct=correct, max_rel_err=err, peer=peer, ratio_vs_peer=ratio)
+
+
+def format_table(records):
+    """An aligned text table of the records."""
+    head = ["layer", "shape (NCHW->K RxS /s +p g)", "algorithm", "pass", "ms", "GF/s", "%peak", "first ms",
+            "correct", "x peer"]
+    rows = []
+    for r in records:
+        shape = (f"{r['N']}x{r['C']}x{r['H']}x{r['W']}->{r['K']} {r['R']}x{r['S']} /{r['stride'][0]}"
+                 f" +{r['pad'][0]} g{r['groups']}")
+        rows.append([r["layer"], shape, r["algorithm"], r["pass"], f"{r['median_ms']:.3f}", f"{r['gflops']:.1f}",
+                     "-" if r["pct_peak"] is None else f"{r['pct_peak']:.1f}", f"{r['first_call_ms']:.0f}",
+                     "yes" if r["correct"] else "NO",
+                     "-" if r["ratio_vs_peer"] is None else f"{r['ratio_vs_peer']:.2f}"])
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(head), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def write_json(records, path):
+    with open(path, "w") as f:
+        json.dump(records, f, indent=1)
+
+
+def write_csv(records, path):
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer.writeheader()
+        for r in records:
+            writer.writerow({k: r.get(k) for k in FIELDS})
+
+
+def write_plot(records, path):
+    """Grouped bar chart of GFLOP/s per layer and algorithm, one panel per pass."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise RuntimeError("--plot needs matplotlib: pip install 'convkern[plot]'") from None
+    passes = [p for p in PASSES if any(r["pass"] == p for r in records)]
+    layers = list(dict.fromkeys(r["layer"] for r in records))
+    algs = list(dict.fromkeys(r["algorithm"] for r in records))
+    fig, axes = plt.subplots(len(passes), 1, figsize=(max(8, len(layers) * 0.7), 3.2 * len(passes)), squeeze=False)
+    width = 0.8 / len(algs)
+    for ax, p in zip(axes[:, 0], passes):
+        for i, a in enumerate(algs):
+            vals = [next((r["gflops"] for r in records if r["layer"] == l and r["algorithm"] == a
+                          and r["pass"] == p), 0.0) for l in layers]
+            ax.bar(np.arange(len(layers)) + i * width, vals, width, label=a)
+        ax.set_title(p)
+        ax.set_ylabel("GFLOP/s")
+        ax.set_xticks(np.arange(len(layers)) + 0.4 - width / 2)
+        ax.set_xticklabels(layers, rotation=45, ha="right", fontsize=8)
+    axes[0, 0].legend(fontsize=8, ncol=len(algs))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def add_arguments(p):
+    p.add_argument("--suite", default="reference", help="reference | deepbench | convnet | PATH.json")
+    p.add_argument("--device", default="cpu", choices=backend.DEVICES)
+    p.add_argument("--algorithms", default=None, help="comma list of " + ",".join(list(ALGORITHMS) + ["auto"]))
+    p.add_argument("--passes", default=",".join(PASSES), help="comma list of fwd,bwd_data,bwd_filter")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument("--quick", action="store_true", help="scale layers down to CI size")
+    p.add_argument("--peers", action="store_true", help="also time PyTorch on the same shapes when installed")
+    p.add_argument("--json", metavar="PATH", help="write the records as JSON")
+    p.add_argument("--csv", metavar="PATH", help="write the records as CSV")
+    p.add_argument("--plot", metavar="PATH.png", help="grouped bar chart of GFLOP/s (needs matplotlib)")
+
+
+def run(args):
+    records = run_bench(suite=args.suite, device=args.device,
+                        algorithms=args.algorithms.split(",") if args.algorithms else None,
+                        passes=args.passes.split(","), dtype=args.dtype, quick_mode=args.quick, peers=args.peers,
+                        min_seconds=0.05 if args.quick else 0.3)
+    print(format_table(records))
+    if args.json:
+        write_json(records, args.json)
+    if args.csv:
+        write_csv(records, args.csv)
+    if args.plot:
+        write_plot(records, args.plot)
+    wrong = [r for r in records if not r["correct"]]
+    if wrong:
+        print(f"error: {len(wrong)} result(s) differ from the float64 reference", file=sys.stderr)
+        return 1
+    return 0

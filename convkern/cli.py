@@ -1,0 +1,55 @@
+"""The ``convkern`` command: ``bench``, ``kernels`` (GPU build check) and ``info``."""
+import argparse
+import os
+import platform
+import sys
+
+
+def _info(args):
+    import numba
+    import numpy
+
+    import convkern
+    from convkern import backend
+    from convkern.kernels import cuda_util
+    print(f"convkern {convkern.__version__}")
+    print(f"python   {platform.python_version()}  numpy {numpy.__version__}  numba {numba.__version__}")
+    try:
+        from importlib.metadata import version
+        print(f"numba-cuda {version('numba-cuda')}")
+    except Exception:
+        print("numba-cuda not installed")
+    print(f"cpu threads {numba.get_num_threads()} (of {os.cpu_count()} cores)")
+    kind = backend.cuda_kind()
+    line = {"real": "real GPU", "simulated": "Numba CUDA simulator (NUMBA_ENABLE_CUDASIM=1)", "none": "none"}[kind]
+    if kind == "real":
+        from numba import cuda
+        dev = cuda.get_current_device()
+        line += f": {dev.name.decode() if isinstance(dev.name, bytes) else dev.name} cc {dev.compute_capability}"
+    print(f"cuda     {line}")
+    print(f"kernels  {len(cuda_util.REGISTRY)} CUDA kernel builds registered")
+    return 0
+
+
+def main(argv=None):
+    from convkern import bench, buildcheck
+    parser = argparse.ArgumentParser(prog="convkern", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("bench", help="time every conv algorithm x pass on a shape suite")
+    bench.add_arguments(p)
+    p.set_defaults(func=bench.run)
+    p = sub.add_parser("kernels", help="compile every CUDA kernel to SASS (sm_80, sm_90): registers, spills")
+    buildcheck.add_arguments(p)
+    p.set_defaults(func=buildcheck.run)
+    p = sub.add_parser("info", help="versions, devices, threads")
+    p.set_defaults(func=_info)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, RuntimeError) as e:
+        print(f"convkern {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

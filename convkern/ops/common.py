@@ -1,0 +1,52 @@
+"""Argument checking shared by the public ops: every message names the argument and what
+was expected."""
+import numbers
+
+import numpy as np
+
+from convkern import backend
+from convkern.autograd import Tensor, tensor
+
+
+def as_tensor(value, name, op):
+    """Accept a Tensor, a NumPy array or a CUDA device array; anything else is a TypeError."""
+    if isinstance(value, Tensor):
+        return value
+    if isinstance(value, np.ndarray) or backend.device_of(value) == "cuda":
+        return tensor(value)
+    raise TypeError(f"{op}: {name} must be a convkern Tensor, a NumPy array or a CUDA device array, "
+                    f"got {type(value).__name__}")
+
+
+def check_float(t, name, op):
+    if t.dtype not in backend.FLOAT_DTYPES:
+        raise TypeError(f"{op}: {name} must be float32 or float64, got {t.dtype}")
+
+
+def check_same(t, ref, name, ref_name, op):
+    """Same dtype and device as ``ref``."""
+    if t.device != ref.device:
+        raise ValueError(f"{op}: {name} is on device {t.device!r} but {ref_name} is on {ref.device!r}; "
+                         f"move it with .to({ref.device!r})")
+    if t.dtype != ref.dtype:
+        raise TypeError(f"{op}: {name} has dtype {t.dtype} but {ref_name} has dtype {ref.dtype}")
+
+
+def check_rank(t, rank, name, layout, op):
+    if t.ndim != rank:
+        raise ValueError(f"{op}: {name} must be {rank}-D {layout}, got shape {t.shape}")
+
+
+def int_pair(value, name, op, minimum):
+    """An int or a pair of ints, each >= minimum, as a pair."""
+    def is_int(v):
+        return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+    if is_int(value):
+        pair = (int(value), int(value))
+    elif isinstance(value, (tuple, list)) and len(value) == 2 and all(is_int(v) for v in value):
+        pair = (int(value[0]), int(value[1]))
+    else:
+        raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {value!r}")
+    if min(pair) < minimum:
+        raise ValueError(f"{op}: {name} must be >= {minimum}, got {value!r}")
+    return pair

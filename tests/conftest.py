@@ -1,0 +1,29 @@
+"""Test set-up: run the CUDA path under Numba's simulator unless a real NVIDIA GPU is present.
+
+The switch must happen before Numba is imported anywhere, hence here, at collection start.
+"""
+import os
+import shutil
+
+
+def _has_real_gpu():
+    return os.path.exists("/dev/nvidia0") or shutil.which("nvidia-smi") is not None
+
+
+if "NUMBA_ENABLE_CUDASIM" not in os.environ and not _has_real_gpu():
+    os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+DEVICES = ["cpu", "cuda"]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    return request.param
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
