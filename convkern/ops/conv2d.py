@@ -9,16 +9,9 @@ from convkern.ops.common import as_tensor, check_float, check_rank, check_same, 
 
 PASSES = ("fwd", "bwd_data", "bwd_filter")
 
-# name -> (forward, backward-data, backward-filter) launchers; each dispatches CPU/CUDA itself.
-ALGORITHMS = {
-    "direct": (conv_direct.conv2d_fwd_direct, conv_direct.conv2d_bwd_data_direct,
-               conv_direct.conv2d_bwd_filter_direct),
-    "im2col": (im2col.conv2d_fwd_im2col, im2col.conv2d_bwd_data_im2col,
-               im2col.conv2d_bwd_filter_im2col),
-    "implicit_gemm": (conv_implicit_gemm.conv2d_fwd_implicit_gemm,
-                      conv_implicit_gemm.conv2d_bwd_data_implicit_gemm,
-                      conv_implicit_gemm.conv2d_bwd_filter_implicit_gemm),
-}
+# name -> kernel module; each module has launchers conv2d_{fwd,bwd_data,bwd_filter}_<name>,
+# which pick the CPU or CUDA kernel by the array type.
+ALGORITHMS = {"direct": conv_direct, "im2col": im2col, "implicit_gemm": conv_implicit_gemm}
 
 
 def conv_algorithms(device="cpu"):
@@ -40,7 +33,7 @@ def heuristic_algorithm(g, device, pass_):
 
 def launcher(algorithm, g, device, pass_):
     name = heuristic_algorithm(g, device, pass_) if algorithm == "auto" else algorithm
-    return ALGORITHMS[name][PASSES.index(pass_)]
+    return getattr(ALGORITHMS[name], f"conv2d_{pass_}_{name}")
 
 
 class Conv2d(Function):
