@@ -6,6 +6,7 @@ runs until at least ``min_runs`` and ``min_seconds``; the median is reported.
 """
 import csv
 import json
+import os
 import statistics
 import sys
 import time
@@ -133,7 +134,11 @@ def _torch_available():
 
 def run_bench(suite="reference", device="cpu", algorithms=None, passes=PASSES, dtype="float32",
               quick_mode=False, peers=False, log=sys.stderr, min_seconds=0.3):
-    """Benchmark records (dicts with ``FIELDS``) for every layer x algorithm x pass."""
+    """Benchmark records (dicts with ``FIELDS``) for every layer x algorithm x pass.
+
+    Progress lines go to ``log`` (None: silent)."""
+    if log is None:
+        log = open(os.devnull, "w")
     backend.check_device(device)
     algorithms = list(algorithms or list(ALGORITHMS) + ["auto"])
     for a in algorithms:
