@@ -13,6 +13,12 @@ def _has_real_gpu():
 if "NUMBA_ENABLE_CUDASIM" not in os.environ and not _has_real_gpu():
     os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
 
+if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+    # The simulator runs one Python thread per CUDA thread; a short switch interval makes its
+    # syncthreads barriers cheap (the default 5 ms interval dominates simulated kernels).
+    import sys
+    sys.setswitchinterval(1e-4)
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
