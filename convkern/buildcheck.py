@@ -130,7 +130,11 @@ def compile_kernel(entry, cc):
     where = f"{entry.name} ({entry.dtype}, {target})"
     major, minor = int(target[3:-1]), int(target[-1])
     try:
-        ptx, _ = cuda.compile_ptx(entry.kernel.py_func, entry.signature, cc=(major, minor))
+        # Compile with the options the kernel runs with (launch bounds change register allocation).
+        opts = entry.kernel.targetoptions
+        ptx, _ = cuda.compile_ptx(entry.kernel.py_func, entry.signature, cc=(major, minor),
+                                  fastmath=opts.get("fastmath", False),
+                                  launch_bounds=opts.get("launch_bounds"))
     except Exception as exc:
         raise RuntimeError(f"{where}: Numba/NVVM compilation failed:\n{exc}") from exc
     handle = nvjitlink.create(2, [f"-arch={target}", "-verbose"])
