@@ -50,7 +50,7 @@ def report():
     if probe.returncode != 0:
         pytest.skip("the numba-cuda[cu13] wheels (NVVM, nvJitLink) are not installed: "
                     + (probe.stderr.strip().splitlines() or ["no error output"])[-1])
-    check = run_python("-m", "convkern.buildcheck", "--json", "--cc", "80,90", timeout=1800)
+    check = run_python("-m", "convkern.buildcheck", "--json", "--cc", "80,90", "--no-cache", timeout=1800)
     assert check.stdout, f"the build check printed nothing (exit {check.returncode}):\n{check.stderr}"
     return check.returncode, json.loads(check.stdout)
 
