@@ -22,12 +22,21 @@ def conv_algorithms(device="cpu"):
 
 
 def heuristic_algorithm(g, device, pass_):
-    """The algorithm ``auto`` uses for one pass of geometry ``g`` (see docs/conv-algorithms.md)."""
+    """The algorithm ``auto`` uses for one pass of geometry ``g`` (see docs/conv-algorithms.md).
+
+    Depthwise layers go to ``direct``. On the CPU, 1x1 layers go to ``im2col`` (the column
+    matrix is the input, possibly subsampled, and the GEMM is BLAS), and layers with a short
+    reduction (C/groups*R*S <= 75: few input channels, as in LeNet C1, CIFAR conv1, AlexNet
+    conv1) go to ``direct``. Everything else goes to ``implicit_gemm``.
+    """
     cg, kg = g.C // g.groups, g.K // g.groups
-    if cg == 1 and kg == 1:                      # depthwise: no reduction worth a GEMM
+    if cg == 1 and kg == 1:
         return "direct"
-    if device == "cpu" and cg * g.R * g.S <= 75 and pass_ == "fwd":
-        return "direct"                          # few input channels: GEMM tiles stay thin
+    if device == "cpu":
+        if g.R == 1 and g.S == 1:
+            return "im2col"
+        if cg * g.R * g.S <= 75:
+            return "direct"
     return "implicit_gemm"
 
 

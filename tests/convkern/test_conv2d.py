@@ -200,3 +200,16 @@ def test_conv2d_saves_only_what_backward_needs():
     assert x.grad is None and w.grad.shape == (3, 2, 3, 3)
     with pytest.raises(RuntimeError, match="a second time"):
         y.sum().backward()
+
+
+def test_auto_heuristic_choices():
+    from convkern.ops.conv2d import conv_geometry, heuristic_algorithm
+
+    def pick(x_shape, w_shape, groups=1, device="cpu", padding=0):
+        return heuristic_algorithm(conv_geometry(x_shape, w_shape, 1, padding, 1, groups), device, "fwd")
+    assert pick((2, 8, 9, 9), (8, 1, 3, 3), groups=8) == "direct"            # depthwise
+    assert pick((2, 8, 9, 9), (8, 1, 3, 3), groups=8, device="cuda") == "direct"
+    assert pick((2, 1, 32, 32), (6, 1, 5, 5)) == "direct"                    # LeNet C1
+    assert pick((2, 64, 8, 8), (32, 64, 1, 1)) == "im2col"                   # 1x1 on CPU
+    assert pick((2, 64, 8, 8), (32, 64, 3, 3), padding=1) == "implicit_gemm"
+    assert pick((2, 64, 8, 8), (32, 64, 1, 1), device="cuda") == "implicit_gemm"
