@@ -6,10 +6,18 @@ autograd graph on top.
     x = ck.tensor(array, requires_grad=True, device="cpu")
     y = F.conv2d(x, w, stride=2, padding="same")
 """
-from convkern.autograd import Function, Tensor, is_grad_enabled, no_grad, tensor
-from convkern.backend import cuda_available
-from convkern.ops.conv2d import conv_algorithms
-from convkern import functional
+import os
+
+# Numba's OpenMP workers and OpenBLAS's threads both spin-wait by default; when parallel
+# kernels and BLAS calls alternate (im2col + GEMM) they starve each other on small machines.
+# Passive waiting must be chosen before the OpenMP runtime starts, i.e. before the first
+# parallel kernel runs. A value the user set is kept.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from convkern.autograd import Function, Tensor, is_grad_enabled, no_grad, tensor  # noqa: E402
+from convkern.backend import cuda_available  # noqa: E402
+from convkern.ops.conv2d import conv_algorithms  # noqa: E402
+from convkern import functional  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["Function", "Tensor", "conv_algorithms", "cuda_available", "functional",
