@@ -33,3 +33,16 @@ def device(request):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _convkern_cache_dir(tmp_path_factory):
+    """conv2d(algorithm="auto") autotunes and remembers its choices in the user cache directory;
+    point it at a temporary one so the test suite never writes to ~/.cache."""
+    old = os.environ.get("CONVKERN_CACHE_DIR")
+    os.environ["CONVKERN_CACHE_DIR"] = str(tmp_path_factory.mktemp("convkern-cache"))
+    yield
+    if old is None:
+        os.environ.pop("CONVKERN_CACHE_DIR", None)
+    else:
+        os.environ["CONVKERN_CACHE_DIR"] = old

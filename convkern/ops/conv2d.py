@@ -1,7 +1,7 @@
 """2-D convolution: the ``Conv2d`` Function, algorithm dispatch and the public ``conv2d``."""
 import numbers
 
-from convkern import backend
+from convkern import autotune, backend
 from convkern.autograd import Function
 from convkern.kernels import conv_direct, conv_implicit_gemm, elementwise, im2col
 from convkern.kernels.shapes import ConvGeometry, same_padding, window_out_size
@@ -41,8 +41,22 @@ def heuristic_algorithm(g, device, pass_):
 
 
 def launcher(algorithm, g, device, pass_):
-    name = heuristic_algorithm(g, device, pass_) if algorithm == "auto" else algorithm
-    return getattr(ALGORITHMS[name], f"conv2d_{pass_}_{name}")
+    """The function ``f(a, b, out, g)`` running ``pass_`` with ``algorithm`` (overwrites ``out``).
+
+    For "auto" it is looked up at each call: the autotuned choice for the key (device, dtype,
+    pass, geometry), timed on the call's own arrays the first time (see ``convkern.autotune``),
+    or ``heuristic_algorithm`` when autotuning is off.
+    """
+    def named(name):
+        return getattr(ALGORITHMS[name], f"conv2d_{pass_}_{name}")
+    if algorithm != "auto":
+        return named(algorithm)
+
+    def auto(a, b, out, g):
+        name = autotune.choose(g, device, out.dtype, pass_, lambda n: named(n)(a, b, out, g), list(ALGORITHMS),
+                               heuristic_algorithm(g, device, pass_))
+        named(name)(a, b, out, g)  # the winner's result, whichever candidate was timed last
+    return auto
 
 
 class Conv2d(Function):
