@@ -26,8 +26,8 @@ def heuristic_algorithm(g, device, pass_):
 
     Depthwise layers go to ``direct``. On the CPU, 1x1 layers go to ``im2col`` (the column
     matrix is the input, possibly subsampled, and the GEMM is BLAS), and layers with a short
-    reduction (C/groups*R*S <= 75: few input channels, as in LeNet C1, CIFAR conv1, AlexNet
-    conv1) go to ``direct``. Everything else goes to ``implicit_gemm``.
+    reduction (C/groups*R*S <= 75: few input channels, as in LeNet C1, CIFAR conv1) go to
+    ``direct``. Everything else goes to ``implicit_gemm``.
     """
     cg, kg = g.C // g.groups, g.K // g.groups
     if cg == 1 and kg == 1:
