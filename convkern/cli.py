@@ -28,6 +28,9 @@ def _info(args):
         line += f": {dev.name.decode() if isinstance(dev.name, bytes) else dev.name} cc {dev.compute_capability}"
     print(f"cuda     {line}")
     print(f"kernels  {len(cuda_util.REGISTRY)} CUDA kernel builds registered")
+    from convkern import autotune
+    state = "on" if autotune.enabled("cpu") else "off: CONVKERN_AUTOTUNE=0"
+    print(f"autotune cache {autotune.cache_path()} ({state})")
     return 0
 
 

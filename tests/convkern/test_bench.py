@@ -97,3 +97,11 @@ def test_format_table_is_aligned():
     assert len(lines) == 2 + len(records)
     assert lines[0].index("algorithm") == lines[2].index("im2col")
     assert np.isfinite([r["gflops"] for r in records]).all()
+
+
+def test_info_reports_versions_devices_threads_and_cache(capsys):
+    assert cli.main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "convkern" in out and "numba" in out and "cpu threads" in out
+    assert "Numba CUDA simulator" in out or "real GPU" in out
+    assert "autotune cache" in out
