@@ -19,8 +19,10 @@ from convkern.backend import cuda_available  # noqa: E402
 from convkern.ops.conv2d import conv_algorithms  # noqa: E402
 from convkern import functional  # noqa: E402
 from convkern.gradcheck import GradcheckError, gradcheck  # noqa: E402
+from convkern.ops.shape import cat  # noqa: E402
 from convkern.random import manual_seed  # noqa: E402
+from convkern.serialization import load, save  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["Function", "GradcheckError", "Tensor", "conv_algorithms", "cuda_available", "functional", "gradcheck",
-           "is_grad_enabled", "manual_seed", "no_grad", "tensor", "__version__"]
+__all__ = ["Function", "GradcheckError", "Tensor", "cat", "conv_algorithms", "cuda_available", "functional", "gradcheck",
+           "is_grad_enabled", "load", "manual_seed", "no_grad", "save", "tensor", "__version__"]

@@ -1,0 +1,210 @@
+"""Optimizers with PyTorch's update rules, step for step; the updates are fused kernels
+(``kernels/optim.py``) that run where the parameters live.
+
+    opt = convkern.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    opt = convkern.optim.Adam([{"params": convs}, {"params": fcs, "weight_decay": 4e-3}], lr=1e-3)
+    loss.backward(); opt.step(); opt.zero_grad()
+"""
+import numbers
+
+import numpy as np
+
+from convkern import backend
+from convkern.autograd import Tensor
+from convkern.kernels import optim as kernels
+from convkern.optim import lr_scheduler  # noqa: F401
+
+__all__ = ["Optimizer", "SGD", "Adam", "lr_scheduler"]
+
+
+def _number(value, name, op, low=None, high=None, high_open=False):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != value:
+        raise TypeError(f"{op}: {name} must be a number, got {value!r}")
+    if (low is not None and value < low) or (high is not None and (value >= high if high_open else value > high)):
+        upper = "" if high is None else f" and {'<' if high_open else '<='} {high}"
+        raise ValueError(f"{op}: {name} must be >= {low}{upper}, got {value!r}")
+    return float(value)
+
+
+class Optimizer:
+    """Base class: ``param_groups`` (each a dict with "params" and its hyper-parameters), per-parameter
+    ``state``, ``zero_grad()``, ``step()``, ``state_dict()``/``load_state_dict()``."""
+
+    def __init__(self, params, defaults):
+        self.defaults = defaults
+        self.state = {}
+        self.param_groups = []
+        if isinstance(params, Tensor):
+            raise TypeError(f"{type(self).__name__}: params must be an iterable of Tensors or of dicts, "
+                            "got a single Tensor (wrap it in a list)")
+        params = list(params)
+        if not params:
+            raise ValueError(f"{type(self).__name__}: got an empty parameter list")
+        groups = params if isinstance(params[0], dict) else [{"params": params}]
+        for group in groups:
+            self.add_param_group(group)
+
+    def add_param_group(self, group):
+        op = type(self).__name__
+        if not isinstance(group, dict) or "params" not in group:
+            raise TypeError(f"{op}: a parameter group must be a dict with a 'params' entry, got {group!r}")
+        unknown = set(group) - set(self.defaults) - {"params", "initial_lr"}
+        if unknown:
+            raise ValueError(f"{op}: unknown option(s) {sorted(unknown)} in a parameter group; "
+                             f"expected {sorted(self.defaults)}")
+        params = group["params"]
+        params = [params] if isinstance(params, Tensor) else list(params)
+        seen = {id(p) for g in self.param_groups for p in g["params"]}
+        for i, p in enumerate(params):
+            if not isinstance(p, Tensor):
+                raise TypeError(f"{op}: params[{i}] must be a convkern Tensor, got {type(p).__name__}")
+            if not p.requires_grad or not p.is_leaf:
+                raise ValueError(f"{op}: params[{i}] must be a leaf Tensor with requires_grad=True")
+            if id(p) in seen:
+                raise ValueError(f"{op}: params[{i}] appears in more than one parameter group")
+            seen.add(id(p))
+        full = dict(self.defaults)
+        full.update({k: v for k, v in group.items() if k != "params"})
+        self._check_options(full)
+        full["params"] = params
+        self.param_groups.append(full)
+
+    def _check_options(self, options):
+        _number(options["lr"], "lr", type(self).__name__, low=0)
+
+    def zero_grad(self):
+        """Drop every parameter's gradient (``p.grad = None``, as PyTorch's default)."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.grad = None
+
+    def step(self):
+        """One update of every parameter that has a gradient."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad.data
+                if p.grad.device != p.device or p.grad.dtype != p.dtype or tuple(g.shape) != p.shape:
+                    raise RuntimeError(f"{type(self).__name__}.step: a gradient of shape {tuple(g.shape)} "
+                                       f"({p.grad.dtype}, {p.grad.device}) does not match its parameter "
+                                       f"{p.shape} ({p.dtype}, {p.device})")
+                self._update(backend.flat(p.data), backend.flat(g), self.state.setdefault(id(p), {}), group, p)
+
+    def _update(self, p, g, state, group, param):
+        raise NotImplementedError
+
+    def _state_array(self, state, key, param, fill):
+        arr = state.get(key)
+        if arr is None or backend.device_of(arr) != param.device or arr.dtype != param.dtype:
+            arr = backend.full((param.size,), fill, param.dtype, param.device)
+            state[key] = arr
+        return arr
+
+    def state_dict(self):
+        """``{"state": {"i": {name: array or number}}, "param_groups": {"j": {option: value, "params": [i...]}}}``
+        with parameters numbered in group order; arrays are host copies."""
+        index = {}
+        groups = {}
+        for j, group in enumerate(self.param_groups):
+            ids = []
+            for p in group["params"]:
+                index[id(p)] = len(index)
+                ids.append(index[id(p)])
+            entry = {k: v for k, v in group.items() if k != "params"}
+            entry["params"] = np.array(ids, np.int64)
+            groups[str(j)] = entry
+        state = {}
+        for pid, entries in self.state.items():
+            if pid in index:
+                state[str(index[pid])] = {k: (backend.to_numpy(v).copy() if hasattr(v, "shape") else v)
+                                          for k, v in entries.items()}
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict):
+        """Restore hyper-parameters and state saved by ``state_dict`` into an optimizer built over
+        parameters of the same shapes in the same order."""
+        op = f"{type(self).__name__}.load_state_dict"
+        groups = state_dict.get("param_groups") if isinstance(state_dict, dict) else None
+        if not isinstance(groups, dict) or "state" not in state_dict:
+            raise ValueError(f"{op}: expected a dict with 'state' and 'param_groups' (from state_dict())")
+        if len(groups) != len(self.param_groups):
+            raise ValueError(f"{op}: the saved state has {len(groups)} parameter groups, this optimizer "
+                             f"has {len(self.param_groups)}")
+        params = []
+        for j, group in enumerate(self.param_groups):
+            saved = groups[str(j)]
+            n_saved = len(np.atleast_1d(saved["params"]))
+            if n_saved != len(group["params"]):
+                raise ValueError(f"{op}: parameter group {j} has {len(group['params'])} parameters, the saved "
+                                 f"one {n_saved}")
+            params.extend(group["params"])
+        new_state = {}
+        for key, entries in state_dict["state"].items():
+            p = params[int(key)]
+            restored = {}
+            for name, value in entries.items():
+                if hasattr(value, "shape") and np.ndim(value) > 0:
+                    if int(np.size(value)) != p.size:
+                        raise ValueError(f"{op}: state {name!r} of parameter {key} has {np.size(value)} "
+                                         f"elements, the parameter {p.size}")
+                    value = backend.to_device(np.ascontiguousarray(np.asarray(value).reshape(-1), p.dtype),
+                                              p.device)
+                elif hasattr(value, "item"):
+                    value = value.item()
+                restored[name] = value
+            new_state[id(p)] = restored
+        for j, group in enumerate(self.param_groups):
+            for k, v in groups[str(j)].items():
+                if k != "params":
+                    group[k] = v.item() if hasattr(v, "item") else v
+        self.state = new_state
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with momentum, dampening, Nesterov and L2 weight decay
+    (PyTorch's rule: ``d = g + wd·p``; ``buf = d`` then ``buf = μ·buf + (1-τ)·d``; ``d = d + μ·buf``
+    with Nesterov, else ``d = buf``; ``p -= lr·d``)."""
+
+    def __init__(self, params, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False):
+        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
+                                      weight_decay=weight_decay, nesterov=nesterov))
+
+    def _check_options(self, o):
+        super()._check_options(o)
+        for name in ("momentum", "dampening", "weight_decay"):
+            _number(o[name], name, "SGD", low=0)
+        if o["nesterov"] and (o["momentum"] <= 0 or o["dampening"] != 0):
+            raise ValueError("SGD: nesterov=True needs momentum > 0 and dampening = 0")
+
+    def _update(self, p, g, state, group, param):
+        momentum = group["momentum"]
+        first = "momentum_buffer" not in state
+        buf = self._state_array(state, "momentum_buffer", param, 0.0) if momentum else g
+        kernels.sgd_step(p, g, buf, group["lr"], momentum, group["dampening"], group["weight_decay"],
+                         group["nesterov"], first)
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba) with bias correction and L2 weight decay added to the gradient, PyTorch's
+    rule: ``m = β1·m + (1-β1)·d``, ``v = β2·v + (1-β2)·d²``,
+    ``p -= lr/(1-β1^t) · m / (sqrt(v)/sqrt(1-β2^t) + eps)``."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+
+    def _check_options(self, o):
+        super()._check_options(o)
+        betas = o["betas"]
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise TypeError(f"Adam: betas must be a pair of numbers, got {betas!r}")
+        o["betas"] = tuple(_number(b, "betas", "Adam", low=0, high=1, high_open=True) for b in betas)
+        _number(o["eps"], "eps", "Adam", low=0)
+        _number(o["weight_decay"], "weight_decay", "Adam", low=0)
+
+    def _update(self, p, g, state, group, param):
+        m = self._state_array(state, "exp_avg", param, 0.0)
+        v = self._state_array(state, "exp_avg_sq", param, 0.0)
+        state["step"] = state.get("step", 0) + 1
+        beta1, beta2 = group["betas"]
+        kernels.adam_step(p, g, m, v, group["lr"], beta1, beta2, group["eps"], group["weight_decay"], state["step"])

@@ -1,0 +1,172 @@
+"""convkern.optim: SGD and Adam follow PyTorch's update rules step for step (a plain NumPy
+transcription of the rules, and PyTorch itself when installed), on both devices; parameter
+groups, schedulers, optimizer state round trips and bad options."""
+import numpy as np
+import pytest
+
+import convkern as ck
+from convkern import optim
+
+SGD_CONFIGS = [dict(lr=0.1), dict(lr=0.05, momentum=0.9), dict(lr=0.05, momentum=0.9, dampening=0.3),
+               dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01), dict(lr=0.02, weight_decay=0.1)]
+ADAM_CONFIGS = [dict(), dict(lr=0.01, betas=(0.8, 0.99), eps=1e-6), dict(lr=0.005, weight_decay=0.05)]
+STEPS = 4
+
+
+def _grads(shape, steps, seed=1):
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(shape) for _ in range(steps)]
+
+
+def _sgd_reference(p, grads, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False):
+    p, buf = p.copy(), None
+    for g in grads:
+        d = g + weight_decay * p
+        if momentum:
+            buf = d.copy() if buf is None else momentum * buf + (1 - dampening) * d
+            d = d + momentum * buf if nesterov else buf
+        p = p - lr * d
+    return p
+
+
+def _adam_reference(p, grads, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+    p, m, v = p.copy(), np.zeros_like(p), np.zeros_like(p)
+    for t, g in enumerate(grads, 1):
+        d = g + weight_decay * p
+        m = betas[0] * m + (1 - betas[0]) * d
+        v = betas[1] * v + (1 - betas[1]) * d * d
+        p = p - lr / (1 - betas[0] ** t) * m / (np.sqrt(v) / np.sqrt(1 - betas[1] ** t) + eps)
+    return p
+
+
+def _run(opt_cls, config, p0, grads, device, dtype=np.float64):
+    p = ck.tensor(p0.astype(dtype), requires_grad=True, device=device)
+    opt = opt_cls([p], **config)
+    for g in grads:
+        p.grad = ck.tensor(g.astype(dtype), device=device)
+        opt.step()
+    return p.numpy()
+
+
+@pytest.mark.parametrize("config", SGD_CONFIGS, ids=str)
+def test_sgd_matches_reference_rule(config, device):
+    p0 = np.random.default_rng(0).standard_normal((3, 5))
+    grads = _grads(p0.shape, STEPS)
+    np.testing.assert_allclose(_run(optim.SGD, config, p0, grads, device), _sgd_reference(p0, grads, **config),
+                               rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("config", ADAM_CONFIGS, ids=str)
+def test_adam_matches_reference_rule(config, device):
+    p0 = np.random.default_rng(0).standard_normal((3, 5))
+    grads = _grads(p0.shape, STEPS)
+    np.testing.assert_allclose(_run(optim.Adam, config, p0, grads, device), _adam_reference(p0, grads, **config),
+                               rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name, config", [("SGD", c) for c in SGD_CONFIGS] + [("Adam", c) for c in ADAM_CONFIGS],
+                         ids=str)
+def test_optimizers_match_pytorch_float32(name, config):
+    torch = pytest.importorskip("torch")
+    p0 = np.random.default_rng(0).standard_normal((4, 6)).astype(np.float32)
+    grads = [g.astype(np.float32) for g in _grads(p0.shape, STEPS)]
+    mine = _run(getattr(optim, name), config, p0, grads, "cpu", np.float32)
+    tp = torch.tensor(p0, requires_grad=True)
+    topt = getattr(torch.optim, name)([tp], **config)
+    for g in grads:
+        tp.grad = torch.tensor(g)
+        topt.step()
+    np.testing.assert_allclose(mine, tp.detach().numpy(), rtol=2e-6, atol=2e-7)
+
+
+def test_parameter_groups_use_their_own_options():
+    a = ck.tensor(np.ones(3), requires_grad=True)
+    b = ck.tensor(np.ones(2), requires_grad=True)
+    opt = optim.SGD([{"params": [a]}, {"params": [b], "lr": 0.5}], lr=0.1)
+    a.grad, b.grad = ck.tensor(np.ones(3)), ck.tensor(np.ones(2))
+    opt.step()
+    np.testing.assert_allclose(a.numpy(), 0.9)
+    np.testing.assert_allclose(b.numpy(), 0.5)
+    opt.zero_grad()
+    assert a.grad is None and b.grad is None
+
+
+def test_parameters_without_grad_are_skipped():
+    a = ck.tensor(np.ones(3), requires_grad=True)
+    optim.Adam([a]).step()
+    np.testing.assert_array_equal(a.numpy(), 1.0)
+
+
+@pytest.mark.parametrize("cls, kwargs, expected", [
+    (optim.lr_scheduler.StepLR, dict(step_size=2, gamma=0.5), [1.0, 1.0, 0.5, 0.5, 0.25]),
+    (optim.lr_scheduler.ExponentialLR, dict(gamma=0.5), [1.0, 0.5, 0.25, 0.125, 0.0625]),
+])
+def test_schedulers(cls, kwargs, expected):
+    a = ck.tensor(np.ones(1), requires_grad=True)
+    opt = optim.SGD([{"params": [a]}], lr=1.0)
+    sched = cls(opt, **kwargs)
+    seen = []
+    for _ in expected:
+        seen.append(sched.get_last_lr()[0])
+        sched.step()
+    np.testing.assert_allclose(seen, expected)
+    torch = pytest.importorskip("torch")
+    tp = torch.zeros(1, requires_grad=True)
+    topt = torch.optim.SGD([tp], lr=1.0)
+    tsched = getattr(torch.optim.lr_scheduler, cls.__name__)(topt, **kwargs)
+    theirs = []
+    for _ in expected:
+        theirs.append(tsched.get_last_lr()[0])
+        topt.step()
+        tsched.step()
+    np.testing.assert_allclose(seen, theirs)
+
+
+def test_optimizer_state_round_trip_continues_exactly(tmp_path, device):
+    p0 = np.random.default_rng(0).standard_normal(5)
+    grads = _grads(p0.shape, 6)
+    full = _run(optim.Adam, dict(lr=0.01), p0, grads, device)
+    p = ck.tensor(p0, requires_grad=True, device=device)
+    opt = optim.Adam([p], lr=0.01)
+    for g in grads[:3]:
+        p.grad = ck.tensor(g, device=device)
+        opt.step()
+    ck.save({"param": p, "optim": opt.state_dict()}, tmp_path / "ckpt.npz")
+    saved = ck.load(tmp_path / "ckpt.npz")
+    q = ck.tensor(saved["param"], requires_grad=True, device=device)
+    opt2 = optim.Adam([q], lr=0.5)
+    opt2.load_state_dict(saved["optim"])
+    assert opt2.param_groups[0]["lr"] == 0.01 and opt2.param_groups[0]["betas"] == (0.9, 0.999)
+    for g in grads[3:]:
+        q.grad = ck.tensor(g, device=device)
+        opt2.step()
+    np.testing.assert_array_equal(q.numpy(), full)
+
+
+def _param():
+    return ck.tensor(np.ones(2), requires_grad=True)
+
+
+@pytest.mark.parametrize("make, exc, message", [
+    (lambda: optim.SGD([], lr=0.1), ValueError, "empty parameter list"),
+    (lambda: optim.SGD(_param(), lr=0.1), TypeError, "single Tensor"),
+    (lambda: optim.SGD([np.ones(2)], lr=0.1), TypeError, r"params\[0\] must be a convkern Tensor"),
+    (lambda: optim.SGD([ck.tensor(np.ones(2))], lr=0.1), ValueError, "requires_grad=True"),
+    (lambda: optim.SGD([_param()], lr=-1.0), ValueError, "lr must be >= 0"),
+    (lambda: optim.SGD([_param()], lr="fast"), TypeError, "lr must be a number"),
+    (lambda: optim.SGD([_param()], lr=0.1, nesterov=True), ValueError, "nesterov=True needs momentum > 0"),
+    (lambda: optim.Adam([_param()], betas=(0.9, 1.0)), ValueError, "betas must be >= 0 and < 1"),
+    (lambda: optim.Adam([_param()], betas=0.9), TypeError, "betas must be a pair"),
+    (lambda: optim.SGD([{"params": [_param()], "momentun": 0.9}], lr=0.1), ValueError, "unknown option"),
+    (lambda: optim.lr_scheduler.StepLR(optim.SGD([_param()], lr=0.1), step_size=0), ValueError,
+     "step_size must be a positive int"),
+])
+def test_bad_options(make, exc, message):
+    with pytest.raises(exc, match=message):
+        make()
+
+
+def test_same_parameter_in_two_groups_is_refused():
+    p = _param()
+    with pytest.raises(ValueError, match="more than one parameter group"):
+        optim.SGD([{"params": [p]}, {"params": [p]}], lr=0.1)
