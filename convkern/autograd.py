@@ -202,6 +202,24 @@ class Tensor:
         a = self.numpy()
         return a if dtype is None else a.astype(dtype)
 
+    @property
+    def __cuda_array_interface__(self):
+        """CUDA tensors expose their device memory (no copy) to CuPy, PyTorch, Numba."""
+        if self.device != "cuda":
+            raise AttributeError("__cuda_array_interface__: only CUDA tensors have one; this tensor is on "
+                                 "the CPU (use numpy() or __dlpack__)")
+        return backend.cuda_array_interface(self.data)
+
+    def __dlpack__(self, **kwargs):
+        """DLPack export of CPU tensors (through NumPy); CUDA tensors use __cuda_array_interface__."""
+        if self.device != "cpu":
+            raise BufferError("__dlpack__: CUDA tensors are exported through __cuda_array_interface__ "
+                              "(Numba has no DLPack exporter)")
+        return self.data.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self):
+        return (1, 0) if self.device == "cpu" else (2, 0)
+
     def item(self):
         if self.size != 1:
             raise ValueError(f"item() needs a tensor with one element, got shape {self.shape}")
@@ -287,17 +305,23 @@ def _resolve_shape(shape, size, old_shape):
 
 
 def tensor(data, requires_grad=False, device=None, dtype=None):
-    """Make a Tensor from a NumPy array, a nested list or scalar, a Numba CUDA device array or
-    another Tensor. ``device`` defaults to where the data already is; ``dtype`` converts
+    """Make a Tensor from a NumPy array, a nested list or scalar, a Numba CUDA device array, any
+    object with ``__cuda_array_interface__`` (CuPy arrays, PyTorch CUDA tensors; viewed, not
+    copied) or another Tensor. ``device`` defaults to where the data already is; ``dtype`` converts
     (CPU data only). Arrays are made C-contiguous and native-byte-order."""
     if isinstance(data, Tensor):
         data = data.data
+    elif backend.has_cuda_array_interface(data):
+        data = backend.from_cuda_array_interface(data)
     if backend.device_of(data) == "cuda":
+        if np.dtype(data.dtype).kind not in "fiub" or np.dtype(data.dtype) == np.float16:
+            raise TypeError(f"data: expected a float32, float64 or integer array, got dtype {data.dtype}")
         if dtype is not None and np.dtype(dtype) != np.dtype(data.dtype):
             raise TypeError(f"dtype: cannot convert CUDA data of dtype {data.dtype} to {np.dtype(dtype)}; "
                             "convert on the CPU first")
         if not data.is_c_contiguous():
-            raise ValueError("data: CUDA arrays must be C-contiguous")
+            raise ValueError("data: CUDA arrays must be C-contiguous; make a contiguous copy on the device "
+                             "first (e.g. cupy.ascontiguousarray(x) or x.contiguous())")
         array = data
     else:
         array = np.asarray(data, dtype=dtype)
@@ -310,6 +334,24 @@ def tensor(data, requires_grad=False, device=None, dtype=None):
         backend.check_device(device)
         array = backend.to_device(array, device)
     return Tensor(array, requires_grad=requires_grad)
+
+
+def from_dlpack(obj):
+    """A Tensor sharing the memory of a DLPack-capable object. CPU producers go through NumPy's
+    importer (no copy); CUDA producers are taken through their ``__cuda_array_interface__``
+    (Numba has no DLPack importer)."""
+    if isinstance(obj, Tensor):
+        return obj
+    if not hasattr(obj, "__dlpack_device__"):
+        raise TypeError(f"from_dlpack: expected an object with __dlpack__ and __dlpack_device__, "
+                        f"got {type(obj).__name__}")
+    device_type = int(obj.__dlpack_device__()[0])
+    if device_type == 1:
+        return tensor(np.from_dlpack(obj))
+    if backend.has_cuda_array_interface(obj):
+        return tensor(obj)
+    raise TypeError(f"from_dlpack: DLPack device type {device_type} is not supported; pass CPU arrays, "
+                    "or CUDA arrays that expose __cuda_array_interface__")
 
 
 class ToDevice(Function):

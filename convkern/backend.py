@@ -1,6 +1,8 @@
 """Where arrays live and how they move: "cpu" holds NumPy arrays, "cuda" holds Numba CUDA
 device arrays (a real GPU, or Numba's CUDA simulator when ``NUMBA_ENABLE_CUDASIM=1`` was set
 before Numba was imported)."""
+import ctypes
+
 import numpy as np
 from numba import cuda
 
@@ -81,3 +83,49 @@ def zeros(shape, dtype, device):
 def flat(array):
     """A 1-D view of a contiguous array (NumPy or device)."""
     return array.reshape(array.size)
+
+
+def has_cuda_array_interface(obj):
+    """True for foreign CUDA arrays (CuPy, PyTorch CUDA tensors, ...), not NumPy or Numba arrays."""
+    return not isinstance(obj, np.ndarray) and not is_device_array(obj) and hasattr(obj, "__cuda_array_interface__")
+
+
+def from_cuda_array_interface(obj, name="data"):
+    """A Numba device array viewing ``obj``'s memory through its ``__cuda_array_interface__``:
+    no copy. Under the simulator "device" memory is host memory, so the pointer is viewed as a
+    NumPy array and wrapped the way the simulator wraps its own device arrays."""
+    iface = obj.__cuda_array_interface__
+    dtype = np.dtype(iface["typestr"])
+    if not dtype.isnative:
+        raise ValueError(f"{name}: CUDA array has non-native byte order ({iface['typestr']}); "
+                         "convert it on the device first")
+    if not SIMULATOR:
+        return cuda.as_cuda_array(obj)
+    from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+    shape = tuple(int(n) for n in iface["shape"])
+    strides = tuple(int(st) for st in iface.get("strides") or _c_strides(shape, dtype.itemsize))
+    if any(n == 0 for n in shape):
+        return FakeCUDAArray(np.empty(shape, dtype))
+    if any(st < 0 or st % dtype.itemsize for st in strides):
+        raise ValueError(f"{name}: CUDA arrays with negative or unaligned strides are not supported")
+    count = (sum((n - 1) * st for n, st in zip(shape, strides)) + dtype.itemsize) // dtype.itemsize
+    base = np.frombuffer((ctypes.c_char * (count * dtype.itemsize)).from_address(iface["data"][0]), dtype=dtype)
+    return FakeCUDAArray(np.lib.stride_tricks.as_strided(base, shape=shape, strides=strides))
+
+
+def _c_strides(shape, itemsize):
+    strides, step = [], itemsize
+    for n in reversed(shape):
+        strides.append(step)
+        step *= n
+    return tuple(reversed(strides))
+
+
+def cuda_array_interface(array):
+    """The ``__cuda_array_interface__`` (version 3) of a Numba device array, simulated or real."""
+    if not SIMULATOR:
+        return array.__cuda_array_interface__
+    host = array._ary
+    return {"shape": tuple(host.shape), "typestr": host.dtype.str, "descr": [("", host.dtype.str)],
+            "data": (host.ctypes.data, False),
+            "strides": None if host.flags.c_contiguous else tuple(host.strides), "version": 3, "stream": None}

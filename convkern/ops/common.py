@@ -12,10 +12,10 @@ def as_tensor(value, name, op):
     """Accept a Tensor, a NumPy array or a CUDA device array; anything else is a TypeError."""
     if isinstance(value, Tensor):
         return value
-    if isinstance(value, np.ndarray) or backend.device_of(value) == "cuda":
+    if isinstance(value, np.ndarray) or backend.device_of(value) == "cuda" or backend.has_cuda_array_interface(value):
         return tensor(value)
-    raise TypeError(f"{op}: {name} must be a convkern Tensor, a NumPy array or a CUDA device array, "
-                    f"got {type(value).__name__}")
+    raise TypeError(f"{op}: {name} must be a convkern Tensor, a NumPy array or a CUDA array (Numba device array "
+                    f"or an object with __cuda_array_interface__), got {type(value).__name__}")
 
 
 def check_float(t, name, op):

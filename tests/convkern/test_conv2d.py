@@ -160,7 +160,7 @@ BAD_INPUTS = [
     (dict(w_dtype=np.float64), TypeError, "weight has dtype float64 but input has dtype float32"),
     (dict(x_dtype=np.int32, w_dtype=np.int32), TypeError, "input must be float32 or float64"),
     (dict(bias=(3,)), ValueError, "bias must have shape (K,) = (4,)"),
-    (dict(x_type=list), TypeError, "input must be a convkern Tensor, a NumPy array or a CUDA device array"),
+    (dict(x_type=list), TypeError, "input must be a convkern Tensor, a NumPy array or a CUDA array"),
 ]
 
 
