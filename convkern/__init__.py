@@ -14,7 +14,7 @@ import os
 # parallel kernel runs. A value the user set is kept.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from convkern.autograd import Function, Tensor, is_grad_enabled, no_grad, tensor  # noqa: E402
+from convkern.autograd import Function, Tensor, from_dlpack, is_grad_enabled, no_grad, tensor  # noqa: E402
 from convkern.backend import cuda_available  # noqa: E402
 from convkern.ops.conv2d import conv_algorithms  # noqa: E402
 from convkern import functional  # noqa: E402
@@ -24,5 +24,5 @@ from convkern.random import manual_seed  # noqa: E402
 from convkern.serialization import load, save  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["Function", "GradcheckError", "Tensor", "cat", "conv_algorithms", "cuda_available", "functional", "gradcheck",
-           "is_grad_enabled", "load", "manual_seed", "no_grad", "save", "tensor", "__version__"]
+__all__ = ["Function", "GradcheckError", "Tensor", "cat", "conv_algorithms", "cuda_available", "functional",
+           "gradcheck", "is_grad_enabled", "load", "manual_seed", "no_grad", "save", "tensor", "__version__"]
