@@ -329,7 +329,8 @@ def tensor(data, requires_grad=False, device=None, dtype=None):
             raise TypeError(f"data: expected a float32, float64 or integer array, got dtype {array.dtype}")
         if not array.dtype.isnative:
             array = array.astype(array.dtype.newbyteorder("="))
-        array = np.ascontiguousarray(array)
+        if not array.flags.c_contiguous:
+            array = np.ascontiguousarray(array)
     if device is not None:
         backend.check_device(device)
         array = backend.to_device(array, device)

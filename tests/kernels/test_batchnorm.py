@@ -1,0 +1,163 @@
+"""Batch-norm kernels (statistics, normalise, running-stat update, backward reduce and data)
+on CPU and on the CUDA path against plain float64 NumPy references."""
+import numpy as np
+import pytest
+from numba import cuda
+
+from convkern.kernels import batchnorm as bn
+from convkern.kernels.cuda_util import is_device_array
+from tests.reference import tolerance
+
+DTYPES = [np.float32, np.float64]
+# (N, C, L): L = 1 is the 2-D (N, C) case; 37 values per channel are not a multiple of the block
+SHAPES = [(4, 3, 1), (2, 3, 5), (1, 2, 37), (3, 2, 6)]
+EPS = 1e-3
+
+
+def put(x, device):
+    return cuda.to_device(x) if device == "cuda" else x.copy()
+
+
+def garbage(shape, dtype, device):
+    return put(np.full(shape, np.nan, dtype), device)
+
+
+def host(x):
+    return x.copy_to_host() if is_device_array(x) else x
+
+
+def check(got, want, dtype, scale=1.0):
+    rtol, atol = tolerance(dtype)
+    assert got.dtype == dtype
+    np.testing.assert_allclose(host(got), want, rtol=rtol * scale, atol=atol * scale)
+
+
+def stats_ref(x):
+    x = x.astype(np.float64)
+    N, C, L = x.shape
+    mean = np.array([x[:, c, :].sum() / (N * L) for c in range(C)])
+    var = np.array([((x[:, c, :] - mean[c]) ** 2).sum() / (N * L) for c in range(C)])
+    return mean, var
+
+
+def xhat_ref(x, mean, var):
+    return (x.astype(np.float64) - mean[None, :, None]) / np.sqrt(var.astype(np.float64)[None, :, None] + EPS)
+
+
+def operands(rng, shape, dtype):
+    N, C, L = shape
+    x = (rng.standard_normal(shape) * 2.0 + 1.5).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    mean = rng.standard_normal(C).astype(dtype)
+    var = rng.uniform(0.5, 2.0, C).astype(dtype)
+    w = rng.standard_normal(C).astype(dtype)
+    b = rng.standard_normal(C).astype(dtype)
+    return x, dy, mean, var, w, b
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_stats(shape, dtype, device, rng):
+    x = operands(rng, shape, dtype)[0]
+    mean, var = garbage(shape[1], dtype, device), garbage(shape[1], dtype, device)
+    bn.batchnorm_stats(put(x, device), mean, var)
+    want_mean, want_var = stats_ref(x)
+    check(mean, want_mean, dtype)
+    check(var, want_var, dtype)
+
+
+def test_stats_variance_is_accurate_with_a_large_mean(device, rng):
+    """Two passes: E[x²] - E[x]² would lose every digit of the variance in float32 here."""
+    x = (1000.0 + rng.standard_normal((4, 2, 25))).astype(np.float32)
+    mean, var = garbage(2, np.float32, device), garbage(2, np.float32, device)
+    bn.batchnorm_stats(put(x, device), mean, var)
+    want_mean, want_var = stats_ref(x)
+    np.testing.assert_allclose(host(mean), want_mean, rtol=1e-6)
+    np.testing.assert_allclose(host(var), want_var, rtol=1e-3)
+
+
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fwd(shape, dtype, affine, device, rng):
+    x, _, mean, var, w, b = operands(rng, shape, dtype)
+    y = garbage(shape, dtype, device)
+    bn.batchnorm_fwd(put(x, device), put(mean, device), put(var, device),
+                     put(w, device) if affine else None, put(b, device) if affine else None, EPS, y)
+    want = xhat_ref(x, mean, var)
+    if affine:
+        want = want * w[None, :, None] + b[None, :, None]
+    check(y, want, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_update_running(dtype, device, rng):
+    rm, rv, mean, var = (rng.uniform(0.5, 2.0, 5).astype(dtype) for _ in range(4))
+    rm_d, rv_d = put(rm, device), put(rv, device)
+    bn.batchnorm_update_running(rm_d, rv_d, put(mean, device), put(var, device), 0.1, 10 / 9)
+    check(rm_d, 0.9 * rm.astype(np.float64) + 0.1 * mean, dtype)
+    check(rv_d, 0.9 * rv.astype(np.float64) + 0.1 * var * 10 / 9, dtype)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bwd_reduce(shape, dtype, device, rng):
+    x, dy, mean, var, _, _ = operands(rng, shape, dtype)
+    sum_dy, sum_dy_xhat = garbage(shape[1], dtype, device), garbage(shape[1], dtype, device)
+    bn.batchnorm_bwd_reduce(put(x, device), put(dy, device), put(mean, device), put(var, device), EPS,
+                            sum_dy, sum_dy_xhat)
+    check(sum_dy, dy.astype(np.float64).sum(axis=(0, 2)), dtype)
+    check(sum_dy_xhat, (dy * xhat_ref(x, mean, var)).sum(axis=(0, 2)), dtype)
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bwd_data(shape, dtype, training, device, rng):
+    x, dy, _, _, w, _ = operands(rng, shape, dtype)
+    mean, var = (a.astype(dtype) for a in stats_ref(x))
+    d = {k: put(v, device) for k, v in dict(x=x, dy=dy, mean=mean, var=var, w=w).items()}
+    sums = None, None
+    if training:
+        sums = garbage(shape[1], dtype, device), garbage(shape[1], dtype, device)
+        bn.batchnorm_bwd_reduce(d["x"], d["dy"], d["mean"], d["var"], EPS, *sums)
+    dx = garbage(shape, dtype, device)
+    bn.batchnorm_bwd_data(d["x"], d["dy"], d["mean"], d["var"], d["w"], *sums, EPS, training, dx)
+    invstd = 1.0 / np.sqrt(var.astype(np.float64) + EPS)
+    dy64 = dy.astype(np.float64)
+    if training:   # d/dx of Σ dy*y through the batch mean and variance, written out per channel
+        xhat = xhat_ref(x, mean, var)
+        M = shape[0] * shape[2]
+        want = (w * invstd)[None, :, None] / M * (M * dy64 - dy64.sum(axis=(0, 2), keepdims=True)
+                                                 - xhat * (dy64 * xhat).sum(axis=(0, 2), keepdims=True))
+    else:
+        want = dy64 * (w * invstd)[None, :, None]
+    check(dx, want, dtype, scale=10.0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_reductions_are_bitwise_deterministic(dtype, device, rng):
+    x, dy, _, _, _, _ = operands(rng, (3, 2, 29), dtype)
+    runs = []
+    for _ in range(2):
+        mean, var = garbage(2, dtype, device), garbage(2, dtype, device)
+        bn.batchnorm_stats(put(x, device), mean, var)
+        s1, s2 = garbage(2, dtype, device), garbage(2, dtype, device)
+        bn.batchnorm_bwd_reduce(put(x, device), put(dy, device), mean, var, EPS, s1, s2)
+        runs.append([host(a) for a in (mean, var, s1, s2)])
+    for a, b in zip(*runs):
+        assert np.array_equal(a, b)
+
+
+def test_launcher_rejects_bad_arrays():
+    x = np.zeros((2, 3, 4), np.float32)
+    with pytest.raises(ValueError, match=r"x must be a 3-D \(N, C, L\) array"):
+        bn.batchnorm_stats(np.zeros((2, 3), np.float32), np.zeros(3, np.float32), np.zeros(3, np.float32))
+    with pytest.raises(ValueError, match=r"var must have shape \(C,\) = \(3,\)"):
+        bn.batchnorm_stats(x, np.zeros(3, np.float32), np.zeros(4, np.float32))
+    with pytest.raises(TypeError, match="mean must have dtype float32"):
+        bn.batchnorm_stats(x, np.zeros(3, np.float64), np.zeros(3, np.float32))
+    with pytest.raises(ValueError, match="y must have x's shape"):
+        bn.batchnorm_fwd(x, *(np.zeros(3, np.float32) for _ in range(4)), EPS, np.zeros((2, 3, 5), np.float32))
+    with pytest.raises(TypeError, match="x must be float32 or float64"):
+        bn.batchnorm_stats(x.astype(np.int32), np.zeros(3, np.int32), np.zeros(3, np.int32))
