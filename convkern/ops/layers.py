@@ -1,0 +1,327 @@
+"""The layers around the convolutions: ``linear``, ``flatten``, the activations ``relu``,
+``tanh``, ``sigmoid``, ``dropout``, ``softmax``, ``log_softmax`` and the fused
+``cross_entropy``, each a ``Function`` over the kernels in ``kernels/`` (``gemm``,
+``activation``, ``dropout``, ``softmax``) plus its public wrapper."""
+import numbers
+
+import numpy as np
+
+from convkern import backend, random
+from convkern.autograd import Function
+from convkern.kernels import activation, dropout as dropout_kernels, elementwise, gemm, softmax as softmax_kernels
+from convkern.ops.common import as_tensor, check_float, check_rank, check_same
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def _is_int(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _dim(dim, ndim, name, op):
+    """``dim`` (negative counts from the end) as an index into a tensor of rank ``ndim``; a 0-d
+    tensor has one position, like PyTorch."""
+    if not _is_int(dim):
+        raise TypeError(f"{op}: {name} must be an int, got {dim!r}")
+    rank = max(ndim, 1)
+    if not -rank <= dim < rank:
+        raise ValueError(f"{op}: {name} out of range: expected one of [{-rank}, {rank - 1}] for a {ndim}-D input, "
+                         f"got {dim}")
+    return int(dim) % rank
+
+
+def _float_input(input, op):
+    x = as_tensor(input, "input", op)
+    check_float(x, "input", op)
+    return x
+
+
+def _no_inplace(inplace, op):
+    if inplace:
+        raise ValueError(f"{op}: inplace=True is not supported; convkern ops always return a new tensor")
+
+
+class Linear(Function):
+    """y = x Wᵀ + b over the last axis of x; backward dx = dy W, dW = dyᵀ x, db = Σ_rows dy."""
+
+    def forward(self, x, w, b):
+        need_x, need_w, _ = self.needs_input_grad
+        out_features, in_features = w.shape
+        lead = tuple(x.shape)[:-1]
+        rows = int(np.prod(lead, dtype=np.int64))
+        x2 = x.reshape((rows, in_features))
+        y = backend.empty((rows, out_features), x.dtype, self.device)
+        gemm.gemm(x2, w, y, trans_b=True)
+        if b is not None:
+            elementwise.bias_add_nchw(y.reshape((rows, out_features, 1, 1)), b)
+        self.x_shape, self.rows, self.out_features = tuple(x.shape), rows, out_features
+        self.save_for_backward(x2 if need_w else None, w if need_x else None)
+        return y.reshape(lead + (out_features,))
+
+    def backward(self, dy):
+        need_x, need_w, need_b = self.needs_input_grad
+        x2, w = self.saved
+        out_features = self.out_features
+        dy2 = dy.reshape((self.rows, out_features))
+        dx = dw = db = None
+        if need_x:
+            dx = backend.empty((self.rows, self.x_shape[-1]), dy.dtype, self.device)
+            gemm.gemm(dy2, w, dx)
+            dx = dx.reshape(self.x_shape)
+        if need_w:
+            dw = backend.empty((out_features, self.x_shape[-1]), dy.dtype, self.device)
+            gemm.gemm(dy2, x2, dw, trans_a=True)
+        if need_b:
+            db = backend.empty((out_features,), dy.dtype, self.device)
+            elementwise.bias_grad_nchw(dy2.reshape((self.rows, out_features, 1, 1)), db)
+        return dx, dw, db
+
+
+def linear(input, weight, bias=None):
+    """Fully connected layer, PyTorch's ``F.linear``: ``y[..., j] = sum_i x[..., i] * W[j, i] + b[j]``.
+
+    input (*, in_features) with any number of leading dimensions (1-D included); weight
+    (out_features, in_features); bias (out_features,) or None. Returns a Tensor
+    (*, out_features). The product runs on ``kernels.gemm``: BLAS on the CPU, the hand-written
+    tiled kernel on CUDA; the bias is added per feature and its gradient is a deterministic
+    column sum.
+    """
+    op = "linear"
+    x = _float_input(input, op)
+    w = as_tensor(weight, "weight", op)
+    check_same(w, x, "weight", "input", op)
+    check_rank(w, 2, "weight", "(out_features, in_features)", op)
+    if x.ndim < 1:
+        raise ValueError(f"{op}: input must have at least 1 dimension (*, in_features), got a 0-d tensor")
+    if x.shape[-1] != w.shape[1]:
+        raise ValueError(f"{op}: in_features mismatch: input of shape {x.shape} has {x.shape[-1]} features in its "
+                         f"last dimension but weight of shape {w.shape} expects in_features = weight.shape[1] = "
+                         f"{w.shape[1]}")
+    b = None
+    if bias is not None:
+        b = as_tensor(bias, "bias", op)
+        check_same(b, x, "bias", "input", op)
+        if b.shape != (w.shape[0],):
+            raise ValueError(f"{op}: bias must have shape (out_features,) = ({w.shape[0]},), got {b.shape}")
+    return Linear.apply(x, w, b)
+
+
+def flatten(input, start_dim=1, end_dim=-1):
+    """Merge dimensions ``start_dim .. end_dim`` (inclusive; negative counts from the end) into one,
+    PyTorch's ``torch.flatten``: (N, C, H, W) with the defaults gives (N, C*H*W). A reshape: no
+    data moves, and the gradient is reshaped back. A 0-d input gives shape (1,)."""
+    op = "flatten"
+    x = as_tensor(input, "input", op)
+    if x.ndim == 0:
+        return x.reshape((1,))
+    start = _dim(start_dim, x.ndim, "start_dim", op)
+    end = _dim(end_dim, x.ndim, "end_dim", op)
+    if start > end:
+        raise ValueError(f"{op}: start_dim ({start_dim}) must not come after end_dim ({end_dim}) "
+                         f"for an input of shape {x.shape}")
+    merged = int(np.prod(x.shape[start:end + 1], dtype=np.int64))
+    return x.reshape(x.shape[:start] + (merged,) + x.shape[end + 1:])
+
+
+class Activation(Function):
+    """y = relu(x), tanh(x) or sigmoid(x); the gradient comes from the saved output y."""
+
+    def forward(self, x):
+        y = backend.empty(x.shape, x.dtype, self.device)
+        activation.activation_fwd(self.params["op"], backend.flat(x), backend.flat(y))
+        if self.needs_input_grad[0]:
+            self.save_for_backward(y)
+        return y
+
+    def backward(self, dy):
+        (y,) = self.saved
+        dx = backend.empty(dy.shape, dy.dtype, self.device)
+        activation.activation_bwd(self.params["op"], backend.flat(y), backend.flat(dy), backend.flat(dx))
+        return (dx,)
+
+
+def relu(input, inplace=False):
+    """``y = max(x, 0)`` elementwise (NaN passes through); the gradient is 0 where ``x <= 0``.
+    ``inplace=True`` is not supported."""
+    _no_inplace(inplace, "relu")
+    return Activation.apply(_float_input(input, "relu"), op="relu")
+
+
+def tanh(input):
+    """``y = tanh(x)`` elementwise; ``dx = dy * (1 - y^2)``."""
+    return Activation.apply(_float_input(input, "tanh"), op="tanh")
+
+
+def sigmoid(input):
+    """``y = 1 / (1 + exp(-x))`` elementwise, evaluated without overflow; ``dx = dy * y * (1 - y)``."""
+    return Activation.apply(_float_input(input, "sigmoid"), op="sigmoid")
+
+
+class Dropout(Function):
+    """y = x * mask / (1 - p), the mask a counter-based hash of (seed, element index); backward
+    recomputes the mask from the seed (nothing else is saved)."""
+
+    def forward(self, x):
+        y = backend.empty(x.shape, x.dtype, self.device)
+        dropout_kernels.dropout(backend.flat(x), backend.flat(y), self.params["seed"], self.params["p"])
+        return y
+
+    def backward(self, dy):
+        dx = backend.empty(dy.shape, dy.dtype, self.device)
+        dropout_kernels.dropout(backend.flat(dy), backend.flat(dx), self.params["seed"], self.params["p"])
+        return (dx,)
+
+
+def dropout(input, p=0.5, training=True, inplace=False, seed=None):
+    """Zero each element with probability ``p`` and scale the rest by ``1 / (1 - p)``, so that
+    ``E[y] = x``; PyTorch's ``F.dropout``. With ``training=False`` or ``p == 0`` the input is
+    returned unchanged.
+
+    The mask is a pure function of ``seed`` and the element's flat index (see
+    ``kernels/dropout.py``): the same seed gives the same mask on the CPU and on CUDA, in float32
+    and float64. ``seed=None`` draws one from convkern's global generator, so
+    ``convkern.manual_seed`` makes a run reproducible. ``0 <= p < 1``; ``inplace=True`` is not
+    supported.
+    """
+    op = "dropout"
+    x = _float_input(input, op)
+    _no_inplace(inplace, op)
+    if not isinstance(p, numbers.Real) or isinstance(p, bool):
+        raise TypeError(f"{op}: p must be a number in [0, 1), got {p!r}")
+    if not 0 <= p < 1:
+        raise ValueError(f"{op}: p must be in [0, 1), got {p!r}")
+    if seed is not None and (not _is_int(seed) or seed < 0):
+        raise ValueError(f"{op}: seed must be None or a non-negative int, got {seed!r}")
+    if not training or p == 0:
+        return x
+    return Dropout.apply(x, p=float(p), seed=random.next_seed() if seed is None else int(seed))
+
+
+def _outer_c_inner(shape, dim):
+    outer = int(np.prod(shape[:dim], dtype=np.int64))
+    inner = int(np.prod(shape[dim + 1:], dtype=np.int64))
+    return outer, (shape[dim] if shape else 1), inner
+
+
+class Softmax(Function):
+    """Softmax or log-softmax over one axis, the array viewed as (outer, C, inner); the gradient
+    comes from the saved output."""
+
+    def forward(self, x):
+        mode, view = self.params["mode"], self.params["view"]
+        y = backend.empty(x.shape, x.dtype, self.device)
+        if y.size:
+            softmax_kernels.softmax_fwd(mode, x.reshape(view), y.reshape(view))
+        if self.needs_input_grad[0]:
+            self.save_for_backward(y)
+        return y
+
+    def backward(self, g):
+        mode, view = self.params["mode"], self.params["view"]
+        (y,) = self.saved
+        dx = backend.empty(g.shape, g.dtype, self.device)
+        if dx.size:
+            softmax_kernels.softmax_bwd(mode, y.reshape(view), g.reshape(view), dx.reshape(view))
+        return (dx,)
+
+
+def _softmax(input, dim, mode):
+    x = _float_input(input, mode)
+    d = _dim(dim, x.ndim, "dim", mode)
+    return Softmax.apply(x, mode=mode, view=_outer_c_inner(x.shape, d))
+
+
+def softmax(input, dim):
+    """``y = exp(x - m) / sum_dim exp(x - m)`` along ``dim`` (required; negative counts from the
+    end) with ``m = max_dim x``, so no ``exp`` overflows. Any rank; the output has the input's
+    shape. Backward: ``dx = y * (g - sum_dim g * y)``."""
+    return _softmax(input, dim, "softmax")
+
+
+def log_softmax(input, dim):
+    """``y = (x - m) - log(sum_dim exp(x - m))`` along ``dim`` (required) with ``m = max_dim x``:
+    finite for any finite logits. Backward: ``dx = g - exp(y) * sum_dim g``."""
+    return _softmax(input, dim, "log_softmax")
+
+
+class CrossEntropy(Function):
+    """Per-row loss ``logsumexp(x[n]) - x[n, label]`` in one pass over the logits, then the
+    reduction; backward ``dx = (softmax(x) - onehot(label)) * g`` (scaled by 1/count for "mean")
+    from the saved logits and per-row max and log-sum."""
+
+    def forward(self, x):
+        labels, ignore, reduction = self.params["labels"], self.params["ignore_index"], self.params["reduction"]
+        N = x.shape[0]
+        loss = backend.empty((N,), x.dtype, self.device)
+        stats = backend.empty((N, 2), x.dtype, self.device)
+        softmax_kernels.cross_entropy_fwd(x, labels, ignore, loss, stats)
+        if self.needs_input_grad[0]:
+            self.save_for_backward(x, stats)
+        if reduction == "none":
+            return loss
+        total = backend.empty((1,), x.dtype, self.device)
+        elementwise.sum_all(loss, total)
+        if reduction == "mean":
+            elementwise.scalar("div", total, float(self.params["count"]), total)
+        return total.reshape(())
+
+    def backward(self, g):
+        labels, ignore, reduction = self.params["labels"], self.params["ignore_index"], self.params["reduction"]
+        x, stats = self.saved
+        count = self.params["count"]
+        scale = 1.0 / count if reduction == "mean" and count else 1.0
+        dx = backend.empty(x.shape, x.dtype, self.device)
+        softmax_kernels.cross_entropy_bwd(x, stats, labels, ignore, g.reshape(g.shape if g.ndim else (1,)), scale,
+                                          dx)
+        return (dx,)
+
+
+def _labels(target, x, ignore_index, op):
+    """The target as int64 labels on the logits' device, checked against the C classes; also
+    returns how many rows are not ignored."""
+    t = as_tensor(target, "target", op)
+    if t.dtype.kind not in "iu":
+        raise TypeError(f"{op}: target must hold integer class indices (any integer dtype), got dtype {t.dtype}; "
+                        "class probabilities are not supported")
+    if t.device != x.device:
+        raise ValueError(f"{op}: target is on device {t.device!r} but input is on {x.device!r}; "
+                         f"move it with .to({x.device!r})")
+    N, C = x.shape
+    if t.shape != (N,):
+        raise ValueError(f"{op}: target must have shape (N,) = ({N},) for input of shape {x.shape}, got {t.shape}")
+    host = t.numpy().astype(np.int64)
+    used = host != ignore_index
+    bad = used & ((host < 0) | (host >= C))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{op}: target values must be class indices in [0, {C - 1}] (C = {C}) or "
+                         f"ignore_index={ignore_index}; got target[{i}] = {t.numpy()[i]}")
+    labels = t.data if t.dtype == np.int64 else backend.to_device(host, x.device)
+    return labels, int(used.sum())
+
+
+def cross_entropy(input, target, *, reduction="mean", ignore_index=-100):
+    """Softmax cross-entropy of logits, PyTorch's ``F.cross_entropy`` for class-index targets.
+
+    input: logits (N, C), float32 or float64. target: (N,) integer class indices in [0, C) (any
+    integer dtype; values equal to ``ignore_index`` are skipped), on the input's device.
+    Per row ``loss[n] = logsumexp(x[n]) - x[n, target[n]]`` with
+    ``logsumexp(x[n]) = m + log(sum_c exp(x[n, c] - m))``, ``m = max_c x[n, c]``: finite for any
+    finite logits. ``reduction``: "mean" (sum over the rows not ignored divided by their count;
+    NaN when every row is ignored), "sum" (a 0-d Tensor each) or "none" (the (N,) losses, 0 on
+    ignored rows). The sums are deterministic. Gradient:
+    ``dx[n, c] = (softmax(x[n])[c] - [c == target[n]]) * g``. PyTorch's (C,) and
+    (N, C, d1, ...) inputs, class weights and label smoothing are not supported.
+    """
+    op = "cross_entropy"
+    x = _float_input(input, op)
+    if x.ndim != 2 or x.shape[1] < 1:
+        raise ValueError(f"{op}: input must be 2-D logits (N, C) with C >= 1, got shape {x.shape} (PyTorch's (C,) "
+                         "and (N, C, d1, ...) forms are not supported: move the class axis last and reshape to "
+                         "(-1, C))")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"{op}: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if not _is_int(ignore_index):
+        raise TypeError(f"{op}: ignore_index must be an int, got {ignore_index!r}")
+    labels, count = _labels(target, x, int(ignore_index), op)
+    return CrossEntropy.apply(x, labels=labels, ignore_index=int(ignore_index), reduction=reduction, count=count)

@@ -1,0 +1,454 @@
+"""Softmax, log-softmax and the fused softmax cross-entropy.
+
+Softmax runs over the middle axis of an array viewed as ``(outer, C, inner)`` (any axis of
+any rank reshapes to that), max-subtracted so that no ``exp`` overflows:
+
+- ``softmax_fwd(mode, x, y)``: ``y = exp(x - m) / s`` (mode "softmax") or
+  ``y = (x - m) - log(s)`` (mode "log_softmax"), with ``m = max_c x`` and
+  ``s = sum_c exp(x - m)`` per ``(outer, inner)`` position.
+- ``softmax_bwd(mode, y, g, dx)`` from the saved output: softmax ``dx = y (g - sum_c g y)``;
+  log-softmax ``dx = g - exp(y) sum_c g``.
+- ``cross_entropy_fwd(x, labels, ignore_index, loss, stats)`` for logits ``x`` (N, C) and int64
+  labels (N,): ``loss[n] = (m - x[n, label]) + log(s)`` with ``m = max_c x[n, c]`` and
+  ``s = sum_c exp(x[n, c] - m)`` (0 where ``label == ignore_index``); ``stats[n] = (m, log s)``
+  for the backward pass. Labels must already be in ``[0, C)`` or ignored.
+- ``cross_entropy_bwd(x, stats, labels, ignore_index, g, scale, dx)``:
+  ``dx[n, c] = (exp((x[n, c] - m) - log s) - [c == label]) * g[n] * scale`` (0 on ignored
+  rows); ``g`` has one element per row, or a single element shared by all rows (mean, sum).
+
+The log-sum-exp ``m + log s`` is never rounded as one number: for large logits its absolute
+rounding error (half an ulp of ``|m|``) would swamp a small loss, so ``m`` and ``log s`` are
+kept apart and subtracted from ``x`` one after the other.
+
+CUDA: one block per row (one ``(outer, inner)`` position, or one sample); the block's
+threads stride over the C entries and combine their partial max and sum in a shared-memory
+tree, so a row of classifier logits is read coalesced. The block is the smallest power of
+two covering C, between MIN_ROW_THREADS and ROW_THREADS. The cross-entropy gradient needs
+no reduction (the row statistics are saved): one thread per element.
+CPU: rows (``inner == 1``, the classifier case) and the cross-entropy kernels run one
+contiguous row per ``prange`` iteration; other views run ``prange`` over the outer index with
+the inner index innermost (contiguous), the running max and sum kept in small per-position
+workspaces that the launcher allocates.
+Every reduction is in a fixed order: results are bitwise reproducible.
+"""
+import math
+
+import numpy as np
+from numba import cuda, int64, njit, prange
+
+from .cuda_util import SIMULATOR, array1, array2, blocks, is_device_array, per_dtype
+
+ROW_THREADS = 8 if SIMULATOR else 256          # most threads per row block, a power of two
+MIN_ROW_THREADS = 2 if SIMULATOR else 32       # one warp
+THREADS = 32 if SIMULATOR else 256             # one-thread-per-element kernels
+
+SOFTMAX, LOG_SOFTMAX = range(2)
+MODES = {"softmax": SOFTMAX, "log_softmax": LOG_SOFTMAX}
+
+
+def _array3(dt):
+    return dt[:, :, ::1]
+
+
+@cuda.jit(device=True, inline="always")
+def _block_max(buf, v):
+    t = cuda.threadIdx.x
+    buf[t] = v
+    cuda.syncthreads()
+    half = cuda.blockDim.x // 2
+    while half > 0:
+        if t < half:
+            buf[t] = max(buf[t], buf[t + half])
+        cuda.syncthreads()
+        half //= 2
+    v = buf[0]
+    cuda.syncthreads()
+    return v
+
+
+@cuda.jit(device=True, inline="always")
+def _block_sum(buf, v):
+    t = cuda.threadIdx.x
+    buf[t] = v
+    cuda.syncthreads()
+    half = cuda.blockDim.x // 2
+    while half > 0:
+        if t < half:
+            buf[t] += buf[t + half]
+        cuda.syncthreads()
+        half //= 2
+    v = buf[0]
+    cuda.syncthreads()
+    return v
+
+
+# one block per row (o, i); thread t handles c = t, t + blockDim.x, ...
+@per_dtype(lambda dt: (int64, _array3(dt), _array3(dt)))
+def softmax_fwd_cuda(dt):
+    @cuda.jit
+    def kernel(mode, x, y):
+        buf = cuda.shared.array(ROW_THREADS, dt)
+        C = x.shape[1]
+        inner = x.shape[2]
+        o = cuda.blockIdx.x // inner
+        i = cuda.blockIdx.x - o * inner
+        t = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        m = dt(-math.inf)
+        for c in range(t, C, nt):
+            m = max(m, x[o, c, i])
+        m = _block_max(buf, m)
+        s = dt(0)
+        for c in range(t, C, nt):
+            s += math.exp(x[o, c, i] - m)
+        s = _block_sum(buf, s)
+        if mode == SOFTMAX:
+            inv = dt(1) / s
+            for c in range(t, C, nt):
+                y[o, c, i] = math.exp(x[o, c, i] - m) * inv
+        else:
+            log_s = math.log(s)
+            for c in range(t, C, nt):
+                y[o, c, i] = (x[o, c, i] - m) - log_s
+    return kernel
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def softmax_fwd_cpu(mode, x, y, m, s):
+    C = x.shape[1]
+    inner = x.shape[2]
+    for o in prange(x.shape[0]):
+        xo = x[o]
+        yo = y[o]
+        mo = m[o]
+        so = s[o]
+        for j in range(inner):
+            mo[j] = xo[0, j]
+            so[j] = 0
+        for c in range(1, C):
+            xc = xo[c]
+            for j in range(inner):
+                mo[j] = max(mo[j], xc[j])
+        for c in range(C):
+            xc = xo[c]
+            yc = yo[c]
+            for j in range(inner):
+                e = math.exp(xc[j] - mo[j])
+                yc[j] = e
+                so[j] += e
+        if mode == SOFTMAX:
+            for j in range(inner):
+                so[j] = x.dtype.type(1) / so[j]
+            for c in range(C):
+                yc = yo[c]
+                for j in range(inner):
+                    yc[j] *= so[j]
+        else:
+            for j in range(inner):
+                so[j] = math.log(so[j])
+            for c in range(C):
+                xc = xo[c]
+                yc = yo[c]
+                for j in range(inner):
+                    yc[j] = (xc[j] - mo[j]) - so[j]
+
+
+
+@njit(parallel=True, cache=True, error_model="numpy", fastmath={"reassoc"})
+def softmax_fwd_rows_cpu(mode, x, y):
+    one = x.dtype.type(1)
+    for o in prange(x.shape[0]):
+        xr = x[o]
+        yr = y[o]
+        m = xr[0]
+        for c in range(1, xr.shape[0]):
+            m = max(m, xr[c])
+        s = x.dtype.type(0)
+        for c in range(xr.shape[0]):
+            e = math.exp(xr[c] - m)
+            yr[c] = e
+            s += e
+        if mode == SOFTMAX:
+            inv = one / s
+            for c in range(xr.shape[0]):
+                yr[c] *= inv
+        else:
+            log_s = math.log(s)
+            for c in range(xr.shape[0]):
+                yr[c] = (xr[c] - m) - log_s
+
+# one block per row (o, i); thread t handles c = t, t + blockDim.x, ...
+@per_dtype(lambda dt: (int64, _array3(dt), _array3(dt), _array3(dt)))
+def softmax_bwd_cuda(dt):
+    @cuda.jit
+    def kernel(mode, y, g, dx):
+        buf = cuda.shared.array(ROW_THREADS, dt)
+        C = y.shape[1]
+        inner = y.shape[2]
+        o = cuda.blockIdx.x // inner
+        i = cuda.blockIdx.x - o * inner
+        t = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        acc = dt(0)
+        if mode == SOFTMAX:
+            for c in range(t, C, nt):
+                acc += g[o, c, i] * y[o, c, i]
+            acc = _block_sum(buf, acc)
+            for c in range(t, C, nt):
+                dx[o, c, i] = y[o, c, i] * (g[o, c, i] - acc)
+        else:
+            for c in range(t, C, nt):
+                acc += g[o, c, i]
+            acc = _block_sum(buf, acc)
+            for c in range(t, C, nt):
+                dx[o, c, i] = g[o, c, i] - math.exp(y[o, c, i]) * acc
+    return kernel
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def softmax_bwd_cpu(mode, y, g, dx, w):
+    C = y.shape[1]
+    inner = y.shape[2]
+    for o in prange(y.shape[0]):
+        yo = y[o]
+        go = g[o]
+        dxo = dx[o]
+        wo = w[o]
+        for j in range(inner):
+            wo[j] = 0
+        if mode == SOFTMAX:
+            for c in range(C):
+                yc = yo[c]
+                gc = go[c]
+                for j in range(inner):
+                    wo[j] += gc[j] * yc[j]
+            for c in range(C):
+                yc = yo[c]
+                gc = go[c]
+                dxc = dxo[c]
+                for j in range(inner):
+                    dxc[j] = yc[j] * (gc[j] - wo[j])
+        else:
+            for c in range(C):
+                gc = go[c]
+                for j in range(inner):
+                    wo[j] += gc[j]
+            for c in range(C):
+                yc = yo[c]
+                gc = go[c]
+                dxc = dxo[c]
+                for j in range(inner):
+                    dxc[j] = gc[j] - math.exp(yc[j]) * wo[j]
+
+
+
+@njit(parallel=True, cache=True, error_model="numpy", fastmath={"reassoc"})
+def softmax_bwd_rows_cpu(mode, y, g, dx):
+    for o in prange(y.shape[0]):
+        yr = y[o]
+        gr = g[o]
+        dxr = dx[o]
+        acc = y.dtype.type(0)
+        if mode == SOFTMAX:
+            for c in range(yr.shape[0]):
+                acc += gr[c] * yr[c]
+            for c in range(yr.shape[0]):
+                dxr[c] = yr[c] * (gr[c] - acc)
+        else:
+            for c in range(yr.shape[0]):
+                acc += gr[c]
+            for c in range(yr.shape[0]):
+                dxr[c] = gr[c] - math.exp(yr[c]) * acc
+
+# one block per sample n; thread t handles c = t, t + blockDim.x, ...
+@per_dtype(lambda dt: (array2(dt), array1(int64), int64, array1(dt), array2(dt)))
+def cross_entropy_fwd_cuda(dt):
+    @cuda.jit
+    def kernel(x, labels, ignore_index, loss, stats):
+        buf = cuda.shared.array(ROW_THREADS, dt)
+        n = cuda.blockIdx.x
+        C = x.shape[1]
+        t = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        m = dt(-math.inf)
+        for c in range(t, C, nt):
+            m = max(m, x[n, c])
+        m = _block_max(buf, m)
+        s = dt(0)
+        for c in range(t, C, nt):
+            s += math.exp(x[n, c] - m)
+        s = _block_sum(buf, s)
+        if t == 0:
+            log_s = math.log(s)
+            stats[n, 0] = m
+            stats[n, 1] = log_s
+            label = labels[n]
+            loss[n] = dt(0) if label == ignore_index else (m - x[n, label]) + log_s
+    return kernel
+
+
+@njit(parallel=True, cache=True, error_model="numpy", fastmath={"reassoc"})
+def cross_entropy_fwd_cpu(x, labels, ignore_index, loss, stats):
+    C = x.shape[1]
+    for n in prange(x.shape[0]):
+        xn = x[n]
+        m = xn[0]
+        for c in range(1, C):
+            m = max(m, xn[c])
+        s = x.dtype.type(0)
+        for c in range(C):
+            s += math.exp(xn[c] - m)
+        log_s = math.log(s)
+        stats[n, 0] = m
+        stats[n, 1] = log_s
+        label = labels[n]
+        loss[n] = x.dtype.type(0) if label == ignore_index else (m - xn[label]) + log_s
+
+
+# one thread per element (n, c)
+@per_dtype(lambda dt: (array2(dt), array2(dt), array1(int64), int64, array1(dt), dt, array2(dt)))
+def cross_entropy_bwd_cuda(dt):
+    @cuda.jit
+    def kernel(x, stats, labels, ignore_index, g, scale, dx):
+        e = cuda.grid(1)
+        C = x.shape[1]
+        if e < dx.size:
+            n = e // C
+            c = e - n * C
+            label = labels[n]
+            if label == ignore_index:
+                dx[n, c] = dt(0)
+            else:
+                gn = (g[n] if g.shape[0] > 1 else g[0]) * scale
+                p = math.exp((x[n, c] - stats[n, 0]) - stats[n, 1])
+                dx[n, c] = (p - dt(1) if c == label else p) * gn
+    return kernel
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def cross_entropy_bwd_cpu(x, stats, labels, ignore_index, g, scale, dx):
+    C = x.shape[1]
+    for n in prange(x.shape[0]):
+        xn = x[n]
+        dxn = dx[n]
+        label = labels[n]
+        if label == ignore_index:
+            for c in range(C):
+                dxn[c] = 0
+        else:
+            gn = (g[n] if g.shape[0] > 1 else g[0]) * scale
+            m = stats[n, 0]
+            log_s = stats[n, 1]
+            for c in range(C):
+                dxn[c] = math.exp((xn[c] - m) - log_s) * gn
+            dxn[label] = (math.exp((xn[label] - m) - log_s) - x.dtype.type(1)) * gn
+
+
+def _row_threads(C):
+    """Threads per row block: the smallest power of two >= C within [MIN_ROW_THREADS, ROW_THREADS]."""
+    return min(ROW_THREADS, max(MIN_ROW_THREADS, 1 << max(0, int(C) - 1).bit_length()))
+
+
+def _check(name, arrays, kinds):
+    """Check that ``arrays`` share device and float dtype and are C-contiguous; returns the device flag."""
+    first = arrays[0]
+    if first.dtype not in softmax_fwd_cuda:
+        raise TypeError(f"{name}: expected float32 or float64 arrays, got {first.dtype}")
+    on_device = is_device_array(first)
+    for a, kind in zip(arrays, kinds):
+        want = first.dtype if kind == "float" else np.dtype(np.int64)
+        if a.dtype != want or is_device_array(a) != on_device:
+            raise TypeError(f"{name}: every operand must be a {'CUDA device' if on_device else 'NumPy'} array "
+                            f"and the {kind} ones of dtype {want}, got one of dtype {a.dtype}")
+        contiguous = a.is_c_contiguous() if on_device else a.flags.c_contiguous
+        if not contiguous:
+            raise ValueError(f"{name}: operands must be C-contiguous")
+    return on_device
+
+
+def _view3(name, shapes):
+    """The common shape of rank 3 (outer, C, inner) of the arrays ``shapes`` (all the same)."""
+    if len(shapes[0]) != 3 or any(tuple(s) != tuple(shapes[0]) for s in shapes):
+        raise ValueError(f"{name}: expected arrays of one shape (outer, C, inner), got {[tuple(s) for s in shapes]}")
+    if shapes[0][1] < 1:
+        raise ValueError(f"{name}: the softmax axis must not be empty, got shape {tuple(shapes[0])}")
+    return shapes[0]
+
+
+def _mode(mode, name):
+    if mode not in MODES:
+        raise ValueError(f"{name}: unknown mode {mode!r}, expected one of {sorted(MODES)}")
+    return MODES[mode]
+
+
+def softmax_fwd(mode, x, y):
+    """``y`` = softmax or log-softmax of ``x`` over axis 1 of the (outer, C, inner) arrays."""
+    code = _mode(mode, "softmax_fwd")
+    outer, C, inner = _view3("softmax_fwd", (x.shape, y.shape))
+    if _check("softmax_fwd", (x, y), ("float", "float")):
+        if outer * inner:
+            softmax_fwd_cuda[y.dtype][outer * inner, _row_threads(C)](code, x, y)
+    elif inner == 1:
+        softmax_fwd_rows_cpu(code, x.reshape((outer, C)), y.reshape((outer, C)))
+    else:
+        softmax_fwd_cpu(code, x, y, np.empty((outer, inner), x.dtype), np.empty((outer, inner), x.dtype))
+
+
+def softmax_bwd(mode, y, g, dx):
+    """``dx`` from the forward output ``y`` and its gradient ``g`` (all (outer, C, inner))."""
+    code = _mode(mode, "softmax_bwd")
+    outer, C, inner = _view3("softmax_bwd", (y.shape, g.shape, dx.shape))
+    if _check("softmax_bwd", (y, g, dx), ("float",) * 3):
+        if outer * inner:
+            softmax_bwd_cuda[dx.dtype][outer * inner, _row_threads(C)](code, y, g, dx)
+    elif inner == 1:
+        softmax_bwd_rows_cpu(code, y.reshape((outer, C)), g.reshape((outer, C)), dx.reshape((outer, C)))
+    else:
+        softmax_bwd_cpu(code, y, g, dx, np.empty((outer, inner), y.dtype))
+
+
+def _ce_shapes(name, x, labels, loss, stats):
+    N = x.shape[0]
+    if (len(x.shape) != 2 or x.shape[1] < 1 or labels.shape != (N,) or (loss is not None and loss.shape != (N,))
+            or stats.shape != (N, 2)):
+        raise ValueError(f"{name}: expected logits (N, C) with C >= 1, labels and loss (N,) and stats (N, 2), got "
+                         f"{tuple(x.shape)}, {tuple(labels.shape)}, {None if loss is None else tuple(loss.shape)}, "
+                         f"{tuple(stats.shape)}")
+
+
+def cross_entropy_fwd(x, labels, ignore_index, loss, stats):
+    """Per-row loss ``logsumexp(x[n]) - x[n, label]`` (0 on ignored rows) of logits (N, C), and
+    ``stats[n] = (max_c x[n, c], log sum_c exp(x[n, c] - max))`` for the backward pass.
+
+    Labels (int64) must lie in ``[0, C)`` or equal ``ignore_index``; they are not checked here.
+    """
+    _ce_shapes("cross_entropy_fwd", x, labels, loss, stats)
+    on_device = _check("cross_entropy_fwd", (x, labels, loss, stats), ("float", "int", "float", "float"))
+    N, C = x.shape
+    if not N:
+        return
+    if on_device:
+        cross_entropy_fwd_cuda[x.dtype][N, _row_threads(C)](x, labels, ignore_index, loss, stats)
+    else:
+        cross_entropy_fwd_cpu(x, labels, ignore_index, loss, stats)
+
+
+def cross_entropy_bwd(x, stats, labels, ignore_index, g, scale, dx):
+    """``dx[n, c] = (softmax(x)[n, c] - [c == label[n]]) * g[n or 0] * scale``; 0 on ignored rows.
+
+    ``stats`` comes from ``cross_entropy_fwd``; ``g`` has shape (N,) (reduction "none") or (1,)
+    (one gradient for every row: "sum", "mean").
+    """
+    _ce_shapes("cross_entropy_bwd", x, labels, None, stats)
+    if dx.shape != x.shape or g.shape not in ((1,), (x.shape[0],)):
+        raise ValueError(f"cross_entropy_bwd: dx must have the logits' shape {tuple(x.shape)} and g shape (1,) "
+                         f"or ({x.shape[0]},), got {tuple(dx.shape)} and {tuple(g.shape)}")
+    on_device = _check("cross_entropy_bwd", (x, stats, labels, g, dx), ("float", "float", "int", "float", "float"))
+    scale = x.dtype.type(scale)
+    if not x.size:
+        return
+    if on_device:
+        cross_entropy_bwd_cuda[x.dtype][blocks(x.size, THREADS), THREADS](x, stats, labels, ignore_index, g,
+                                                                           scale, dx)
+    else:
+        cross_entropy_bwd_cpu(x, stats, labels, ignore_index, g, scale, dx)

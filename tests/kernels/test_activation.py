@@ -1,0 +1,125 @@
+import warnings
+
+import numpy as np
+import pytest
+from numba import cuda
+
+from convkern.kernels import activation
+from convkern.kernels.cuda_util import is_device_array
+from tests.reference import tolerance
+
+DTYPES = [np.float32, np.float64]
+SHAPES = [(1,), (37,), (3, 5, 7)]           # 37 and 105 elements: not a multiple of the block
+OPS = ["relu", "tanh", "sigmoid"]
+
+
+def put(x, device):
+    return cuda.to_device(x) if device == "cuda" else x.copy()
+
+
+def host(x):
+    return x.copy_to_host() if is_device_array(x) else x
+
+
+def garbage(shape, dtype, device):
+    return put(np.full(shape, np.nan, dtype), device)
+
+
+def forward_ref(op, x):
+    x = x.astype(np.float64)
+    if op == "relu":
+        return np.where(x > 0, x, 0.0)
+    if op == "tanh":
+        return np.tanh(x)
+    return 0.5 * (1 + np.tanh(x / 2))          # sigmoid, without overflow
+
+
+def backward_ref(op, x, dy):
+    """d op(x) / dx * dy from the input x."""
+    x, dy = x.astype(np.float64), dy.astype(np.float64)
+    if op == "relu":
+        return np.where(x > 0, dy, 0.0)
+    if op == "tanh":
+        return dy / np.cosh(x) ** 2
+    s = forward_ref("sigmoid", x)
+    return dy * s * (1 - s)
+
+
+def inputs(rng, shape, dtype):
+    x = rng.uniform(-4, 4, shape)
+    x.reshape(-1)[0] = 0.0                       # relu's kink: output 0, gradient 0
+    return x.astype(dtype)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("op", OPS)
+def test_activation_fwd(op, dtype, shape, device, rng):
+    x = inputs(rng, shape, dtype)
+    y = garbage(shape, dtype, device)
+    activation.activation_fwd(op, put(x, device), y)
+    rtol, atol = tolerance(dtype)
+    assert y.dtype == dtype
+    np.testing.assert_allclose(host(y), forward_ref(op, x), rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("op", OPS)
+def test_activation_bwd_from_output(op, dtype, shape, device, rng):
+    x = inputs(rng, shape, dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    y = forward_ref(op, x).astype(dtype)
+    dx = garbage(shape, dtype, device)
+    activation.activation_bwd(op, put(y, device), put(dy, device), dx)
+    rtol, atol = tolerance(dtype)
+    np.testing.assert_allclose(host(dx), backward_ref(op, x, dy), rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sigmoid_and_tanh_saturate_without_overflow(dtype, device):
+    x = np.array([-1000, -100, -30, 0, 30, 100, 1000], dtype)
+    for op, want in [("sigmoid", [0, 0, 0, 0.5, 1, 1, 1]), ("tanh", [-1, -1, -1, 0, 1, 1, 1])]:
+        y = garbage(x.shape, dtype, device)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            activation.activation_fwd(op, put(x, device), y)
+        np.testing.assert_allclose(host(y), want, atol=1e-12)
+
+
+def test_relu_passes_nan_and_zeroes_its_gradient_at_and_below_zero(device):
+    x = np.array([np.nan, -1.0, -0.0, 0.0, 2.0])
+    y = garbage(x.shape, np.float64, device)
+    activation.activation_fwd("relu", put(x, device), y)
+    np.testing.assert_array_equal(host(y), [np.nan, 0, 0, 0, 2])
+    dx = garbage(x.shape, np.float64, device)
+    activation.activation_bwd("relu", y, put(np.ones(5), device), dx)
+    np.testing.assert_array_equal(host(dx)[1:], [0, 0, 0, 1])
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_activation_in_place(op, device, rng):
+    x = inputs(rng, (4, 9), np.float64)
+    buf = put(x, device)
+    activation.activation_fwd(op, buf, buf)
+    np.testing.assert_allclose(host(buf), forward_ref(op, x), rtol=1e-12, atol=1e-12)
+
+
+def test_activation_bad_arguments():
+    a = np.ones(4, np.float32)
+    with pytest.raises(ValueError, match="unknown op 'gelu'"):
+        activation.activation_fwd("gelu", a, a)
+    with pytest.raises(ValueError, match="share one shape"):
+        activation.activation_bwd("relu", a, np.ones(5, np.float32), a)
+    with pytest.raises(TypeError, match="float64"):
+        activation.activation_fwd("tanh", np.ones(4), a)
+
+
+def test_float32_tanh_is_within_a_few_ulp():
+    x = np.concatenate([np.linspace(-10, 10, 100_001), 10.0 ** np.arange(-40, 1, 0.05)]).astype(np.float32)
+    x = np.concatenate([x, -x])
+    y = np.empty_like(x)
+    activation.activation_fwd("tanh", x, y)
+    want = np.tanh(x.astype(np.float64))
+    ulp = np.spacing(np.abs(want).astype(np.float32)).astype(np.float64)
+    assert (np.abs(y - want) <= 6 * ulp).all()
