@@ -55,3 +55,27 @@ class ConvGeometry(NamedTuple):
     def flops(self):
         """FLOPs of one pass: 2*N*K*P*Q*(C/groups)*R*S."""
         return 2 * self.N * self.K * self.P * self.Q * (self.C // self.groups) * self.R * self.S
+
+
+class PoolGeometry(NamedTuple):
+    """Everything a pooling kernel needs to know about one 2-D pooling (NCHW).
+
+    Input (N, C, H, W), window R x S, output (N, C, P, Q). Output pixel (p, q) covers input
+    rows ``p*stride_h - pad_h + r*dil_h`` (r < R) and columns ``q*stride_w - pad_w + s*dil_w``
+    (s < S); positions outside [0, H) x [0, W) are padding, which pooling never reads.
+    P and Q come from ``window_out_size`` (ceil_mode included).
+    """
+    N: int
+    C: int
+    H: int
+    W: int
+    R: int
+    S: int
+    P: int
+    Q: int
+    stride_h: int
+    stride_w: int
+    pad_h: int
+    pad_w: int
+    dil_h: int = 1
+    dil_w: int = 1
