@@ -22,7 +22,10 @@ from convkern.gradcheck import GradcheckError, gradcheck  # noqa: E402
 from convkern.ops.shape import cat  # noqa: E402
 from convkern.random import manual_seed  # noqa: E402
 from convkern.serialization import load, save  # noqa: E402
+from convkern import nn, optim  # noqa: E402
+from convkern.layer_summary import summary  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["Function", "GradcheckError", "Tensor", "cat", "conv_algorithms", "cuda_available", "functional",
-           "gradcheck", "is_grad_enabled", "load", "manual_seed", "no_grad", "save", "tensor", "__version__"]
+__all__ = ["Function", "GradcheckError", "Tensor", "cat", "conv_algorithms", "cuda_available", "from_dlpack",
+           "functional", "gradcheck", "is_grad_enabled", "load", "manual_seed", "nn", "no_grad", "optim", "save",
+           "summary", "tensor", "__version__"]

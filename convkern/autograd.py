@@ -16,6 +16,7 @@ _state = threading.local()
 
 
 def is_grad_enabled():
+    """False inside ``no_grad()``: ops then record no graph."""
     return getattr(_state, "grad_enabled", True)
 
 

@@ -1,4 +1,4 @@
-"""The ``convkern`` command: ``bench``, ``kernels`` (GPU build check) and ``info``."""
+"""The ``convkern`` command: ``bench``, ``train``, ``summary``, ``kernels`` (GPU build check) and ``info``."""
 import argparse
 import os
 import platform
@@ -34,13 +34,29 @@ def _info(args):
     return 0
 
 
+def _summary(args):
+    from convkern import models
+    from convkern.layer_summary import summary
+    factory, shape = models.REGISTRY[args.model]
+    model = factory()
+    print(summary(model, (args.batch_size,) + shape, name=args.model))
+    return 0
+
+
 def main(argv=None):
-    from convkern import bench, buildcheck
+    from convkern import bench, buildcheck, models, train
     parser = argparse.ArgumentParser(prog="convkern", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("bench", help="time every conv algorithm x pass on a shape suite")
     bench.add_arguments(p)
     p.set_defaults(func=bench.run)
+    p = sub.add_parser("train", help="train a reference CNN on real data (embedded MNIST split by default)")
+    train.add_arguments(p)
+    p.set_defaults(func=train.run)
+    p = sub.add_parser("summary", help="per-layer shapes, parameters, FLOPs and memory of a reference CNN")
+    p.add_argument("model", choices=tuple(models.REGISTRY))
+    p.add_argument("--batch-size", type=int, default=1)
+    p.set_defaults(func=_summary)
     p = sub.add_parser("kernels", help="compile every CUDA kernel to SASS (sm_80, sm_90): registers, spills")
     buildcheck.add_arguments(p)
     p.set_defaults(func=buildcheck.run)
@@ -49,7 +65,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, RuntimeError) as e:
+    except (ValueError, RuntimeError, FileNotFoundError) as e:
         print(f"convkern {args.command}: error: {e}", file=sys.stderr)
         return 2
 

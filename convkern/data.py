@@ -374,6 +374,25 @@ def center_crop(images, size=24):
     return np.ascontiguousarray(images[:, :, top:top + size, left:left + size])
 
 
+def random_shift(images, max_shift=2, rng=None):
+    """Translate each image by a random (dy, dx) in [-max_shift, max_shift], filling with zeros:
+    a random crop of the zero-padded image back to its own size."""
+    images = _check_batch(images, "random_shift")
+    h, w = images.shape[2:]
+    padded = np.pad(images, ((0, 0), (0, 0), (max_shift, max_shift), (max_shift, max_shift)))
+    if h != w:
+        raise ValueError(f"random_shift: images must be square, got {h}x{w}")
+    return random_crop(padded, h, rng)
+
+
+def shift_transform(max_shift=2):
+    """Transform for a DataLoader: ``random_shift`` with the loader's per-epoch Generator."""
+    def transform(images, rng=None):
+        return random_shift(images, max_shift, rng)
+    transform.takes_rng = True
+    return transform
+
+
 def cifar_train_transform(rng=None, size=24):
     """The TF CIFAR-10 tutorial's training distortion: random crop, random left-right flip, random
     brightness (max_delta 63/255) then random contrast (0.2..1.8), then per-image standardization.
@@ -396,4 +415,4 @@ def cifar_eval_transform(size=24):
 __all__ = ["CIFAR10_FORMAT", "DataLoader", "Dataset", "EMBEDDED_DIR", "FASHION_MNIST_DIR", "IDX_FORMAT",
            "center_crop", "cifar_eval_transform", "cifar_train_transform", "load_cifar10", "load_dataset",
            "load_default", "load_mnist", "pad_images", "pad_to", "per_image_standardization", "random_brightness",
-           "random_contrast", "random_crop", "random_flip", "read_cifar10_batch", "read_idx"]
+           "random_contrast", "random_crop", "random_flip", "random_shift", "shift_transform", "read_cifar10_batch", "read_idx"]

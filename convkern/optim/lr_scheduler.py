@@ -3,6 +3,7 @@ optimizer's steps; each parameter group's ``lr`` is set from its ``initial_lr``.
 
 
 class LRScheduler:
+    """Base class: ``step()`` advances ``last_epoch`` and sets each group's lr to ``lr_at(initial_lr, epoch)``."""
     def __init__(self, optimizer, last_epoch=-1):
         if not hasattr(optimizer, "param_groups"):
             raise TypeError(f"{type(self).__name__}: optimizer must be a convkern.optim optimizer, "

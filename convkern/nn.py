@@ -1,0 +1,481 @@
+"""Layers as modules, PyTorch-style: a ``Module`` owns ``Parameter``s, buffers and child modules;
+``forward`` calls ``convkern.functional``.
+
+Default initialisation is PyTorch's: ``Conv2d`` and ``Linear`` draw weight and bias from
+``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` (PyTorch's ``kaiming_uniform_(a=sqrt(5))`` reduces to this
+bound), with ``fan_in = in_channels/groups * kh * kw`` or ``in_features``; ``BatchNorm`` starts at
+weight 1, bias 0, running mean 0, running variance 1. Draws come from the global generator, so
+``convkern.manual_seed(s)`` makes a model's initial weights reproducible.
+"""
+import math
+from collections import OrderedDict
+
+import numpy as np
+
+from convkern import backend
+from convkern import functional as F
+from convkern import random as ck_random
+from convkern.autograd import Tensor, tensor
+
+
+class Parameter(Tensor):
+    """A Tensor that a Module registers as trainable (``requires_grad=True``)."""
+
+    def __init__(self, data, requires_grad=True):
+        t = data if isinstance(data, Tensor) else tensor(data)
+        super().__init__(t.data, requires_grad=requires_grad)
+
+    def __repr__(self):
+        return "Parameter" + super().__repr__()[len("Tensor"):]
+
+
+class Module:
+    """Base class: assign Parameters, Modules and (via ``register_buffer``) buffers as attributes;
+    implement ``forward``. Call the module to run it."""
+
+    def __init__(self):
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_buffers", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "training", True)
+
+    def __setattr__(self, name, value):
+        if "_parameters" not in self.__dict__:
+            raise RuntimeError(f"{type(self).__name__}: call super().__init__() before assigning attributes")
+        for table in (self._parameters, self._buffers, self._modules):
+            table.pop(name, None)
+        if isinstance(value, Parameter):
+            self._parameters[name] = value
+        elif isinstance(value, Module):
+            self._modules[name] = value
+        else:
+            object.__setattr__(self, name, value)
+            return
+        self.__dict__.pop(name, None)
+
+    def __getattr__(self, name):
+        for table in ("_parameters", "_buffers", "_modules"):
+            entries = self.__dict__.get(table)
+            if entries is not None and name in entries:
+                return entries[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def register_buffer(self, name, value):
+        """Register ``value`` (a Tensor or None) as state that is saved but not trained."""
+        if value is not None and not isinstance(value, Tensor):
+            raise TypeError(f"register_buffer: {name} must be a convkern Tensor or None, got {type(value).__name__}")
+        self.__dict__.pop(name, None)
+        self._buffers[name] = value
+
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError(f"{type(self).__name__} must implement forward()")
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    # ---- traversal
+    def named_children(self):
+        return iter(self._modules.items())
+
+    def children(self):
+        return iter(self._modules.values())
+
+    def named_modules(self, prefix=""):
+        yield prefix, self
+        for name, child in self._modules.items():
+            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def modules(self):
+        return (m for _, m in self.named_modules())
+
+    def named_parameters(self, prefix=""):
+        seen = set()
+        for mod_name, mod in self.named_modules(prefix):
+            for name, p in mod._parameters.items():
+                if p is not None and id(p) not in seen:
+                    seen.add(id(p))
+                    yield (f"{mod_name}.{name}" if mod_name else name), p
+
+    def parameters(self):
+        return (p for _, p in self.named_parameters())
+
+    def named_buffers(self, prefix=""):
+        for mod_name, mod in self.named_modules(prefix):
+            for name, b in mod._buffers.items():
+                if b is not None:
+                    yield (f"{mod_name}.{name}" if mod_name else name), b
+
+    def buffers(self):
+        return (b for _, b in self.named_buffers())
+
+    # ---- mode and gradients
+    def train(self, mode=True):
+        for m in self.modules():
+            object.__setattr__(m, "training", bool(mode))
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def zero_grad(self):
+        """Drop every parameter's gradient (``p.grad = None``, as PyTorch's default)."""
+        for p in self.parameters():
+            p.grad = None
+
+    # ---- state
+    def state_dict(self):
+        """Ordered ``{name: NumPy array}`` of every parameter and buffer (host copies)."""
+        state = OrderedDict()
+        for name, p in self.named_parameters():
+            state[name] = np.array(p.numpy(), copy=True)
+        for name, b in self.named_buffers():
+            state[name] = np.array(b.numpy(), copy=True)
+        return state
+
+    def load_state_dict(self, state_dict, strict=True):
+        """Copy arrays into the parameters and buffers, keeping each one's device and dtype.
+
+        With ``strict`` every key must match: missing keys, unexpected keys and shape mismatches
+        raise one RuntimeError listing them all, and nothing is changed. Returns
+        ``(missing_keys, unexpected_keys)``.
+        """
+        if not isinstance(state_dict, dict):
+            raise TypeError(f"load_state_dict: state_dict must be a dict of arrays, got {type(state_dict).__name__}")
+        targets = OrderedDict(list(self.named_parameters()) + list(self.named_buffers()))
+        missing = [k for k in targets if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in targets]
+        problems = []
+        arrays = {}
+        for key, target in targets.items():
+            if key not in state_dict:
+                continue
+            value = state_dict[key]
+            array = np.asarray(value.numpy() if isinstance(value, Tensor) else value)
+            if array.shape != target.shape:
+                problems.append(f"{key}: expected shape {target.shape}, got {array.shape}")
+            elif array.dtype.kind not in "fiub":
+                problems.append(f"{key}: expected a numeric array, got dtype {array.dtype}")
+            else:
+                arrays[key] = array
+        if strict:
+            problems = [f"missing key {k!r}" for k in missing] + [f"unexpected key {k!r}" for k in unexpected] + problems
+        if problems:
+            raise RuntimeError(f"load_state_dict into {type(self).__name__}: " + "; ".join(problems))
+        for key, array in arrays.items():
+            target = targets[key]
+            host = np.ascontiguousarray(array, dtype=target.dtype)
+            target.data = backend.to_device(host, target.device)
+        return missing, unexpected
+
+    def to(self, device=None, dtype=None):
+        """Move every parameter, gradient and float buffer to ``device`` and/or cast to ``dtype``
+        (float32 or float64), in place; returns the module. A string argument is a device,
+        anything else a dtype: ``m.to("cuda")``, ``m.to(np.float64)``."""
+        if device is not None and not isinstance(device, str):
+            device, dtype = None, device
+        if device is not None:
+            backend.check_device(device)
+        if dtype is not None:
+            dtype = np.dtype(dtype)
+            if dtype not in backend.FLOAT_DTYPES:
+                raise TypeError(f"to: dtype must be float32 or float64, got {dtype}")
+
+        def move(t):
+            if t.dtype not in backend.FLOAT_DTYPES:
+                return
+            data = t.data
+            if dtype is not None and t.dtype != dtype:
+                data = backend.to_device(backend.to_numpy(data).astype(dtype), t.device)
+            if device is not None:
+                data = backend.to_device(data, device)
+            t.data = data
+        for p in self.parameters():
+            move(p)
+            if p.grad is not None:
+                move(p.grad)
+        for b in self.buffers():
+            move(b)
+        return self
+
+    def double(self):
+        return self.to(np.float64)
+
+    def float(self):
+        return self.to(np.float32)
+
+    def extra_repr(self):
+        return ""
+
+    def __repr__(self):
+        lines = [f"{type(self).__name__}({self.extra_repr()}"]
+        if self._modules:
+            for name, child in self._modules.items():
+                child_repr = repr(child).replace("\n", "\n  ")
+                lines.append(f"  ({name}): {child_repr}")
+            return "\n".join(lines) + "\n)"
+        return lines[0] + ")"
+
+
+def _uniform(shape, bound, dtype, device):
+    data = ck_random.generator().uniform(-bound, bound, shape).astype(dtype)
+    return Parameter(tensor(data, device=device))
+
+
+def _float_dtype(dtype, op):
+    dtype = np.dtype(dtype)
+    if dtype not in backend.FLOAT_DTYPES:
+        raise TypeError(f"{op}: dtype must be float32 or float64, got {dtype}")
+    return dtype
+
+
+def _positive_int(value, name, op):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{op}: {name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+class Conv2d(Module):
+    """``F.conv2d`` with weight (out_channels, in_channels/groups, kh, kw) and optional bias."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                 bias=True, algorithm="auto", dtype=np.float32, device="cpu"):
+        super().__init__()
+        op = "Conv2d"
+        in_channels = _positive_int(in_channels, "in_channels", op)
+        out_channels = _positive_int(out_channels, "out_channels", op)
+        groups = _positive_int(groups, "groups", op)
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"{op}: groups={groups} must divide in_channels={in_channels} and "
+                             f"out_channels={out_channels}")
+        kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
+        _positive_int(kh, "kernel_size", op), _positive_int(kw, "kernel_size", op)
+        dtype = _float_dtype(dtype, op)
+        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, (kh, kw)
+        self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
+        self.algorithm = algorithm
+        bound = 1.0 / math.sqrt(in_channels // groups * kh * kw)
+        self.weight = _uniform((out_channels, in_channels // groups, kh, kw), bound, dtype, device)
+        self.bias = _uniform((out_channels,), bound, dtype, device) if bias else None
+
+    def forward(self, x):
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
+                        self.algorithm)
+
+    def extra_repr(self):
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding!r}" + (f", groups={self.groups}" if self.groups != 1 else "")
+                + ("" if self.bias is not None else ", bias=False"))
+
+
+class Linear(Module):
+    """``y = x Wᵀ + b`` with weight (out_features, in_features)."""
+
+    def __init__(self, in_features, out_features, bias=True, dtype=np.float32, device="cpu"):
+        super().__init__()
+        op = "Linear"
+        self.in_features = _positive_int(in_features, "in_features", op)
+        self.out_features = _positive_int(out_features, "out_features", op)
+        dtype = _float_dtype(dtype, op)
+        bound = 1.0 / math.sqrt(in_features)
+        self.weight = _uniform((out_features, in_features), bound, dtype, device)
+        self.bias = _uniform((out_features,), bound, dtype, device) if bias else None
+
+    def forward(self, x):
+        return F.linear(x, self.weight, self.bias)
+
+    def extra_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class _BatchNorm(Module):
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
+                 dtype=np.float32, device="cpu"):
+        super().__init__()
+        op = type(self).__name__
+        self.num_features = _positive_int(num_features, "num_features", op)
+        dtype = _float_dtype(dtype, op)
+        self.eps, self.momentum = eps, momentum
+        self.affine, self.track_running_stats = affine, track_running_stats
+        if affine:
+            self.weight = Parameter(tensor(np.ones(num_features, dtype), device=device))
+            self.bias = Parameter(tensor(np.zeros(num_features, dtype), device=device))
+        else:
+            self.weight = self.bias = None
+        if track_running_stats:
+            self.register_buffer("running_mean", tensor(np.zeros(num_features, dtype), device=device))
+            self.register_buffer("running_var", tensor(np.ones(num_features, dtype), device=device))
+            self.register_buffer("num_batches_tracked", tensor(np.zeros((), np.int64)))
+        else:
+            self.running_mean = self.running_var = self.num_batches_tracked = None
+
+    def forward(self, x):
+        use_batch_stats = self.training or not self.track_running_stats
+        momentum = self.momentum
+        if self.training and self.track_running_stats:
+            self.num_batches_tracked.data += 1
+            if momentum is None:  # cumulative moving average, as PyTorch
+                momentum = 1.0 / float(self.num_batches_tracked.data)
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                            training=use_batch_stats, momentum=momentum, eps=self.eps)
+
+    def extra_repr(self):
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}"
+
+
+class BatchNorm2d(_BatchNorm):
+    """Batch normalisation over (N, H, W) per channel of an (N, C, H, W) input."""
+
+
+class BatchNorm1d(_BatchNorm):
+    """Batch normalisation per feature of an (N, C) input."""
+
+
+class _Stateless(Module):
+    """A module that only holds hyper-parameters for one functional op."""
+    fn = None
+    names = ()
+
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+        params = dict(zip(self.names, args))
+        for key in kwargs:
+            if key not in self.names or key in params:
+                raise TypeError(f"{type(self).__name__}: unexpected or repeated argument {key!r}")
+        params.update(kwargs)
+        self.hparams = params
+
+    def forward(self, x):
+        return type(self).fn(x, **self.hparams)
+
+    def extra_repr(self):
+        return ", ".join(f"{k}={v!r}" for k, v in self.hparams.items())
+
+
+def _stateless(name, fn, names, doc):
+    return type(name, (_Stateless,), {"fn": staticmethod(fn), "names": names, "__doc__": doc})
+
+
+MaxPool2d = _stateless("MaxPool2d", F.max_pool2d,
+                       ("kernel_size", "stride", "padding", "dilation", "return_indices", "ceil_mode"),
+                       "``F.max_pool2d`` as a module.")
+AvgPool2d = _stateless("AvgPool2d", F.avg_pool2d,
+                       ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad"),
+                       "``F.avg_pool2d`` as a module.")
+AdaptiveAvgPool2d = _stateless("AdaptiveAvgPool2d", F.adaptive_avg_pool2d, ("output_size",),
+                               "``F.adaptive_avg_pool2d`` as a module (output_size 1: global average pooling).")
+LocalResponseNorm = _stateless("LocalResponseNorm", F.local_response_norm, ("size", "alpha", "beta", "k"),
+                               "``F.local_response_norm`` (PyTorch's LRN convention) as a module.")
+LRN = _stateless("LRN", F.lrn, ("depth_radius", "bias", "alpha", "beta"),
+                 "``F.lrn`` (TensorFlow's LRN convention, as in the AlexNet paper) as a module.")
+ReLU = _stateless("ReLU", F.relu, (), "``F.relu`` as a module.")
+Tanh = _stateless("Tanh", F.tanh, (), "``F.tanh`` as a module.")
+Sigmoid = _stateless("Sigmoid", F.sigmoid, (), "``F.sigmoid`` as a module.")
+Flatten = _stateless("Flatten", F.flatten, ("start_dim", "end_dim"), "``F.flatten`` as a module (start_dim=1).")
+
+
+class Dropout(Module):
+    """``F.dropout(x, p, training=self.training)``: active in train mode, identity in eval mode."""
+
+    def __init__(self, p=0.5):
+        super().__init__()
+        if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0 <= p < 1:
+            raise ValueError(f"Dropout: p must be a number in [0, 1), got {p!r}")
+        self.p = float(p)
+
+    def forward(self, x):
+        return F.dropout(x, self.p, self.training)
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+
+class Subsample2d(Module):
+    """LeNet-5's trainable subsampling: ``y[:, c] = weight[c] * avg_pool(x)[:, c] + bias[c]``.
+
+    Starts as plain average pooling (weight 1, bias 0).
+    """
+
+    def __init__(self, channels, kernel_size=2, stride=None, dtype=np.float32, device="cpu"):
+        super().__init__()
+        self.channels = _positive_int(channels, "channels", "Subsample2d")
+        self.kernel_size, self.stride = kernel_size, stride
+        dtype = _float_dtype(dtype, "Subsample2d")
+        self.weight = Parameter(tensor(np.ones(channels, dtype), device=device))
+        self.bias = Parameter(tensor(np.zeros(channels, dtype), device=device))
+
+    def forward(self, x):
+        return F.subsample2d(x, self.weight, self.bias, self.kernel_size, self.stride)
+
+    def extra_repr(self):
+        return f"{self.channels}, kernel_size={self.kernel_size}"
+
+
+class Identity(Module):
+    def forward(self, x):
+        return x
+
+
+class Sequential(Module):
+    """Modules applied in order; children are named "0", "1", ... (or by an OrderedDict's keys)."""
+
+    def __init__(self, *modules):
+        super().__init__()
+        if len(modules) == 1 and isinstance(modules[0], OrderedDict):
+            items = modules[0].items()
+        else:
+            items = ((str(i), m) for i, m in enumerate(modules))
+        for name, m in items:
+            if not isinstance(m, Module):
+                raise TypeError(f"Sequential: element {name} must be a Module, got {type(m).__name__}")
+            setattr(self, name, m)
+
+    def __getitem__(self, index):
+        return list(self._modules.values())[index]
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def forward(self, x):
+        for m in self._modules.values():
+            x = m(x)
+        return x
+
+
+class ModuleList(Module):
+    """A list of modules registered as children "0", "1", ..."""
+
+    def __init__(self, modules=()):
+        super().__init__()
+        for m in modules:
+            self.append(m)
+
+    def append(self, m):
+        if not isinstance(m, Module):
+            raise TypeError(f"ModuleList: expected a Module, got {type(m).__name__}")
+        setattr(self, str(len(self._modules)), m)
+        return self
+
+    def __getitem__(self, index):
+        return list(self._modules.values())[index]
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+
+def l2_weight_loss(params, wl):
+    """The TensorFlow CIFAR-10 tutorial's weight decay term: ``wl * sum(‖w‖²) / 2`` over ``params``
+    (add it to the loss for the layers it names)."""
+    params = list(params)
+    if not params:
+        raise ValueError("l2_weight_loss: params must name at least one parameter")
+    total = None
+    for p in params:
+        term = (p * p).sum()
+        total = term if total is None else total + term
+    return total * (float(wl) / 2.0)

@@ -1,0 +1,212 @@
+"""``convkern train MODEL``: train a reference CNN on real data with convkern's own kernels.
+
+Each epoch runs the shuffled training split (order drawn from (seed, epoch)), then evaluates on
+the test split. A checkpoint (model, optimizer, global random state, progress) is written
+atomically after every epoch when ``checkpoint`` is given; ``resume`` continues from one exactly
+as if the run had not stopped.
+"""
+import json
+import time
+
+import numpy as np
+
+import convkern as ck
+from convkern import data as ck_data
+from convkern import functional as F
+from convkern import models, optim
+from convkern import random as ck_random
+
+# Per-model defaults: data set, input padding, epochs, batch size, optimizer, learning rate, its
+# per-epoch decay (ExponentialLR's gamma) and random translation of training images (pixels).
+DEFAULTS = {
+    "lenet5": dict(data="default", pad_to=32, epochs=10, batch_size=32, optimizer="adam", lr=2e-3, lr_decay=0.75,
+                   shift=2),
+    "tf_mnist_cnn": dict(data="default", pad_to=None, epochs=6, batch_size=50, optimizer="adam", lr=1e-3,
+                         lr_decay=0.8),
+    "cifar10_cnn": dict(data=None, pad_to=None, epochs=10, batch_size=128, optimizer="sgd", lr=0.05, lr_decay=0.9),
+    "resnet18": dict(data="default", pad_to=32, epochs=3, batch_size=64, optimizer="adam", lr=1e-3, lr_decay=0.7),
+    "resnet34": dict(data="default", pad_to=32, epochs=3, batch_size=64, optimizer="adam", lr=1e-3, lr_decay=0.7),
+}
+MODELS = tuple(DEFAULTS)
+RESULT_KEYS = ("model", "dataset", "epochs", "train_seconds", "images_per_second", "test_accuracy")
+
+
+def build_model(name, in_channels, num_classes):
+    if name not in DEFAULTS:
+        raise ValueError(f"train: model must be one of {', '.join(MODELS)}, got {name!r}")
+    factory = models.REGISTRY[name][0]
+    return factory(num_classes=num_classes, in_channels=in_channels)
+
+
+def load_data(name, data, pad_to):
+    """(train, test, train transform, test transform) for ``model`` on data set ``data``."""
+    train = ck_data.load_dataset(data, "train", pad_to=pad_to)
+    test = ck_data.load_dataset(data, "test", pad_to=pad_to)
+    if name == "cifar10_cnn":
+        if train.images.shape[1] != 3:
+            raise ValueError(f"train: cifar10_cnn needs 3-channel 32x32 images (CIFAR-10 binary batches), but "
+                             f"--data {data} has {train.images.shape[1]} channel(s)")
+        return train, test, ck_data.cifar_train_transform(), ck_data.cifar_eval_transform()
+    shift = DEFAULTS[name].get("shift")
+    return train, test, (ck_data.shift_transform(shift) if shift else None), None
+
+
+def make_optimizer(kind, params, lr):
+    if kind == "sgd":
+        return optim.SGD(params, lr=lr, momentum=0.9)
+    if kind == "adam":
+        return optim.Adam(params, lr=lr)
+    raise ValueError(f"train: optimizer must be 'sgd' or 'adam', got {kind!r}")
+
+
+def evaluate(model, loader, device):
+    """Top-1 accuracy of ``model`` (eval mode, no graph) over ``loader``."""
+    model.eval()
+    correct = total = 0
+    with ck.no_grad():
+        for images, labels in loader.iter_epoch(0):
+            logits = model(ck.tensor(images, device=device)).numpy()
+            correct += int((logits.argmax(axis=1) == labels).sum())
+            total += len(labels)
+    model.train()
+    return correct / max(total, 1)
+
+
+def _progress(total, desc, enabled):
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=desc, unit="batch", disable=None if enabled else True, leave=False)
+
+
+def train(model="lenet5", data=None, epochs=None, batch_size=None, lr=None, optimizer=None, lr_decay=None,
+          device="cpu", seed=0,
+          checkpoint=None, resume=None, train_size=None, test_size=None, progress=True, log=print):
+    """Train ``model`` and return ``{"model", "dataset", "epochs", "train_seconds", "images_per_second",
+    "test_accuracy", "history"}``; ``train_size``/``test_size`` use the first samples only (quick runs)."""
+    if model not in DEFAULTS:
+        raise ValueError(f"train: model must be one of {', '.join(MODELS)}, got {model!r}")
+    cfg = dict(DEFAULTS[model])
+    for key, value in dict(data=data, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
+                           lr_decay=lr_decay).items():
+        if value is not None:
+            cfg[key] = value
+    if cfg["data"] is None:
+        raise ValueError(f"train: {model} has no embedded data set; pass --data PATH (a directory with the "
+                         "CIFAR-10 binary batches)")
+    if isinstance(cfg["epochs"], bool) or not isinstance(cfg["epochs"], int) or cfg["epochs"] < 1:
+        raise ValueError(f"train: epochs must be a positive int, got {cfg['epochs']!r}")
+    ck.backend.check_device(device)
+
+    train_set, test_set, train_tf, test_tf = load_data(model, cfg["data"], cfg["pad_to"])
+    if train_size is not None:
+        train_set = train_set.subset(slice(0, train_size))
+    if test_size is not None:
+        test_set = test_set.subset(slice(0, test_size))
+    train_loader = ck_data.DataLoader(train_set, cfg["batch_size"], shuffle=True, seed=seed, transform=train_tf)
+    test_loader = ck_data.DataLoader(test_set, 256, transform=test_tf)
+
+    ck.manual_seed(seed)
+    num_classes = int(max(train_set.labels.max(), test_set.labels.max())) + 1
+    net = build_model(model, train_set.images.shape[1], max(num_classes, 10)).to(device)
+    opt = make_optimizer(cfg["optimizer"], net.parameters(), cfg["lr"])
+    scheduler = optim.lr_scheduler.ExponentialLR(opt, cfg["lr_decay"])
+    start_epoch, history, train_seconds, images_seen = 0, [], 0.0, 0
+    if resume is not None:
+        start_epoch, history, train_seconds, images_seen = _restore(resume, model, cfg, net, opt, scheduler)
+
+    for epoch in range(start_epoch, cfg["epochs"]):
+        net.train()
+        bar = _progress(len(train_loader), f"epoch {epoch + 1}/{cfg['epochs']}", progress)
+        t0, loss_sum, correct, seen = time.perf_counter(), 0.0, 0, 0
+        for images, labels in train_loader.iter_epoch(epoch):
+            logits = net(ck.tensor(images, device=device))
+            loss = F.cross_entropy(logits, ck.tensor(labels, device=device))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            loss_sum += loss.item() * len(labels)
+            correct += int((logits.numpy().argmax(axis=1) == labels).sum())
+            seen += len(labels)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}",
+                                img_s=f"{seen / (time.perf_counter() - t0):.0f}")
+        if bar is not None:
+            bar.close()
+        scheduler.step()
+        epoch_seconds = time.perf_counter() - t0
+        train_seconds += epoch_seconds
+        images_seen += seen
+        accuracy = evaluate(net, test_loader, device)
+        history.append({"epoch": epoch + 1, "loss": loss_sum / seen, "train_accuracy": correct / seen,
+                        "test_accuracy": accuracy, "seconds": epoch_seconds})
+        if log is not None:
+            log(f"epoch {epoch + 1}/{cfg['epochs']}: loss {loss_sum / seen:.4f}  train acc {correct / seen:.4f}  "
+                f"test acc {accuracy:.4f}  {seen / epoch_seconds:.0f} img/s")
+        if checkpoint is not None:
+            _save(checkpoint, model, cfg, net, opt, scheduler, epoch + 1, history, train_seconds, images_seen)
+
+    return {"model": model, "dataset": str(cfg["data"]), "epochs": cfg["epochs"],
+            "train_seconds": round(train_seconds, 3),
+            "images_per_second": round(images_seen / train_seconds, 1) if train_seconds else 0.0,
+            "test_accuracy": history[-1]["test_accuracy"] if history else None, "history": history}
+
+
+def _save(path, model, cfg, net, opt, scheduler, epochs_done, history, train_seconds, images_seen):
+    ck.save({"model_name": model, "config": {k: v for k, v in cfg.items() if v is not None},
+             "model": dict(net.state_dict()), "optimizer": opt.state_dict(), "scheduler": scheduler.state_dict(),
+             "epochs_done": epochs_done,
+             "history": json.dumps(history), "train_seconds": train_seconds, "images_seen": images_seen,
+             "random_state": json.dumps(ck_random.generator().bit_generator.state)}, path)
+
+
+def _restore(path, model, cfg, net, opt, scheduler):
+    state = ck.load(path)
+    if not isinstance(state, dict) or "model_name" not in state:
+        raise ValueError(f"train: {path} is not a convkern train checkpoint")
+    if state["model_name"] != model:
+        raise ValueError(f"train: checkpoint {path} is for model {state['model_name']!r}, not {model!r}")
+    saved = state["config"]
+    for key in ("data", "batch_size", "optimizer"):
+        if str(saved.get(key)) != str(cfg[key]):
+            raise ValueError(f"train: checkpoint {path} was trained with {key}={saved.get(key)!r}, this run asks "
+                             f"for {cfg[key]!r}; resume with the same settings")
+    net.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    ck_random.generator().bit_generator.state = json.loads(state["random_state"])
+    return state["epochs_done"], json.loads(state["history"]), state["train_seconds"], state["images_seen"]
+
+
+def add_arguments(parser):
+    parser.add_argument("model", choices=MODELS)
+    parser.add_argument("--data", help="default (embedded MNIST t10k split), fashion-mnist, or a directory "
+                                       "(idx files or CIFAR-10 binary batches)")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--optimizer", choices=("sgd", "adam"))
+    parser.add_argument("--lr-decay", type=float, help="multiply the learning rate by this after every epoch")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--checkpoint", help="write a checkpoint here after every epoch (atomically)")
+    parser.add_argument("--resume", help="continue from this checkpoint")
+    parser.add_argument("--train-size", type=int, help="use only the first N training images")
+    parser.add_argument("--test-size", type=int, help="use only the first N test images")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
+
+
+def run(args):
+    result = train(args.model, data=args.data, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                   optimizer=args.optimizer, lr_decay=args.lr_decay, device=args.device, seed=args.seed,
+                   checkpoint=args.checkpoint, resume=args.resume, train_size=args.train_size, test_size=args.test_size)
+    summary = {k: result[k] for k in RESULT_KEYS}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"{summary['model']} on {summary['dataset']}: test accuracy {summary['test_accuracy']:.4f} after "
+              f"{summary['epochs']} epochs, {summary['train_seconds']:.1f} s training, "
+              f"{summary['images_per_second']:.0f} images/s")
+    return 0
