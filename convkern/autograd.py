@@ -310,6 +310,11 @@ def tensor(data, requires_grad=False, device=None, dtype=None):
     object with ``__cuda_array_interface__`` (CuPy arrays, PyTorch CUDA tensors; viewed, not
     copied) or another Tensor. ``device`` defaults to where the data already is; ``dtype`` converts
     (CPU data only). Arrays are made C-contiguous and native-byte-order."""
+    if dtype is not None:
+        try:
+            dtype = np.dtype(dtype)
+        except TypeError as e:
+            raise TypeError(f"dtype: expected a NumPy dtype such as np.float32, got {dtype!r} ({e})") from None
     if isinstance(data, Tensor):
         data = data.data
     elif backend.has_cuda_array_interface(data):
@@ -325,7 +330,10 @@ def tensor(data, requires_grad=False, device=None, dtype=None):
                              "first (e.g. cupy.ascontiguousarray(x) or x.contiguous())")
         array = data
     else:
-        array = np.asarray(data, dtype=dtype)
+        try:
+            array = np.asarray(data, dtype=dtype)
+        except (TypeError, ValueError) as e:  # ragged nesting, strings that are not numbers, ...
+            raise type(e)(f"data: cannot make a numeric array of it: {e}") from None
         if array.dtype == np.float16 or array.dtype.kind not in "fiub":
             raise TypeError(f"data: expected a float32, float64 or integer array, got dtype {array.dtype}")
         if not array.dtype.isnative:

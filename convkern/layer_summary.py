@@ -35,7 +35,7 @@ class Summary:
         rows = [("layer", "type", "output shape", "params", "MFLOPs", "activations")]
         for layer in self.layers:
             rows.append((layer.name, layer.kind, "x".join(map(str, layer.output_shape)), f"{layer.params:,}",
-                         f"{layer.flops / 1e6:,.1f}", _mib(layer.activation_bytes)))
+                         _mflops(layer.flops), _mib(layer.activation_bytes)))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines = []
         for j, row in enumerate(rows):
@@ -45,10 +45,15 @@ class Summary:
         lines.append("-" * len(lines[0]))
         lines += [f"model: {self.model_name}, input {'x'.join(map(str, self.input_shape))}",
                   f"parameters: {self.params:,} ({_mib(self.param_bytes)})",
-                  f"forward FLOPs: {self.flops / 1e9:,.3f} GFLOPs",
+                  f"forward FLOPs per pass: {_mflops(self.flops)} MFLOPs",
                   f"activations kept for backward: {_mib(self.activation_bytes)}",
                   f"training step memory (weights + gradients + activations): {_mib(self.training_bytes)}"]
         return "\n".join(lines)
+
+
+def _mflops(flops):
+    m = flops / 1e6
+    return f"{m:,.3f}" if m < 10 else f"{m:,.1f}"
 
 
 def _mib(n):
