@@ -1,11 +1,17 @@
 """convkern bench: records, correctness column, output formats, suites and bad input."""
+import contextlib
 import csv
+import importlib.util
+import io
 import json
+import sys
 
 import numpy as np
 import pytest
 
-from convkern import bench, cli
+from convkern import backend, bench, cli
+from convkern.kernels.shapes import window_out_size
+from convkern.ops.conv2d import conv_geometry
 from convkern.suites import load_suite, quick
 
 TINY_SUITE = [{"name": "tiny", "N": 1, "C": 2, "H": 6, "W": 5, "K": 2, "R": 3, "S": 3, "pad": 1}]
@@ -105,3 +111,178 @@ def test_info_reports_versions_devices_threads_and_cache(capsys):
     assert "convkern" in out and "numba" in out and "cpu threads" in out
     assert "Numba CUDA simulator" in out or "real GPU" in out
     assert "autotune cache" in out
+
+
+PEER_SUITE = [{"name": "plain", "N": 2, "C": 4, "H": 7, "W": 6, "K": 3, "R": 3, "S": 3, "stride": 2, "pad": 1},
+              {"name": "grouped", "N": 1, "C": 4, "H": 5, "W": 5, "K": 4, "R": 3, "S": 3, "pad": 1, "groups": 2},
+              {"name": "dilated", "N": 1, "C": 2, "H": 8, "W": 7, "K": 2, "R": 3, "S": 2, "dilation": [2, 3]}]
+
+
+@pytest.fixture
+def no_peak(monkeypatch):
+    """Skip the 2048^2 GEMM peak measurement: these tests are about the peers."""
+    monkeypatch.setattr(bench, "measure_peak_gflops", lambda device: 1.0)
+
+
+def _suite_file(tmp_path, layers):
+    path = tmp_path / "suite.json"
+    path.write_text(json.dumps(layers))
+    return str(path)
+
+
+def _fake_tensorflow(torch, tf32_seen):
+    """A stand-in for the TensorFlow calls the peer makes, computed with PyTorch from TensorFlow's
+    documented semantics: NHWC input, HWIO filter, explicit [[0,0],[top,bottom],[left,right],[0,0]]
+    padding for tf.nn.conv2d and the flat form with padding="EXPLICIT" for the raw gradient ops."""
+    from types import SimpleNamespace
+    F = torch.nn.functional
+    state = {"tf32": True}
+
+    def conv2d(x, w, strides, padding, data_format, dilations):
+        assert data_format == "NHWC" and len(strides) == len(dilations) == 4
+        tf32_seen.append(state["tf32"])
+        (_, _), (top, bottom), (left, right), (_, _) = padding
+        xp = F.pad(x.permute(0, 3, 1, 2), (left, right, top, bottom))
+        y = F.conv2d(xp, w.permute(3, 2, 0, 1), stride=strides[1:3], dilation=dilations[1:3],
+                     groups=x.shape[3] // w.shape[2])
+        return y.permute(0, 2, 3, 1)
+
+    def grads(x, w, out_backprop, padding, explicit_paddings, **kw):
+        assert padding == "EXPLICIT" and len(explicit_paddings) == 8
+        x, w = x.clone().requires_grad_(), w.clone().requires_grad_()
+        y = conv2d(x, w, padding=[explicit_paddings[i:i + 2] for i in (0, 2, 4, 6)], **kw)
+        return torch.autograd.grad(y, (x, w), out_backprop)
+
+    def backprop_input(input_sizes, filter, out_backprop, **kw):
+        return grads(torch.zeros(input_sizes.tolist(), dtype=filter.dtype), filter, out_backprop, **kw)[0]
+
+    def backprop_filter(input, filter_sizes, out_backprop, **kw):
+        return grads(input, torch.zeros(filter_sizes.tolist(), dtype=input.dtype), out_backprop, **kw)[1]
+
+    def constant(value, dtype=None):
+        return torch.from_numpy(value) if isinstance(value, np.ndarray) else torch.tensor(value, dtype=dtype)
+
+    experimental = SimpleNamespace(tensor_float_32_execution_enabled=lambda: state["tf32"],
+                                   enable_tensor_float_32_execution=lambda on: state.update(tf32=on))
+    return SimpleNamespace(
+        __version__="stand-in", int32=torch.int32, constant=constant, identity=lambda t: t.clone(),
+        device=lambda name: contextlib.nullcontext(), nn=SimpleNamespace(conv2d=conv2d),
+        raw_ops=SimpleNamespace(Conv2DBackpropInput=backprop_input, Conv2DBackpropFilter=backprop_filter),
+        config=SimpleNamespace(list_physical_devices=lambda kind: [], experimental=experimental),
+        test=SimpleNamespace(experimental=SimpleNamespace())), state
+
+
+def test_absent_peers_are_skipped_with_a_note(tmp_path, monkeypatch, no_peak):
+    monkeypatch.setitem(sys.modules, "torch", None)
+    monkeypatch.setitem(sys.modules, "tensorflow", None)
+    log = io.StringIO()
+    records = bench.run_bench(_suite_file(tmp_path, TINY_SUITE), "cpu", algorithms=["direct"], passes=["fwd"],
+                              peers=True, min_seconds=0.0, log=log)
+    notes = log.getvalue()
+    assert "torch skipped: PyTorch is not installed" in notes
+    assert "tensorflow skipped: TensorFlow is not installed" in notes
+    assert "none available" in notes
+    assert [r["algorithm"] for r in records] == ["direct"]
+    rec = records[0]
+    assert rec["peer"] is None and rec["ratio_vs_peer"] is None and rec["peers"] == {}
+    assert rec["ratio_vs_torch"] is None and rec["ratio_vs_tensorflow"] is None
+    assert "x torch" not in bench.format_table(records)
+
+
+def test_torch_peer_on_cpu_and_tensorflow_absent(tmp_path, monkeypatch, no_peak):
+    pytest.importorskip("torch")
+    monkeypatch.setitem(sys.modules, "tensorflow", None)
+    log = io.StringIO()
+    records = bench.run_bench(_suite_file(tmp_path, PEER_SUITE), "cpu", algorithms=["im2col"],
+                              passes=["fwd", "bwd_data", "bwd_filter"], peers=True, min_seconds=0.0, log=log)
+    assert "PyTorch" in log.getvalue() and "tensorflow skipped: TensorFlow is not installed" in log.getvalue()
+    assert all(r["correct"] for r in records)
+    torch_rows = {(r["layer"], r["pass"]): r for r in records if r["algorithm"] == "torch"}
+    assert len(torch_rows) == 9
+    for r in records:
+        if r["algorithm"] == "im2col":
+            peer_ms = torch_rows[(r["layer"], r["pass"])]["median_ms"]
+            assert r["peer"] == "torch" and r["peers"] == {"torch": peer_ms}
+            assert r["ratio_vs_peer"] == r["ratio_vs_torch"] == pytest.approx(peer_ms / r["median_ms"])
+            assert r["ratio_vs_tensorflow"] is None
+    head = bench.format_table(records).splitlines()[0]
+    assert "x torch" in head and "x tensorflow" not in head
+
+
+def test_tensorflow_peer_through_a_stand_in(tmp_path, monkeypatch, no_peak):
+    torch = pytest.importorskip("torch")
+    tf32_seen = []
+    fake, state = _fake_tensorflow(torch, tf32_seen)
+    monkeypatch.setitem(sys.modules, "tensorflow", fake)
+    log = io.StringIO()
+    records = bench.run_bench(_suite_file(tmp_path, PEER_SUITE), "cpu", algorithms=["direct"],
+                              passes=["fwd", "bwd_data", "bwd_filter"], peers=True, min_seconds=0.0, log=log)
+    notes = log.getvalue()
+    assert "TensorFlow stand-in on cpu" in notes
+    assert "tensorflow skipped on grouped bwd_data: TensorFlow has no CPU gradients for grouped" in notes
+    assert "tensorflow skipped on dilated bwd_filter: TensorFlow's CPU gradients take no dilation > 1" in notes
+    assert all(r["correct"] for r in records), [r for r in records if not r["correct"]][:2]
+    tf_rows = {(r["layer"], r["pass"]) for r in records if r["algorithm"] == "tensorflow"}
+    assert tf_rows == {("plain", "fwd"), ("plain", "bwd_data"), ("plain", "bwd_filter"),
+                       ("grouped", "fwd"), ("dilated", "fwd")}
+    mine = {(r["layer"], r["pass"]): r for r in records if r["algorithm"] == "direct"}
+    assert set(mine[("plain", "bwd_filter")]["peers"]) == {"torch", "tensorflow"}
+    assert mine[("plain", "fwd")]["peer"] == "torch"
+    assert mine[("grouped", "bwd_data")]["ratio_vs_tensorflow"] is None
+    assert mine[("grouped", "bwd_data")]["ratio_vs_torch"] is not None
+    assert tf32_seen and not any(tf32_seen) and state["tf32"] is True
+    head = bench.format_table(records).splitlines()[0]
+    assert "x torch" in head and "x tensorflow" in head
+    out_csv = tmp_path / "out.csv"
+    bench.write_csv(records, out_csv)
+    row = next(r for r in csv.DictReader(out_csv.open()) if r["algorithm"] == "direct")
+    assert set(json.loads(row["peers"])) == {"torch", "tensorflow"}
+
+
+def test_peers_are_skipped_on_the_cuda_simulator(tmp_path):
+    if backend.cuda_kind() != "simulated":
+        pytest.skip("needs the simulator; on a real GPU the peers run")
+    log = io.StringIO()
+    suite = _suite_file(tmp_path, [{"name": "t", "N": 1, "C": 1, "H": 4, "W": 4, "K": 1, "R": 3, "S": 3}])
+    records = bench.run_bench(suite, "cuda", algorithms=["direct"], passes=["fwd"], peers=True, min_seconds=0.0,
+                              log=log)
+    notes = log.getvalue()
+    assert "torch skipped: " in notes and "tensorflow skipped: " in notes
+    if importlib.util.find_spec("torch"):
+        assert "torch skipped: convkern's cuda device is Numba's simulator" in notes
+    assert [r["algorithm"] for r in records] == ["direct"] and records[0]["peers"] == {}
+
+
+@pytest.mark.parametrize("H,R,stride,pad,dilation", [
+    (7, 3, 2, 1, 1), (6, 3, 2, 1, 1), (5, 1, 1, 1, 1), (9, 3, 3, 0, 2), (224, 7, 2, 3, 1), (11, 5, 4, 2, 1),
+    (8, 3, 1, "same", 2), (10, 4, 3, "same", 1),
+])
+def test_tf_conv_args_give_exactly_the_output_size(H, R, stride, pad, dilation):
+    g = conv_geometry((2, 4, H, H + 1), (6, 2, R, R), stride, pad, dilation, 2)
+    a = bench.tf_conv_args(g)
+    (n0, n1), (top, bottom), (left, right), (c0, c1) = a["padding"]
+    assert (n0, n1, c0, c1) == (0, 0, 0, 0) and (top, left) == (g.pad_h, g.pad_w)
+    assert window_out_size(g.H, g.R, g.stride_h, top, bottom, g.dil_h) == g.P
+    assert window_out_size(g.W, g.S, g.stride_w, left, right, g.dil_w) == g.Q
+    if not isinstance(pad, str):
+        assert bottom <= pad and right <= pad
+    assert a["explicit_paddings"] == [0, 0, top, bottom, left, right, 0, 0]
+    assert a["strides"] == [1, stride, stride, 1] and a["dilations"] == [1, dilation, dilation, 1]
+
+
+def test_tf_conv_args_known_case():
+    g = conv_geometry((1, 1, 6, 6), (1, 1, 3, 3), 2, 1, 1, 1)
+    assert bench.tf_conv_args(g)["padding"] == [[0, 0], [1, 0], [1, 0], [0, 0]]
+
+
+@pytest.mark.parametrize("device,pass_,groups,dilation,expected", [
+    ("cpu", "fwd", 2, 2, None),
+    ("cpu", "bwd_data", 1, 1, None),
+    ("cpu", "bwd_data", 2, 1, "grouped"),
+    ("cpu", "bwd_filter", 1, 2, "dilation > 1"),
+    ("cuda", "bwd_filter", 2, 2, None),
+])
+def test_tf_unsupported(device, pass_, groups, dilation, expected):
+    g = conv_geometry((1, 4, 9, 9), (4, 4 // groups, 3, 3), 1, 1, dilation, groups)
+    why = bench.tf_unsupported(g, device, pass_)
+    assert why is None if expected is None else expected in why
