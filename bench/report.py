@@ -20,7 +20,7 @@ def main(path):
     ratios = defaultdict(list)
     for (layer, pass_), row in by_key.items():
         cells = [f"{row[a]['gflops']:.1f}" if a in row else "-" for a in algs]
-        ratio = row["auto"]["ratio_vs_peer"] if "auto" in row else None
+        ratio = row["auto"].get("ratio_vs_torch", row["auto"].get("ratio_vs_peer")) if "auto" in row else None
         if ratio:
             ratios[layer].append(ratio)
         torch = f"{peer[(layer, pass_)]['gflops']:.1f}" if (layer, pass_) in peer else "-"

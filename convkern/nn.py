@@ -16,6 +16,7 @@ from convkern import backend
 from convkern import functional as F
 from convkern import random as ck_random
 from convkern.autograd import Tensor, tensor
+from convkern.ops.common import as_tensor, int_pair
 
 
 class Parameter(Tensor):
@@ -247,8 +248,7 @@ class Conv2d(Module):
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"{op}: groups={groups} must divide in_channels={in_channels} and "
                              f"out_channels={out_channels}")
-        kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
-        _positive_int(kh, "kernel_size", op), _positive_int(kw, "kernel_size", op)
+        kh, kw = int_pair(kernel_size, "kernel_size", op, 1)
         dtype = _float_dtype(dtype, op)
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, (kh, kw)
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
@@ -288,6 +288,8 @@ class Linear(Module):
 
 
 class _BatchNorm(Module):
+    ranks, layout = None, ""  # accepted input ranks (None: any >= 2) and their description
+
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
                  dtype=np.float32, device="cpu"):
         super().__init__()
@@ -309,14 +311,23 @@ class _BatchNorm(Module):
             self.running_mean = self.running_var = self.num_batches_tracked = None
 
     def forward(self, x):
+        op = type(self).__name__
+        x = as_tensor(x, "input", op)
+        if self.ranks is not None and x.ndim not in self.ranks:
+            raise ValueError(f"{op}: input must be {self.layout}, got shape {x.shape}")
+        if x.ndim >= 2 and x.shape[1] != self.num_features:
+            raise ValueError(f"{op}: input must have num_features={self.num_features} channels in dimension 1, "
+                             f"got shape {x.shape}")
         use_batch_stats = self.training or not self.track_running_stats
         momentum = self.momentum
-        if self.training and self.track_running_stats:
+        track = self.training and self.track_running_stats
+        if track and momentum is None:  # cumulative moving average, as PyTorch
+            momentum = 1.0 / float(self.num_batches_tracked.data + 1)
+        y = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                         training=use_batch_stats, momentum=momentum, eps=self.eps)
+        if track:  # counted only once the batch was accepted
             self.num_batches_tracked.data += 1
-            if momentum is None:  # cumulative moving average, as PyTorch
-                momentum = 1.0 / float(self.num_batches_tracked.data)
-        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                            training=use_batch_stats, momentum=momentum, eps=self.eps)
+        return y
 
     def extra_repr(self):
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}"
@@ -324,10 +335,12 @@ class _BatchNorm(Module):
 
 class BatchNorm2d(_BatchNorm):
     """Batch normalisation over (N, H, W) per channel of an (N, C, H, W) input."""
+    ranks, layout = (4,), "4-D (N, C, H, W)"
 
 
 class BatchNorm1d(_BatchNorm):
-    """Batch normalisation per feature of an (N, C) input."""
+    """Batch normalisation per feature of an (N, C) or (N, C, L) input."""
+    ranks, layout = (2, 3), "2-D (N, C) or 3-D (N, C, L)"
 
 
 class _Stateless(Module):

@@ -13,7 +13,10 @@ def as_tensor(value, name, op):
     if isinstance(value, Tensor):
         return value
     if isinstance(value, np.ndarray) or backend.device_of(value) == "cuda" or backend.has_cuda_array_interface(value):
-        return tensor(value)
+        try:
+            return tensor(value)
+        except (TypeError, ValueError) as e:  # unsupported dtype, non-contiguous CUDA array: name the argument
+            raise type(e)(f"{op}: {name}: {str(e).removeprefix('data: ')}") from None
     raise TypeError(f"{op}: {name} must be a convkern Tensor, a NumPy array or a CUDA array (Numba device array "
                     f"or an object with __cuda_array_interface__), got {type(value).__name__}")
 
