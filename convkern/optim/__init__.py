@@ -5,6 +5,7 @@
     opt = convkern.optim.Adam([{"params": convs}, {"params": fcs, "weight_decay": 4e-3}], lr=1e-3)
     loss.backward(); opt.step(); opt.zero_grad()
 """
+import abc
 import numbers
 
 import numpy as np
@@ -26,7 +27,7 @@ def _number(value, name, op, low=None, high=None, high_open=False):
     return float(value)
 
 
-class Optimizer:
+class Optimizer(abc.ABC):
     """Base class: ``param_groups`` (each a dict with "params" and its hyper-parameters), per-parameter
     ``state``, ``zero_grad()``, ``step()``, ``state_dict()``/``load_state_dict()``."""
 
@@ -91,8 +92,9 @@ class Optimizer:
                                        f"{p.shape} ({p.dtype}, {p.device})")
                 self._update(backend.flat(p.data), backend.flat(g), self.state.setdefault(id(p), {}), group, p)
 
+    @abc.abstractmethod
     def _update(self, p, g, state, group, param):
-        raise NotImplementedError
+        """Update the flat parameter ``p`` in place from its flat gradient ``g`` and ``state``."""
 
     def _state_array(self, state, key, param, fill):
         arr = state.get(key)

@@ -1,9 +1,11 @@
 """Learning-rate schedules (PyTorch's): call ``scheduler.step()`` once per epoch after the
 optimizer's steps; each parameter group's ``lr`` is set from its ``initial_lr``."""
+import abc
 
 
-class LRScheduler:
+class LRScheduler(abc.ABC):
     """Base class: ``step()`` advances ``last_epoch`` and sets each group's lr to ``lr_at(initial_lr, epoch)``."""
+
     def __init__(self, optimizer, last_epoch=-1):
         if not hasattr(optimizer, "param_groups"):
             raise TypeError(f"{type(self).__name__}: optimizer must be a convkern.optim optimizer, "
@@ -19,8 +21,9 @@ class LRScheduler:
         self.last_epoch = last_epoch
         self.step()
 
+    @abc.abstractmethod
     def lr_at(self, base_lr, epoch):
-        raise NotImplementedError
+        """The learning rate of a group with initial lr ``base_lr`` at epoch ``epoch``."""
 
     def step(self):
         self.last_epoch += 1
