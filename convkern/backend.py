@@ -109,7 +109,9 @@ def from_cuda_array_interface(obj, name="data"):
     if any(st < 0 or st % dtype.itemsize for st in strides):
         raise ValueError(f"{name}: CUDA arrays with negative or unaligned strides are not supported")
     count = (sum((n - 1) * st for n, st in zip(shape, strides)) + dtype.itemsize) // dtype.itemsize
-    base = np.frombuffer((ctypes.c_char * (count * dtype.itemsize)).from_address(iface["data"][0]), dtype=dtype)
+    memory = (ctypes.c_char * (count * dtype.itemsize)).from_address(iface["data"][0])
+    memory.owner = obj  # the views below keep ``memory`` alive, and it keeps the foreign array alive
+    base = np.frombuffer(memory, dtype=dtype)
     return FakeCUDAArray(np.lib.stride_tricks.as_strided(base, shape=shape, strides=strides))
 
 

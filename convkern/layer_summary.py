@@ -3,7 +3,8 @@ activation memory, from one real forward pass, plus the memory one training step
 
 Layers are the leaf modules (those without children) in the order the forward pass calls them.
 FLOPs count a multiply-add as two: convolution ``2·N·K·P·Q·(C/groups)·R·S`` (+ ``N·K·P·Q`` for
-the bias), linear ``2·N·in·out`` (+ ``N·out``), pooling one per window element, LRN, batch-norm
+the bias), linear ``2·N·in·out`` (+ ``N·out``), pooling one per window element (per
+output), LRN, batch-norm
 and activations a few per element (see ``_flops``). Memory for a training step =
 weights + gradients (same size) + the activations kept for backward, counted as every leaf
 layer's output (what the next layer's backward reads) and the input.
@@ -69,7 +70,11 @@ def _flops(module, x_shape, y_shape):
     if isinstance(module, nn.Linear):
         rows = n_out // module.out_features
         return 2 * rows * module.in_features * module.out_features + (n_out if module.bias is not None else 0)
-    if isinstance(module, (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Subsample2d)):
+    if isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
+        k = module.hparams.get("kernel_size")
+        kh, kw = (k, k) if isinstance(k, int) else tuple(k)
+        return n_out * kh * kw
+    if isinstance(module, (nn.AdaptiveAvgPool2d, nn.Subsample2d)):
         return int(np.prod(x_shape))
     if isinstance(module, (nn.LocalResponseNorm, nn.LRN)):
         return 6 * n_out           # square, window add/subtract, scale, pow, multiply
@@ -91,9 +96,9 @@ def summary(model, input_shape, name=None):
     params = list(model.parameters())
     dtype = params[0].dtype if params else np.dtype(np.float32)
     device = params[0].device if params else "cpu"
-    layers, patched = [], []
+    layers, patched = [], {}
     for mod_name, module in model.named_modules():
-        if next(module.children(), None) is not None:
+        if next(module.children(), None) is not None or id(module) in patched:
             continue
 
         def traced(x, *args, _module=module, _name=mod_name or type(module).__name__, _forward=module.forward, **kw):
@@ -104,16 +109,17 @@ def summary(model, input_shape, name=None):
                                     _flops(_module, x.shape, out.shape), out.size * out.dtype.itemsize))
             return y
         object.__setattr__(module, "forward", traced)
-        patched.append(module)
-    was_training = model.training
+        patched[id(module)] = module
+    modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
         with no_grad():
             model(tensor(np.zeros(shape, dtype), device=device))
     finally:
-        for module in patched:
-            del module.__dict__["forward"]
-        model.train(was_training)
+        for module in patched.values():
+            module.__dict__.pop("forward", None)
+        for m, mode in modes:
+            object.__setattr__(m, "training", mode)
     total = sum(p.size for p in params)
     return Summary(name or type(model).__name__, shape, layers, total, int(np.prod(shape)) * dtype.itemsize,
                    dtype.itemsize)

@@ -121,7 +121,7 @@ VGG_CONFIGS = {
 
 def vgg(cfg="D", num_classes=1000, in_channels=3, dropout=0.5, dtype=np.float32):
     """VGG configuration ``cfg`` in A, A-LRN, B, C, D, E (D is VGG-16, E VGG-19) on 224×224; LRN in
-    A-LRN is AlexNet's (PyTorch form: size 5, α=1e-4, β=0.75, k=2)."""
+    A-LRN is AlexNet's (k=2, n=5, α=1e-4, β=0.75 in the TensorFlow form, depth_radius 2)."""
     if cfg not in VGG_CONFIGS:
         raise ValueError(f"vgg: cfg must be one of {sorted(VGG_CONFIGS)}, got {cfg!r}")
     layers, c, n_conv = OrderedDict(), in_channels, 0
@@ -129,7 +129,7 @@ def vgg(cfg="D", num_classes=1000, in_channels=3, dropout=0.5, dtype=np.float32)
         if item == "M":
             layers[f"pool{len(layers)}"] = nn.MaxPool2d(2)
         elif item == "LRN":
-            layers[f"lrn{len(layers)}"] = nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)
+            layers[f"lrn{len(layers)}"] = nn.LRN(depth_radius=2, bias=2.0, alpha=1e-4, beta=0.75)
         else:
             width, k = item if isinstance(item, tuple) else (item, 3)
             n_conv += 1
@@ -168,7 +168,9 @@ class Inception(nn.Module):
 
 
 class InceptionAux(nn.Module):
-    """Auxiliary classifier: 5×5/3 average pool → 1×1 conv 128 → fc1024 → dropout 0.7 → fc."""
+    """Auxiliary classifier: average pool to 4×4 → 1×1 conv 128 → fc1024 → dropout 0.7 → fc. The paper's
+    5×5/3 pool also gives 4×4 from the 14×14 maps of a 224×224 input; the adaptive pool averages
+    4×4 windows there instead of 5×5 ones, and lets the model run on smaller inputs too."""
 
     def __init__(self, cin, num_classes, dtype=np.float32):
         super().__init__()

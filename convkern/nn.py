@@ -43,8 +43,25 @@ class Module:
     def __setattr__(self, name, value):
         if "_parameters" not in self.__dict__:
             raise RuntimeError(f"{type(self).__name__}: call super().__init__() before assigning attributes")
-        for table in (self._parameters, self._buffers, self._modules):
-            table.pop(name, None)
+        # An existing entry keeps its place (state_dict order, optimizer state by position).
+        if name in self._parameters:
+            if value is not None and not isinstance(value, Parameter):
+                raise TypeError(f"{type(self).__name__}: cannot assign {type(value).__name__} to parameter "
+                                f"{name!r} (expected a Parameter or None)")
+            self._parameters[name] = value
+            return
+        if name in self._buffers:
+            if value is not None and not isinstance(value, Tensor):
+                raise TypeError(f"{type(self).__name__}: cannot assign {type(value).__name__} to buffer "
+                                f"{name!r} (expected a Tensor or None)")
+            self._buffers[name] = value
+            return
+        if name in self._modules:
+            if value is not None and not isinstance(value, Module):
+                raise TypeError(f"{type(self).__name__}: cannot assign {type(value).__name__} to child module "
+                                f"{name!r} (expected a Module or None)")
+            self._modules[name] = value
+            return
         if isinstance(value, Parameter):
             self._parameters[name] = value
         elif isinstance(value, Module):
@@ -164,7 +181,7 @@ class Module:
             raise RuntimeError(f"load_state_dict into {type(self).__name__}: " + "; ".join(problems))
         for key, array in arrays.items():
             target = targets[key]
-            host = np.ascontiguousarray(array, dtype=target.dtype)
+            host = np.array(array, dtype=target.dtype, order="C", copy=True)  # never alias the source
             target.data = backend.to_device(host, target.device)
         return missing, unexpected
 
@@ -323,6 +340,8 @@ class _BatchNorm(Module):
         track = self.training and self.track_running_stats
         if track and momentum is None:  # cumulative moving average, as PyTorch
             momentum = 1.0 / float(self.num_batches_tracked.data + 1)
+        elif momentum is None:
+            momentum = 0.0  # no running-stat update happens here
         y = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
                          training=use_batch_stats, momentum=momentum, eps=self.eps)
         if track:  # counted only once the batch was accepted
@@ -443,6 +462,8 @@ class Sequential(Module):
             setattr(self, name, m)
 
     def __getitem__(self, index):
+        if isinstance(index, slice):
+            return Sequential(OrderedDict(list(self._modules.items())[index]))
         return list(self._modules.values())[index]
 
     def __len__(self):

@@ -10,6 +10,7 @@ previous file intact.
 import json
 import os
 import tempfile
+import zipfile
 
 import numpy as np
 
@@ -74,8 +75,11 @@ def save(obj, path):
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            _write_npz(f, arrays)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -87,15 +91,27 @@ def save(obj, path):
         raise
 
 
+def _write_npz(f, arrays):
+    """What ``np.savez`` writes (one ``name.npy`` member per array), without its keyword arguments
+    (an array named "file" would collide with them) and never pickling."""
+    with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for name, array in arrays.items():
+            with archive.open(name + ".npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
+
+
 def load(path):
     """Read what ``save`` wrote; arrays come back as NumPy arrays."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"load: no such file {path!r}")
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        archive = np.load(path, allow_pickle=False)
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise ValueError("it holds a single array (.npy), not an archive")
+        with archive:
             arrays = {k: archive[k] for k in archive.files}
-    except (ValueError, OSError, EOFError) as exc:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
         raise ValueError(f"load: {path!r} is not a convkern save file (a NumPy .npz archive): {exc}") from exc
     if INDEX_KEY not in arrays:
         raise ValueError(f"load: {path!r} is an .npz archive but not a convkern save file (no {INDEX_KEY} entry)")

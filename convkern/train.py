@@ -99,6 +99,7 @@ def train(model="lenet5", data=None, epochs=None, batch_size=None, lr=None, opti
         raise ValueError(f"train: epochs must be a positive int, got {cfg['epochs']!r}")
     ck.backend.check_device(device)
 
+    cfg["seed"], cfg["train_size"] = seed, train_size
     train_set, test_set, train_tf, test_tf = load_data(model, cfg["data"], cfg["pad_to"])
     if train_size is not None:
         train_set = train_set.subset(slice(0, train_size))
@@ -169,8 +170,8 @@ def _restore(path, model, cfg, net, opt, scheduler):
     if state["model_name"] != model:
         raise ValueError(f"train: checkpoint {path} is for model {state['model_name']!r}, not {model!r}")
     saved = state["config"]
-    for key in ("data", "batch_size", "optimizer"):
-        if str(saved.get(key)) != str(cfg[key]):
+    for key in ("data", "batch_size", "optimizer", "lr", "lr_decay", "seed", "train_size"):
+        if str(saved.get(key)) != str(cfg.get(key)):
             raise ValueError(f"train: checkpoint {path} was trained with {key}={saved.get(key)!r}, this run asks "
                              f"for {cfg[key]!r}; resume with the same settings")
     net.load_state_dict(state["model"])

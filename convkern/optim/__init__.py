@@ -97,10 +97,14 @@ class Optimizer(abc.ABC):
         """Update the flat parameter ``p`` in place from its flat gradient ``g`` and ``state``."""
 
     def _state_array(self, state, key, param, fill):
+        """State ``key`` of ``param`` as a flat array on its device and dtype (created filled with
+        ``fill``; moved and cast along when the parameter was, e.g. by ``model.to("cuda")``)."""
         arr = state.get(key)
-        if arr is None or backend.device_of(arr) != param.device or arr.dtype != param.dtype:
+        if arr is None:
             arr = backend.full((param.size,), fill, param.dtype, param.device)
-            state[key] = arr
+        elif backend.device_of(arr) != param.device or arr.dtype != param.dtype:
+            arr = backend.to_device(backend.to_numpy(arr).astype(param.dtype), param.device)
+        state[key] = arr
         return arr
 
     def state_dict(self):
@@ -143,6 +147,8 @@ class Optimizer(abc.ABC):
             params.extend(group["params"])
         new_state = {}
         for key, entries in state_dict["state"].items():
+            if not str(key).isdigit() or int(key) >= len(params):
+                raise ValueError(f"{op}: state for parameter {key!r}, but the optimizer has {len(params)} parameters")
             p = params[int(key)]
             restored = {}
             for name, value in entries.items():
@@ -150,7 +156,7 @@ class Optimizer(abc.ABC):
                     if int(np.size(value)) != p.size:
                         raise ValueError(f"{op}: state {name!r} of parameter {key} has {np.size(value)} "
                                          f"elements, the parameter {p.size}")
-                    value = backend.to_device(np.ascontiguousarray(np.asarray(value).reshape(-1), p.dtype),
+                    value = backend.to_device(np.array(np.asarray(value).reshape(-1), p.dtype, copy=True),
                                               p.device)
                 elif hasattr(value, "item"):
                     value = value.item()

@@ -37,8 +37,12 @@ class LRScheduler(abc.ABC):
         return {"last_epoch": self.last_epoch, "base_lrs": list(self.base_lrs)}
 
     def load_state_dict(self, state):
+        base_lrs = [float(b) for b in state["base_lrs"]]
+        if len(base_lrs) != len(self.optimizer.param_groups):
+            raise ValueError(f"{type(self).__name__}.load_state_dict: the saved state has {len(base_lrs)} parameter "
+                             f"groups, the optimizer {len(self.optimizer.param_groups)}")
         self.last_epoch = int(state["last_epoch"])
-        self.base_lrs = [float(b) for b in state["base_lrs"]]
+        self.base_lrs = base_lrs
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):
             group["lr"] = self.lr_at(base, self.last_epoch)
 

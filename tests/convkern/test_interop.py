@@ -97,3 +97,10 @@ def test_non_native_byte_order_is_made_native():
     t = ck.tensor(a)
     assert t.dtype.isnative and t.dtype == np.float32
     np.testing.assert_array_equal(t.numpy(), [0, 1, 2, 3])
+
+
+def test_foreign_array_stays_alive_while_viewed():
+    import gc
+    t = ck.tensor(ForeignCudaArray(cuda.to_device(np.arange(1 << 16, dtype=np.float64))))
+    gc.collect()
+    np.testing.assert_array_equal(t.numpy()[:3], [0, 1, 2])

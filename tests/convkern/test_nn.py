@@ -260,3 +260,50 @@ def test_repr_lists_children():
 def test_bad_module_arguments(make, exc, message):
     with pytest.raises(exc, match=message):
         make()
+
+
+def test_load_state_dict_copies_instead_of_aliasing():
+    model = nn.Linear(2, 2, dtype=np.float64)
+    best = model.state_dict()
+    model.load_state_dict(best)
+    before = best["weight"].copy()
+    model(np.ones((1, 2))).sum().backward()
+    optim.SGD(model.parameters(), lr=1.0).step()
+    np.testing.assert_array_equal(best["weight"], before)
+    assert not np.shares_memory(np.array(model.weight, copy=True), model.weight.data)
+
+
+def test_setattr_keeps_registry_order_and_refuses_plain_tensors():
+    lin = nn.Linear(2, 2)
+    lin.weight = nn.Parameter(ck.tensor(np.zeros((2, 2), np.float32)))
+    assert [n for n, _ in lin.named_parameters()] == ["weight", "bias"]
+    with pytest.raises(TypeError, match="cannot assign Tensor to parameter 'weight'"):
+        lin.weight = lin.weight * 2.0
+    bn = nn.BatchNorm2d(2)
+    bn.running_mean = ck.tensor(np.ones(2, np.float32))
+    np.testing.assert_array_equal(bn.state_dict()["running_mean"], 1)
+    lin.bias = None
+    assert [n for n, _ in lin.named_parameters()] == ["weight"]
+
+
+def test_batchnorm_momentum_none_in_eval_and_without_tracking():
+    x = np.random.default_rng(0).standard_normal((4, 2, 3, 3)).astype(np.float32)
+    nn.BatchNorm2d(2, momentum=None).eval()(x)
+    nn.BatchNorm2d(2, momentum=None, track_running_stats=False)(x)
+
+
+def test_sequential_slice_is_a_sequential():
+    seq = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1))
+    head = seq[:2]
+    assert isinstance(head, nn.Sequential) and len(head) == 2
+    assert head(np.ones((1, 2), np.float32)).shape == (1, 3)
+
+
+def test_summary_with_a_shared_module_and_mixed_modes():
+    from convkern.layer_summary import summary
+    act = nn.ReLU()
+    conv = nn.Sequential(nn.Conv2d(1, 2, 3), act, nn.Conv2d(2, 2, 1), act, nn.BatchNorm2d(2))
+    conv[4].eval()
+    s = summary(conv, (1, 1, 5, 5))
+    assert [layer.name for layer in s.layers] == ["0", "1", "2", "1", "4"]
+    assert conv.training and not conv[4].training and "forward" not in act.__dict__

@@ -170,3 +170,17 @@ def test_same_parameter_in_two_groups_is_refused():
     p = _param()
     with pytest.raises(ValueError, match="more than one parameter group"):
         optim.SGD([{"params": [p]}, {"params": [p]}], lr=0.1)
+
+
+def test_state_follows_the_parameter_to_another_device():
+    p0 = np.random.default_rng(0).standard_normal(4)
+    grads = _grads(p0.shape, 4)
+    want = _run(optim.Adam, dict(lr=0.01), p0, grads, "cpu")
+    p = ck.tensor(p0, requires_grad=True)
+    opt = optim.Adam([p], lr=0.01)
+    for i, g in enumerate(grads):
+        if i == 2:
+            p.data = ck.backend.to_device(p.data, "cuda")
+        p.grad = ck.tensor(g, device=p.device)
+        opt.step()
+    np.testing.assert_allclose(p.numpy(), want, rtol=1e-12)

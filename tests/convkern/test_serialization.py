@@ -38,7 +38,7 @@ def test_failed_save_keeps_the_old_file(tmp_path, monkeypatch):
 
     def broken(*args, **kwargs):
         raise OSError("disk full")
-    monkeypatch.setattr(np, "savez", broken)
+    monkeypatch.setattr(np.lib.format, "write_array", broken)
     with pytest.raises(OSError, match="disk full"):
         ck.save({"a": np.zeros(3)}, path)
     np.testing.assert_array_equal(ck.load(path)["a"], np.ones(3))
@@ -52,12 +52,10 @@ def test_save_killed_mid_write_keeps_the_old_file(tmp_path):
         import os, signal
         import numpy as np
         import convkern as ck
-        real = np.savez
-        def dying(f, **arrays):
-            f.write(b"PK partial bytes")
-            f.flush()
+        def dying(member, array, **kwargs):
+            member.write(b"partial bytes")
             os.kill(os.getpid(), signal.SIGKILL)
-        np.savez = dying
+        np.lib.format.write_array = dying
         ck.save({{"a": np.zeros(10**6)}}, {str(path)!r})
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True)
@@ -85,3 +83,23 @@ def test_load_errors_name_the_file(tmp_path):
     np.savez(tmp_path / "plain.npz", a=np.ones(2))
     with pytest.raises(ValueError, match="plain.npz.*not a convkern save file"):
         ck.load(tmp_path / "plain.npz")
+
+
+def test_any_key_name_and_file_permissions(tmp_path):
+    ck.save({"file": np.ones(2), "allow_pickle": np.zeros(1)}, tmp_path / "k.npz")
+    got = ck.load(tmp_path / "k.npz")
+    np.testing.assert_array_equal(got["file"], np.ones(2))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(tmp_path / "k.npz").st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_load_truncated_and_npy_files(tmp_path):
+    ck.save({"a": np.ones(100)}, tmp_path / "t.npz")
+    data = (tmp_path / "t.npz").read_bytes()
+    (tmp_path / "t.npz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="t.npz.*not a convkern save file"):
+        ck.load(tmp_path / "t.npz")
+    np.save(tmp_path / "single.npy", np.ones(3))
+    with pytest.raises(ValueError, match="single.npy.*single array"):
+        ck.load(tmp_path / "single.npy")
