@@ -24,7 +24,7 @@ import numpy as np
 from numba import cuda, int64, njit, prange
 
 from .cuda_util import SIMULATOR, array1, blocks, per_dtype
-from .elementwise import _code, _flat
+from .elementwise import op_code, flat_operands
 
 THREADS = 32 if SIMULATOR else 256
 
@@ -121,8 +121,8 @@ def activation_bwd_cpu(op, y, dy, dx):
 
 def activation_fwd(op, x, y):
     """``y = op(x)`` for op in relu, tanh, sigmoid; ``y`` may alias ``x``."""
-    code = _code(ACTIVATIONS, op, "activation_fwd")
-    (x1, y1), on_device = _flat(x, y)
+    code = op_code(ACTIVATIONS, op, "activation_fwd")
+    (x1, y1), on_device = flat_operands(x, y)
     if on_device:
         activation_fwd_cuda[y.dtype][blocks(y.size, THREADS), THREADS](code, x1, y1)
     else:
@@ -131,8 +131,8 @@ def activation_fwd(op, x, y):
 
 def activation_bwd(op, y, dy, dx):
     """``dx`` = the gradient of ``op`` at the point whose forward output was ``y``, times ``dy``."""
-    code = _code(ACTIVATIONS, op, "activation_bwd")
-    (y1, dy1, dx1), on_device = _flat(y, dy, dx)
+    code = op_code(ACTIVATIONS, op, "activation_bwd")
+    (y1, dy1, dx1), on_device = flat_operands(y, dy, dx)
     if on_device:
         activation_bwd_cuda[dx.dtype][blocks(dx.size, THREADS), THREADS](code, y1, dy1, dx1)
     else:

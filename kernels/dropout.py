@@ -21,7 +21,7 @@ import numpy as np
 from numba import cuda, njit, prange, uint64
 
 from .cuda_util import SIMULATOR, array1, blocks, per_dtype
-from .elementwise import _flat
+from .elementwise import flat_operands
 
 THREADS = 32 if SIMULATOR else 256
 
@@ -99,7 +99,7 @@ def dropout(x, out, seed, p):
         raise ValueError(f"dropout: p must be in [0, 1), got {p!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"dropout: seed must be a non-negative int, got {seed!r}")
-    (x1, out1), on_device = _flat(x, out)
+    (x1, out1), on_device = flat_operands(x, out)
     key = np.uint64(dropout_key(seed))
     threshold = np.uint64(dropout_threshold(p))
     scale = out.dtype.type(1 / (1 - p))

@@ -280,7 +280,7 @@ def bias_grad_nchw_cpu(dy, db, n_images, plane):
         db[k] = acc
 
 
-def _flat(*arrays):
+def flat_operands(*arrays):
     """Check that ``arrays`` are C-contiguous and share shape, float dtype and device.
 
     Returns their 1-D views and whether they are CUDA device arrays.
@@ -309,12 +309,12 @@ def _bias_operands(y, b, name):
     if len(y.shape) != 4 or b.shape != (y.shape[1],):
         raise ValueError(f"{name}: expected a 4-D (N, K, P, Q) array and a bias of shape (K,), "
                          f"got {y.shape} and {b.shape}")
-    (y1,), on_device = _flat(y)
+    (y1,), on_device = flat_operands(y)
     _match(name, "bias", b, y, on_device)
     return y1, on_device
 
 
-def _code(table, op, family):
+def op_code(table, op, family):
     if op not in table:
         raise ValueError(f"{family}: unknown op {op!r}, expected one of {sorted(table)}")
     return table[op]
@@ -322,8 +322,8 @@ def _code(table, op, family):
 
 def binary(op, a, b, out):
     """``out = a <op> b`` elementwise for op in add, sub, mul, div; ``out`` may alias ``a`` or ``b``."""
-    code = _code(BINARY_OPS, op, "binary")
-    (a1, b1, out1), on_device = _flat(a, b, out)
+    code = op_code(BINARY_OPS, op, "binary")
+    (a1, b1, out1), on_device = flat_operands(a, b, out)
     if on_device:
         binary_cuda[out.dtype][blocks(out.size, THREADS), THREADS](code, a1, b1, out1)
     else:
@@ -332,8 +332,8 @@ def binary(op, a, b, out):
 
 def scalar(op, a, value, out):
     """``out = a + v, a - v, v - a, a * v, a / v, v / a, a ** v`` for op add, sub, rsub, mul, div, rdiv, pow."""
-    code = _code(SCALAR_OPS, op, "scalar")
-    (a1, out1), on_device = _flat(a, out)
+    code = op_code(SCALAR_OPS, op, "scalar")
+    (a1, out1), on_device = flat_operands(a, out)
     value = out.dtype.type(value)
     if on_device:
         scalar_cuda[out.dtype][blocks(out.size, THREADS), THREADS](code, a1, value, out1)
@@ -343,8 +343,8 @@ def scalar(op, a, value, out):
 
 def unary(op, a, out):
     """``out = -a, exp(a), log(a), sqrt(a)`` for op neg, exp, log, sqrt; ``out`` may alias ``a``."""
-    code = _code(UNARY_OPS, op, "unary")
-    (a1, out1), on_device = _flat(a, out)
+    code = op_code(UNARY_OPS, op, "unary")
+    (a1, out1), on_device = flat_operands(a, out)
     if on_device:
         unary_cuda[out.dtype][blocks(out.size, THREADS), THREADS](code, a1, out1)
     else:
@@ -353,7 +353,7 @@ def unary(op, a, out):
 
 def fill(out, value):
     """``out[...] = value`` (cast to ``out``'s dtype)."""
-    (out1,), on_device = _flat(out)
+    (out1,), on_device = flat_operands(out)
     value = out.dtype.type(value)
     if on_device:
         fill_cuda[out.dtype][blocks(out.size, THREADS), THREADS](out1, value)
@@ -363,7 +363,7 @@ def fill(out, value):
 
 def broadcast_scalar(a, out):
     """``out[...] = a[0]`` for ``a`` of shape (1,): the gradient of a sum or mean."""
-    (out1,), on_device = _flat(out)
+    (out1,), on_device = flat_operands(out)
     if a.shape != (1,):
         raise ValueError(f"broadcast_scalar: a must have shape (1,), got {a.shape}")
     _match("broadcast_scalar", "a", a, out, on_device)
@@ -379,7 +379,7 @@ def sum_all(a, out):
     Two passes of one kernel: a fixed number of partial sums (set by ``a.size`` alone), then
     the sum of the partials.
     """
-    (a1,), on_device = _flat(a)
+    (a1,), on_device = flat_operands(a)
     if out.shape != (1,):
         raise ValueError(f"sum_all: out must have shape (1,), got {out.shape}")
     _match("sum_all", "out", out, a, on_device)
