@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from convkern.ops.conv2d import ALGORITHMS, PASSES, launcher
+from convkern.kernels.conv_registry import BY_NAME
+from convkern.ops.conv import PASSES, conv_algorithms, launcher
 from convkern.bench import _geometry, _Operands
 from convkern.suites import load_suite
 
@@ -12,10 +13,12 @@ SUITE = {layer["name"]: layer for layer in load_suite("reference")}
 
 
 @pytest.mark.parametrize("pass_", PASSES)
-@pytest.mark.parametrize("algorithm", list(ALGORITHMS) + ["auto"])
+@pytest.mark.parametrize("algorithm", conv_algorithms("cpu") + ["auto"])
 @pytest.mark.parametrize("layer", LAYERS)
 def test_conv(benchmark, layer, algorithm, pass_):
     g = _geometry(SUITE[layer])
+    if algorithm != "auto" and not BY_NAME[algorithm].supports(g, "cpu", pass_)[0]:
+        pytest.skip(BY_NAME[algorithm].supports(g, "cpu", pass_)[1])
     ops = _Operands(g, np.float32, "cpu")
     out = np.empty(ops.out_shape(pass_), np.float32)
     fn = launcher(algorithm, g, "cpu", pass_)

@@ -16,7 +16,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from convkern.autograd import Function, Tensor, from_dlpack, is_grad_enabled, no_grad, tensor  # noqa: E402
 from convkern.backend import cuda_available  # noqa: E402
-from convkern.ops.conv2d import conv_algorithms  # noqa: E402
+from convkern.ops.conv import conv_algorithms, conv_geometry, conv_transpose_geometry  # noqa: E402
 from convkern import functional  # noqa: E402
 from convkern.gradcheck import GradcheckError, gradcheck  # noqa: E402
 from convkern.ops.shape import cat  # noqa: E402
@@ -26,6 +26,7 @@ from convkern import nn, optim  # noqa: E402
 from convkern.layer_summary import summary  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["Function", "GradcheckError", "Tensor", "cat", "conv_algorithms", "cuda_available", "from_dlpack",
+__all__ = ["Function", "GradcheckError", "Tensor", "cat", "conv_algorithms", "conv_geometry", "conv_transpose_geometry",
+           "cuda_available", "from_dlpack",
            "functional", "gradcheck", "is_grad_enabled", "load", "manual_seed", "nn", "no_grad", "optim", "save",
            "summary", "tensor", "__version__"]

@@ -2,7 +2,7 @@
 remembered across runs.
 
 The first call of a pass on a new key (device, dtype, pass, whole ConvGeometry) times every
-candidate algorithm on the call's real arrays (one warm-up call, then the best of ``RUNS``)
+algorithm that supports the pass on the call's real arrays (one warm-up call, then the best of ``RUNS``)
 and keeps the fastest, in memory and in ``cache_path()``, a JSON file in the user cache
 directory (``$CONVKERN_CACHE_DIR``, else ``$XDG_CACHE_HOME/convkern`` or ``~/.cache/convkern``).
 A corrupt, unreadable or stale file is ignored with a warning and rewritten; an unwritable
@@ -20,7 +20,7 @@ from numba import cuda
 
 from convkern.kernels.cuda_util import SIMULATOR
 
-FORMAT = 1
+FORMAT = 2
 RUNS = 2
 _state = {"path": None, "entries": {}, "write_warned": False}
 
@@ -41,7 +41,7 @@ def enabled(device):
 
 
 def cache_key(g, device, dtype, pass_):
-    return f"{device}|{np.dtype(dtype).name}|{pass_}|" + ",".join(f"{k}={v}" for k, v in g._asdict().items())
+    return f"{device}|{np.dtype(dtype).name}|{pass_}|{g.key()}"
 
 
 def _version():
@@ -113,22 +113,15 @@ def _time(fn, device):
 
 def choose(g, device, dtype, pass_, run_candidate, candidates, default):
     """The algorithm for one pass: ``default`` when autotuning is off, else the cached winner,
-    else the fastest of ``candidates`` timed with ``run_candidate(name)`` (which runs that
-    algorithm on the real arrays; one raising ValueError cannot take this shape and is skipped).
-    The output buffer then holds whichever candidate ran last: the caller runs the winner."""
+    else the fastest of ``candidates`` (the algorithms whose ``supports`` accepts this pass)
+    timed with ``run_candidate(name)``, which runs that algorithm on the real arrays. The output
+    buffer then holds whichever candidate ran last: the caller runs the winner."""
     if not enabled(device):
         return default
     entries, key = _entries(), cache_key(g, device, dtype, pass_)
     if entries.get(key) in candidates:
         return entries[key]
-    times, error = {}, None
-    for name in candidates:
-        try:
-            times[name] = _time(lambda: run_candidate(name), device)
-        except ValueError as e:
-            error = e
-    if not times:
-        raise error
+    times = {name: _time(lambda: run_candidate(name), device) for name in candidates}
     entries[key] = min(times, key=times.get)
     _write()
     return entries[key]

@@ -23,7 +23,8 @@ import numpy as np
 from numba import cuda
 
 from convkern import backend, reference
-from convkern.ops.conv2d import ALGORITHMS, PASSES, conv_geometry, launcher
+from convkern.kernels.conv_registry import BY_NAME
+from convkern.ops.conv import PASSES, conv_algorithms, conv_geometry, launcher
 from convkern.suites import SUITES, load_suite, quick
 
 FIELDS = ["suite", "layer", "N", "C", "H", "W", "K", "R", "S", "stride", "pad", "dilation", "groups",
@@ -294,10 +295,11 @@ def run_bench(suite="reference", device="cpu", algorithms=None, passes=PASSES, d
     if log is None:
         log = open(os.devnull, "w")
     backend.check_device(device)
-    algorithms = list(algorithms or list(ALGORITHMS) + ["auto"])
+    known = conv_algorithms(device) + ["auto"]
+    algorithms = list(algorithms or known)
     for a in algorithms:
-        if a not in ALGORITHMS and a != "auto":
-            raise ValueError(f"--algorithms: unknown algorithm {a!r}; expected some of {list(ALGORITHMS) + ['auto']}")
+        if a not in known:
+            raise ValueError(f"--algorithms: unknown algorithm {a!r}; expected some of {known}")
     for p in passes:
         if p not in PASSES:
             raise ValueError(f"--passes: unknown pass {p!r}; expected some of {list(PASSES)}")
@@ -331,6 +333,11 @@ def _bench_layers(layers, suite, device, algorithms, passes, dtype, peer_list, p
                     peer_ms[peer.name] = timed[1] * 1e3
                     records.append(_log(_record(base, peer.name, pass_, g, *timed, peak, tol), log))
             for alg in algorithms:
+                if alg != "auto":
+                    ok, why = BY_NAME[alg].supports(g, device, pass_)
+                    if not ok:
+                        print(f"# {layer['name']} {pass_}: {alg} skipped: {why}", file=log)
+                        continue
                 out = backend.empty(ops.out_shape(pass_), dtype, device)
                 if device == "cpu":
                     out.fill(np.nan)
@@ -424,7 +431,7 @@ def write_plot(records, path):
 def add_arguments(p):
     p.add_argument("--suite", default="reference", help="reference | deepbench | convnet | PATH.json")
     p.add_argument("--device", default="cpu", choices=backend.DEVICES)
-    p.add_argument("--algorithms", default=None, help="comma list of " + ",".join(list(ALGORITHMS) + ["auto"]))
+    p.add_argument("--algorithms", default=None, help="comma list of " + ",".join(conv_algorithms() + ["auto"]))
     p.add_argument("--passes", default=",".join(PASSES), help="comma list of fwd,bwd_data,bwd_filter")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--quick", action="store_true", help="scale layers down to CI size")

@@ -28,12 +28,14 @@ every output element is owned by one thread or loop iteration, so all three pass
 reproducible.
 """
 import functools
+import math
 from typing import NamedTuple
 
 import numba
 import numpy as np
 from numba import cuda, int32, int64, njit, prange
 
+from .conv_algorithm import ConvAlgorithm, check_conv_arrays
 from .cuda_util import SIMULATOR, array4, blocks, is_device_array, per_dtype
 
 # CUDA forward: output channels per thread, and (rows, cols) output tiles in order of preference;
@@ -638,20 +640,6 @@ def _cuda_args(g):
     return g.stride_h, g.stride_w, g.pad_h, g.pad_w, g.dil_h, g.dil_w, g.groups
 
 
-def _check(g, x, w, y):
-    """x, w, y play the input, weight and output roles of the geometry, whichever pass."""
-    arrays = (x, w, y)
-    if any(a.dtype != x.dtype for a in arrays) or x.dtype not in (np.float32, np.float64):
-        raise TypeError("direct: arrays must all be float32 or all float64, "
-                        f"got {[str(a.dtype) for a in arrays]}")
-    if len({is_device_array(a) for a in arrays}) > 1:
-        raise TypeError("direct: arrays must be all NumPy arrays or all CUDA device arrays")
-    shapes = ((g.N, g.C, g.H, g.W), (g.K, g.C // g.groups, g.R, g.S), (g.N, g.K, g.P, g.Q))
-    if tuple(tuple(a.shape) for a in arrays) != shapes:
-        raise ValueError(f"direct: expected input/weight/output shapes {shapes}, "
-                         f"got {tuple(x.shape)}, {tuple(w.shape)}, {tuple(y.shape)}")
-
-
 def _fwd_tile(g):
     """The first FWD_TILES entry whose input footprint fits in shared memory (else the smallest,
     whose blocks then read global memory)."""
@@ -668,7 +656,7 @@ def conv2d_fwd_direct(x, w, y, g):
     ``y[n,k,p,q] = sum_{c,r,s} x[n, gi*Cg+c, p*sh-ph+r*dh, q*sw-pw+s*dw] * w[k,c,r,s]``
     (gi = k // Kg, reads outside x are zero). NumPy arrays run on the CPU, CUDA device arrays
     on the GPU."""
-    _check(g, x, w, y)
+    check_conv_arrays("direct", g, "fwd", x, w, y)
     if is_device_array(x):
         tp, tq = _fwd_tile(g)
         grid = (blocks(g.P, tp) * blocks(g.Q, tq), g.groups * blocks(g.K // g.groups, FWD_KT), g.N)
@@ -683,7 +671,7 @@ def conv2d_bwd_data_direct(dy, w, dx, g):
     """Data gradient into ``dx`` (overwritten): ``dx[n,c,h,w] = sum dy[n,k,p,q] * w[k,c',r,s]``
     over the k of c's group and the (r, s, p, q) with ``h = p*sh-ph+r*dh``, ``w = q*sw-pw+s*dw``
     (c' = c mod Cg). Gather form: each element of dx has one owner."""
-    _check(g, dx, w, dy)
+    check_conv_arrays("direct", g, "bwd_data", dy, w, dx)
     if is_device_array(dy):
         th, tw = BWD_TILE
         grid = (blocks(g.H, th) * blocks(g.W, tw), g.C, g.N)
@@ -701,7 +689,7 @@ def conv2d_bwd_filter_direct(dy, x, dw, g):
     """Filter gradient into ``dw`` (overwritten):
     ``dw[k,c,r,s] = sum_{n,p,q} dy[n,k,p,q] * x[n, gi*Cg+c, p*sh-ph+r*dh, q*sw-pw+s*dw]``.
     Each element of dw has one owner that sums in a fixed order."""
-    _check(g, x, dw, dy)
+    check_conv_arrays("direct", g, "bwd_filter", dy, x, dw)
     if is_device_array(dy):
         rs, pairs = g.R * g.S, g.K * (g.C // g.groups)
         # at most FILTER_TAPS taps a block, fewer while the (k, c) pairs give few blocks; the
@@ -719,3 +707,18 @@ def conv2d_bwd_filter_direct(dy, x, dw, g):
     tchunk = _round_up(blocks(plan.toff.shape[0], split), TB)
     conv2d_bwd_filter_direct_cpu(dyz, xs, plan.toff, dw.reshape(g.K, -1), g.groups, plan.x_group,
                                  plan.dy_row, tchunk)
+
+
+def _preference(g, device, pass_):
+    """Depthwise layers first; on the CPU, short reductions (few input channels, as LeNet C1 and
+    CIFAR conv1: C/groups * taps <= 75) next."""
+    if g.depthwise:
+        return 0
+    if device == "cpu" and g.C // g.groups * math.prod(g.kernel) <= 75:
+        return 1
+    return 5
+
+
+ALGORITHM = ConvAlgorithm("direct", conv2d_fwd_direct, conv2d_bwd_data_direct, conv2d_bwd_filter_direct,
+                          ranks=(2,), preference=_preference,
+                          summary="one output (or input-gradient) element per thread, taps staged in shared memory")

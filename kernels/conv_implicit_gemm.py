@@ -37,6 +37,7 @@ import numba
 import numpy as np
 from numba import cuda, float32, int32, int64, njit, prange, uint64
 
+from .conv_algorithm import ConvAlgorithm, check_conv_arrays
 from .cuda_util import SIMULATOR, array1, array2, array4, blocks, is_device_array, per_dtype
 
 # The 4 x 4 micro-tile is written out as scalars; the block tile and reduction depth are tunable.
@@ -747,6 +748,7 @@ def conv2d_fwd_implicit_gemm(x, w, y, g):
     ``y[n, k, p, q] = sum_{c, r, s} x[n, gi*Cg + c, p*sh - ph + r*dh, q*sw - pw + s*dw] * w[k, c, r, s]``
     with ``gi = k // Kg``. NumPy arrays run on the CPU, CUDA device arrays on the GPU.
     """
+    check_conv_arrays("implicit_gemm", g, "fwd", x, w, y)
     (_fwd_cuda if is_device_array(x) else _fwd_cpu)(x, w, y, g)
 
 
@@ -756,6 +758,7 @@ def conv2d_bwd_data_implicit_gemm(dy, w, dx, g):
     ``dx[n, c, h, w] = sum over k in c's group and taps (r, s) with p = (h + ph - r*dh)/sh and
     q = (w + pw - s*dw)/sw exact and inside dy of dy[n, k, p, q] * w[k, c - gi*Cg, r, s]``.
     """
+    check_conv_arrays("implicit_gemm", g, "bwd_data", dy, w, dx)
     (_bwd_data_cuda if is_device_array(dy) else _bwd_data_cpu)(dy, w, dx, g)
 
 
@@ -765,4 +768,10 @@ def conv2d_bwd_filter_implicit_gemm(dy, x, dw, g):
     ``dw[k, c, r, s] = sum_{n, p, q} dy[n, k, p, q] * x[n, gi*Cg + c, p*sh - ph + r*dh, q*sw - pw + s*dw]``,
     the sum over (n, p, q) cut into fixed slices that are added in order.
     """
+    check_conv_arrays("implicit_gemm", g, "bwd_filter", dy, x, dw)
     (_bwd_filter_cuda if is_device_array(dy) else _bwd_filter_cpu)(dy, x, dw, g)
+
+
+ALGORITHM = ConvAlgorithm("implicit_gemm", conv2d_fwd_implicit_gemm, conv2d_bwd_data_implicit_gemm,
+                          conv2d_bwd_filter_implicit_gemm, ranks=(2,), preference=lambda g, device, pass_: 2,
+                          summary="GEMM tiles gathered straight from the input; no column matrix")

@@ -23,6 +23,7 @@ image per chunk). CUDA runs ``gemm_tiled_cuda``, the CPU NumPy's BLAS.
 import numpy as np
 from numba import cuda, int64, njit, prange, uint64
 
+from .conv_algorithm import ConvAlgorithm, check_conv_arrays
 from .cuda_util import SIMULATOR, array2, array4, blocks, is_device_array, per_dtype
 from .gemm import gemm_batched
 
@@ -256,24 +257,10 @@ class _Plan:
         return _by_group(w.reshape(self.g.K, self.rows // self.g.groups), self.g.groups)
 
 
-def _check(g, x_shape, w_shape, y_shape, *arrays):
-    dtype = arrays[0].dtype
-    if any(a.dtype != dtype for a in arrays) or dtype not in (np.float32, np.float64):
-        raise TypeError(f"im2col: arrays must all be float32 or all float64, got {[str(a.dtype) for a in arrays]}")
-    if len({is_device_array(a) for a in arrays}) != 1:
-        raise TypeError("im2col: arrays must all be NumPy arrays or all CUDA device arrays")
-    if not all(a.is_c_contiguous() if is_device_array(a) else a.flags.c_contiguous for a in arrays):
-        raise ValueError("im2col: arrays must be C-contiguous")
-    shapes = (tuple(g[:4]), (g.K, g.C // g.groups, g.R, g.S), (g.N, g.K, g.P, g.Q))
-    if (tuple(x_shape), tuple(w_shape), tuple(y_shape)) != shapes:
-        raise ValueError(f"im2col: expected input/weight/output shapes {shapes}, "
-                         f"got {tuple(x_shape)}, {tuple(w_shape)}, {tuple(y_shape)}")
-
-
 def conv2d_fwd_im2col(x, w, y, g, max_workspace=None):
     """``y[n,k,p,q] = sum_{c,r,s} x[n, gi*Cg+c, p*sh-ph+r*dh, q*sw-pw+s*dw] * w[k,c,r,s]``
     (gi = k // Kg) as im2col + GEMM per chunk of images. Overwrites ``y``."""
-    _check(g, x.shape, w.shape, y.shape, x, w, y)
+    check_conv_arrays("im2col", g, "fwd", x, w, y)
     plan = _Plan(g, x, max_workspace)
     for n0, nb in plan.chunks():
         col = plan.col(nb)
@@ -297,7 +284,7 @@ def conv2d_bwd_data_im2col(dy, w, dx, g, max_workspace=None):
     """``dx[n,c,h,w] = sum dy[n,k,p,q] * w[k,c',r,s]`` over the k of c's group and the (r,s,p,q)
     with ``h = p*sh-ph+r*dh``, ``w = q*sw-pw+s*dw``: GEMM ``W_g^T @ dY_g`` then col2im.
     Overwrites ``dx``."""
-    _check(g, dx.shape, w.shape, dy.shape, dy, w, dx)
+    check_conv_arrays("im2col", g, "bwd_data", dy, w, dx)
     plan = _Plan(g, dy, max_workspace)
     for n0, nb in plan.chunks():
         dcol = plan.col(nb)
@@ -309,7 +296,7 @@ def conv2d_bwd_data_im2col(dy, w, dx, g, max_workspace=None):
 def conv2d_bwd_filter_im2col(dy, x, dw, g, max_workspace=None):
     """``dw[k,c,r,s] = sum_{n,p,q} dy[n,k,p,q] * x[n, gi*Cg+c, p*sh-ph+r*dh, q*sw-pw+s*dw]``:
     ``dY_g @ col_g^T`` summed over the chunks of images. Overwrites ``dw``."""
-    _check(g, x.shape, dw.shape, dy.shape, dy, x, dw)
+    check_conv_arrays("im2col", g, "bwd_filter", dy, x, dw)
     plan = _Plan(g, x, max_workspace)
     for n0, nb in plan.chunks():
         col = plan.col(nb)
@@ -317,3 +304,14 @@ def conv2d_bwd_filter_im2col(dy, x, dw, g, max_workspace=None):
         dyt = _dy_chunk(plan, dy, n0, nb)
         gemm_batched(_by_group(dyt, g.groups), _by_group(col, g.groups), plan.weight(dw),
                      trans_b=True, beta=0 if n0 == 0 else 1)
+
+
+def _preference(g, device, pass_):
+    """1x1 layers on the CPU: the column matrix is the input itself (subsampled when strided)
+    and the product is one BLAS call."""
+    return 0 if device == "cpu" and all(k == 1 for k in g.kernel) else 9
+
+
+ALGORITHM = ConvAlgorithm("im2col", conv2d_fwd_im2col, conv2d_bwd_data_im2col, conv2d_bwd_filter_im2col,
+                          ranks=(2,), preference=_preference,
+                          summary="column matrix per chunk of images, then a GEMM (BLAS on the CPU)")

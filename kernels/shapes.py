@@ -1,5 +1,6 @@
-"""Output-size arithmetic shared by every windowed op, and the conv geometry record."""
-from typing import NamedTuple
+"""Output-size arithmetic shared by every windowed op, the N-d conv geometry and the pooling geometry."""
+import math
+from typing import NamedTuple, Tuple
 
 
 def window_out_size(size, kernel, stride, pad_before, pad_after, dilation=1, ceil_mode=False):
@@ -26,35 +27,119 @@ def same_padding(size, kernel, stride, dilation=1):
     return total // 2, total - total // 2
 
 
-class ConvGeometry(NamedTuple):
-    """Everything a conv kernel needs to know about one 2-D convolution (NCHW).
+PASSES = ("fwd", "bwd_data", "bwd_filter")
 
-    Input (N, C, H, W), weight (K, C/groups, R, S), output (N, K, P, Q).
-    Output pixel (p, q) reads input rows ``p*stride_h - pad_h + r*dil_h`` and columns
-    ``q*stride_w - pad_w + s*dil_w``; reads outside [0, H) x [0, W) are zero. ``pad_h`` and
-    ``pad_w`` are the top and left padding; bottom/right padding only shows in P and Q.
+
+class ConvGeometry(NamedTuple):
+    """One convolution of spatial rank 1, 2 or 3 (NCL, NCHW, NCDHW), for every pass.
+
+    Input ``(N, C, *in_size)``, weight ``(K, C/groups, *kernel)``, output ``(N, K, *out_size)``.
+    Along axis ``i``, output position ``o`` reads input positions
+    ``o*stride[i] - pad_before[i] + t*dilation[i]`` for taps ``t < kernel[i]``; reads outside
+    ``[0, in_size[i])`` are zero. ``out_size`` comes from ``window_out_size``; ``pad_after`` only
+    shows in it (it may be negative for a transposed convolution, whose last input rows are
+    then never read). ``output_padding`` is zero for a plain convolution; for a transposed one
+    (whose forward is this geometry's backward-data pass) it is the extra size its output got.
+
+    Passes and their operands (``operand_shapes``): forward ``(x, w) -> y``, backward-data
+    ``(dy, w) -> dx``, backward-filter ``(dy, x) -> dw``.
     """
     N: int
     C: int
-    H: int
-    W: int
     K: int
-    R: int
-    S: int
-    P: int
-    Q: int
-    stride_h: int
-    stride_w: int
-    pad_h: int
-    pad_w: int
-    dil_h: int
-    dil_w: int
     groups: int
+    in_size: Tuple[int, ...]
+    kernel: Tuple[int, ...]
+    out_size: Tuple[int, ...]
+    stride: Tuple[int, ...]
+    pad_before: Tuple[int, ...]
+    pad_after: Tuple[int, ...]
+    dilation: Tuple[int, ...]
+    output_padding: Tuple[int, ...]
+
+    @classmethod
+    def make(cls, N, C, K, in_size, kernel, stride=None, pad_before=None, pad_after=None, dilation=None,
+             groups=1, output_padding=None):
+        """The geometry with ``out_size`` computed; per-axis arguments default to stride 1,
+        padding 0, dilation 1 and no output padding. No validation (see ``convkern.conv_geometry``)."""
+        rank = len(in_size)
+
+        def axes(v, default):
+            return tuple(int(a) for a in v) if v is not None else (default,) * rank
+        stride, dilation = axes(stride, 1), axes(dilation, 1)
+        pad_before, pad_after, output_padding = axes(pad_before, 0), axes(pad_after, 0), axes(output_padding, 0)
+        out = tuple(window_out_size(*a) for a in zip(in_size, kernel, stride, pad_before, pad_after, dilation))
+        return cls(int(N), int(C), int(K), int(groups), tuple(int(a) for a in in_size), tuple(int(a) for a in kernel),
+                   out, stride, pad_before, pad_after, dilation, output_padding)
+
+    @property
+    def rank(self):
+        """Number of spatial axes (1, 2 or 3)."""
+        return len(self.in_size)
+
+    @property
+    def x_shape(self):
+        return (self.N, self.C) + self.in_size
+
+    @property
+    def w_shape(self):
+        return (self.K, self.C // self.groups) + self.kernel
+
+    @property
+    def y_shape(self):
+        return (self.N, self.K) + self.out_size
+
+    def operand_shapes(self, pass_):
+        """(first operand, second operand, output) shapes of ``pass_``."""
+        x, w, y = self.x_shape, self.w_shape, self.y_shape
+        return {"fwd": (x, w, y), "bwd_data": (y, w, x), "bwd_filter": (y, x, w)}[pass_]
 
     @property
     def flops(self):
-        """FLOPs of one pass: 2*N*K*P*Q*(C/groups)*R*S."""
-        return 2 * self.N * self.K * self.P * self.Q * (self.C // self.groups) * self.R * self.S
+        """FLOPs of one pass: 2*N*K*prod(out_size)*(C/groups)*prod(kernel)."""
+        return 2 * self.N * self.K * math.prod(self.out_size) * (self.C // self.groups) * math.prod(self.kernel)
+
+    @property
+    def depthwise(self):
+        """One input and one output channel per group."""
+        return self.C == self.groups and self.K == self.groups
+
+    def as_2d(self):
+        """A rank-1 geometry as the rank-2 one with a leading unit axis (conv1d runs on the 2-D
+        kernels); other ranks unchanged."""
+        if self.rank != 1:
+            return self
+        return self._replace(in_size=(1,) + self.in_size, kernel=(1,) + self.kernel, out_size=(1,) + self.out_size,
+                             stride=(1,) + self.stride, pad_before=(0,) + self.pad_before,
+                             pad_after=(0,) + self.pad_after, dilation=(1,) + self.dilation,
+                             output_padding=(0,) + self.output_padding)
+
+    def key(self):
+        """A compact string naming the geometry (the autotune cache key uses it)."""
+        def t(v):
+            return "x".join(map(str, v))
+        return (f"N{self.N},C{self.C},K{self.K},g{self.groups},in{t(self.in_size)},k{t(self.kernel)},"
+                f"out{t(self.out_size)},s{t(self.stride)},pb{t(self.pad_before)},pa{t(self.pad_after)},"
+                f"d{t(self.dilation)},op{t(self.output_padding)}")
+
+    # 2-D names, for the 2-D kernels: input H x W, filter R x S, output P x Q
+    def _axis(self, field, i, name):
+        if self.rank != 2:
+            raise AttributeError(f"ConvGeometry.{name} is defined for 2-D geometries; this one is {self.rank}-D")
+        return getattr(self, field)[i]
+
+    H = property(lambda self: self._axis("in_size", 0, "H"))
+    W = property(lambda self: self._axis("in_size", 1, "W"))
+    R = property(lambda self: self._axis("kernel", 0, "R"))
+    S = property(lambda self: self._axis("kernel", 1, "S"))
+    P = property(lambda self: self._axis("out_size", 0, "P"))
+    Q = property(lambda self: self._axis("out_size", 1, "Q"))
+    stride_h = property(lambda self: self._axis("stride", 0, "stride_h"))
+    stride_w = property(lambda self: self._axis("stride", 1, "stride_w"))
+    pad_h = property(lambda self: self._axis("pad_before", 0, "pad_h"))
+    pad_w = property(lambda self: self._axis("pad_before", 1, "pad_w"))
+    dil_h = property(lambda self: self._axis("dilation", 0, "dil_h"))
+    dil_w = property(lambda self: self._axis("dilation", 1, "dil_w"))
 
 
 class PoolGeometry(NamedTuple):

@@ -10,75 +10,101 @@ def conv_out(size, k, s, pad_before, pad_after, d):
     return (size + pad_before + pad_after - d * (k - 1) - 1) // s + 1
 
 
-def conv2d_fwd_ref(x, w, stride=(1, 1), pad=(0, 0, 0, 0), dilation=(1, 1), groups=1):
-    """y[n,k,p,q] = sum_{c,r,s} xpad[n, g*Cg + c, p*sh + r*dh, q*sw + s*dw] * w[k,c,r,s].
+def _tap_slices(tap, out, stride, dilation):
+    """Slices of the padded input read by filter tap ``tap`` (a tuple) for every output position."""
+    return tuple(slice(t * d, t * d + (o - 1) * s + 1, s) for t, o, s, d in zip(tap, out, stride, dilation))
 
-    ``pad`` is (top, bottom, left, right)."""
+
+def _pad_width(pads):
+    """np.pad widths, and slices undoing negative padding (rows that are never read are cut)."""
+    return [(0, 0), (0, 0)] + [(max(0, b), max(0, a)) for b, a in pads]
+
+
+def _padded(x, pads):
+    """x padded by ``pads`` ((before, after) per spatial axis; negative values cut)."""
+    xp = np.pad(x, _pad_width(pads))
+    cut = (slice(None), slice(None)) + tuple(slice(max(0, -b), xp.shape[2 + i] - max(0, -a))
+                                              for i, (b, a) in enumerate(pads))
+    return xp[cut]
+
+
+def conv_fwd_ref(x, w, stride, pads, dilation, groups=1):
+    """N-d convolution, any spatial rank: ``y[n, k, o] = sum_{c, t} xpad[n, gi*Cg + c, o*stride + t*dilation] * w[k, c, t]``.
+
+    ``pads``: (before, after) per spatial axis."""
     x = np.asarray(x, np.float64)
     w = np.asarray(w, np.float64)
-    N, C, H, W = x.shape
-    K, Cg, R, S = w.shape
-    sh, sw = stride
-    dh, dw = dilation
-    pt, pb, pl, pr = pad
-    P = conv_out(H, R, sh, pt, pb, dh)
-    Q = conv_out(W, S, sw, pl, pr, dw)
-    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    K, Cg, *kernel = w.shape
+    xp = _padded(x, pads)
+    out = [conv_out(n, k, s, 0, 0, d) for n, k, s, d in zip(xp.shape[2:], kernel, stride, dilation)]
     Kg = K // groups
-    y = np.zeros((N, K, P, Q))
+    y = np.zeros((x.shape[0], K, *out))
     for g in range(groups):
         xg = xp[:, g * Cg:(g + 1) * Cg]
         wg = w[g * Kg:(g + 1) * Kg]
-        for r in range(R):
-            for s in range(S):
-                patch = xg[:, :, r * dh: r * dh + (P - 1) * sh + 1: sh, s * dw: s * dw + (Q - 1) * sw + 1: sw]
-                y[:, g * Kg:(g + 1) * Kg] += np.einsum("nchw,kc->nkhw", patch, wg[:, :, r, s])
+        for tap in np.ndindex(*kernel):
+            patch = xg[(slice(None), slice(None)) + _tap_slices(tap, out, stride, dilation)]
+            y[:, g * Kg:(g + 1) * Kg] += np.einsum("nc...,kc->nk...", patch, wg[(slice(None), slice(None)) + tap])
     return y
 
 
-def conv2d_bwd_data_ref(dy, w, x_shape, stride=(1, 1), pad=(0, 0, 0, 0), dilation=(1, 1), groups=1):
-    """dx = d(sum(y * dy))/dx: scatter each output gradient back through the filter taps."""
+def conv_bwd_data_ref(dy, w, x_shape, stride, pads, dilation, groups=1):
+    """dx = d(sum(y * dy))/dx: scatter each output gradient back through the filter taps (any rank)."""
     dy = np.asarray(dy, np.float64)
     w = np.asarray(w, np.float64)
-    N, C, H, W = x_shape
-    K, Cg, R, S = w.shape
-    _, _, P, Q = dy.shape
-    sh, sw = stride
-    dh, dw = dilation
-    pt, pb, pl, pr = pad
+    K, Cg, *kernel = w.shape
+    out = dy.shape[2:]
     Kg = K // groups
-    dxp = np.zeros((N, C, H + pt + pb, W + pl + pr))
+    full = [n + max(0, b) + max(0, a) for n, (b, a) in zip(x_shape[2:], pads)]
+    dxp = np.zeros((x_shape[0], x_shape[1], *full))
     for g in range(groups):
         wg = w[g * Kg:(g + 1) * Kg]
         dyg = dy[:, g * Kg:(g + 1) * Kg]
-        for r in range(R):
-            for s in range(S):
-                contrib = np.einsum("nkhw,kc->nchw", dyg, wg[:, :, r, s])
-                dxp[:, g * Cg:(g + 1) * Cg, r * dh: r * dh + (P - 1) * sh + 1: sh,
-                    s * dw: s * dw + (Q - 1) * sw + 1: sw] += contrib
-    return dxp[:, :, pt:pt + H, pl:pl + W]
+        for tap in np.ndindex(*kernel):
+            # with negative padding the tap window starts later by the cut amount
+            sl = tuple(slice(t * d + max(0, -b), t * d + max(0, -b) + (o - 1) * s + 1, s)
+                       for t, o, s, d, (b, a) in zip(tap, out, stride, dilation, pads))
+            dxp[(slice(None), slice(g * Cg, (g + 1) * Cg)) + sl] += np.einsum(
+                "nk...,kc->nc...", dyg, wg[(slice(None), slice(None)) + tap])
+    crop = tuple(slice(max(0, b), max(0, b) + n) for n, (b, a) in zip(x_shape[2:], pads))
+    return dxp[(slice(None), slice(None)) + crop]
 
 
-def conv2d_bwd_filter_ref(dy, x, w_shape, stride=(1, 1), pad=(0, 0, 0, 0), dilation=(1, 1), groups=1):
-    """dw[k,c,r,s] = sum_{n,p,q} dy[n,k,p,q] * xpad[n, g*Cg + c, p*sh + r*dh, q*sw + s*dw]."""
+def conv_bwd_filter_ref(dy, x, w_shape, stride, pads, dilation, groups=1):
+    """dw[k, c, t] = sum_{n, o} dy[n, k, o] * xpad[n, gi*Cg + c, o*stride + t*dilation] (any rank)."""
     dy = np.asarray(dy, np.float64)
     x = np.asarray(x, np.float64)
-    K, Cg, R, S = w_shape
-    _, _, P, Q = dy.shape
-    sh, sw = stride
-    dh, dw = dilation
-    pt, pb, pl, pr = pad
-    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    K, Cg, *kernel = w_shape
+    out = dy.shape[2:]
+    xp = _padded(x, pads)
     Kg = K // groups
-    dwt = np.zeros(w_shape)
+    dw = np.zeros(w_shape)
     for g in range(groups):
         xg = xp[:, g * Cg:(g + 1) * Cg]
         dyg = dy[:, g * Kg:(g + 1) * Kg]
-        for r in range(R):
-            for s in range(S):
-                patch = xg[:, :, r * dh: r * dh + (P - 1) * sh + 1: sh, s * dw: s * dw + (Q - 1) * sw + 1: sw]
-                dwt[g * Kg:(g + 1) * Kg, :, r, s] = np.einsum("nkhw,nchw->kc", dyg, patch)
-    return dwt
+        for tap in np.ndindex(*kernel):
+            patch = xg[(slice(None), slice(None)) + _tap_slices(tap, out, stride, dilation)]
+            axes = [0] + list(range(2, dy.ndim))
+            dw[(slice(g * Kg, (g + 1) * Kg), slice(None)) + tap] = np.tensordot(dyg, patch, axes=(axes, axes))
+    return dw
+
+
+def _pairs(pad):
+    """(top, bottom, left, right) as ((top, bottom), (left, right))."""
+    return ((pad[0], pad[1]), (pad[2], pad[3]))
+
+
+def conv2d_fwd_ref(x, w, stride=(1, 1), pad=(0, 0, 0, 0), dilation=(1, 1), groups=1):
+    """2-D ``conv_fwd_ref`` with ``pad`` = (top, bottom, left, right)."""
+    return conv_fwd_ref(x, w, stride, _pairs(pad), dilation, groups)
+
+
+def conv2d_bwd_data_ref(dy, w, x_shape, stride=(1, 1), pad=(0, 0, 0, 0), dilation=(1, 1), groups=1):
+    return conv_bwd_data_ref(dy, w, x_shape, stride, _pairs(pad), dilation, groups)
+
+
+def conv2d_bwd_filter_ref(dy, x, w_shape, stride=(1, 1), pad=(0, 0, 0, 0), dilation=(1, 1), groups=1):
+    return conv_bwd_filter_ref(dy, x, w_shape, stride, _pairs(pad), dilation, groups)
 
 
 def tolerance(dtype):

@@ -40,16 +40,22 @@ def check_rank(t, rank, name, layout, op):
         raise ValueError(f"{op}: {name} must be {rank}-D {layout}, got shape {t.shape}")
 
 
-def int_pair(value, name, op, minimum):
-    """An int or a pair of ints, each >= minimum, as a pair."""
+def int_tuple(value, rank, name, op, minimum):
+    """An int or a tuple/list of ``rank`` ints, each >= minimum, as a tuple of ``rank`` ints."""
     def is_int(v):
         return isinstance(v, numbers.Integral) and not isinstance(v, bool)
     if is_int(value):
-        pair = (int(value), int(value))
-    elif isinstance(value, (tuple, list)) and len(value) == 2 and all(is_int(v) for v in value):
-        pair = (int(value[0]), int(value[1]))
+        values = (int(value),) * rank
+    elif isinstance(value, (tuple, list)) and len(value) == rank and all(is_int(v) for v in value):
+        values = tuple(int(v) for v in value)
     else:
-        raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {value!r}")
-    if min(pair) < minimum:
+        what = {1: "an int or a tuple of 1 int", 2: "an int or a pair of ints"}.get(rank, f"an int or a tuple of {rank} ints")
+        raise TypeError(f"{op}: {name} must be {what}, got {value!r}")
+    if min(values) < minimum:
         raise ValueError(f"{op}: {name} must be >= {minimum}, got {value!r}")
-    return pair
+    return values
+
+
+def int_pair(value, name, op, minimum):
+    """An int or a pair of ints, each >= minimum, as a pair."""
+    return int_tuple(value, 2, name, op, minimum)

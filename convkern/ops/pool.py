@@ -10,7 +10,7 @@ from convkern.autograd import Function, tensor
 from convkern.kernels import pool
 from convkern.kernels.shapes import PoolGeometry, window_out_size
 from convkern.ops.common import as_tensor, check_float, check_rank, check_same, int_pair
-from convkern.ops.conv2d import conv2d
+from convkern.ops.conv import conv2d
 
 
 class MaxPool2d(Function):

@@ -9,13 +9,18 @@ import convkern as ck
 import convkern.functional as F
 from convkern import autotune
 from convkern.kernels.cuda_util import SIMULATOR
-from convkern.ops.conv2d import ALGORITHMS, PASSES, conv_geometry, heuristic_algorithm
+from convkern.kernels.conv_registry import ALGORITHMS, BY_NAME
+from convkern.ops.conv import PASSES, conv_algorithms, conv_geometry, heuristic_algorithm
 from tests.reference import tolerance
 
-# fake seconds per candidate: im2col wins, while the heuristic would pick direct for CONFIG
+# fake seconds per candidate: im2col wins, while the heuristic would pick direct for CONFIG;
+# algorithms not named here take 5 s
 FAKE_TIMES = {"direct": 3.0, "im2col": 1.0, "implicit_gemm": 2.0}
 CONFIG = dict(x=(2, 3, 7, 6), w=(4, 3, 3, 3), stride=1, padding=1)
-CALLS_PER_MISS = len(ALGORITHMS) + 1   # the fake timer runs each candidate once; then the winner
+CONFIG_G = conv_geometry(CONFIG["x"], CONFIG["w"], CONFIG["stride"], CONFIG["padding"], 1, 1)
+CANDIDATES = {p: conv_algorithms("cpu", CONFIG_G, [p]) for p in PASSES}
+CALLS_PER_MISS = {p: len(CANDIDATES[p]) + 1 for p in PASSES}   # each candidate once, then the winner
+CALLS_PER_CONV = sum(CALLS_PER_MISS.values())
 
 
 @pytest.fixture(autouse=True)
@@ -31,18 +36,18 @@ def cache(tmp_path, monkeypatch):
 def calls(monkeypatch):
     """Record (algorithm, pass) of every launcher call; time each candidate as FAKE_TIMES says."""
     log = []
-    for name, module in ALGORITHMS.items():
+    for alg in ALGORITHMS:
         for pass_ in PASSES:
-            real = getattr(module, f"conv2d_{pass_}_{name}")
+            real = alg.launcher(pass_)
 
-            def spy(*args, _real=real, _key=(name, pass_)):
+            def spy(*args, _real=real, _key=(alg.name, pass_)):
                 log.append(_key)
                 return _real(*args)
-            monkeypatch.setattr(module, f"conv2d_{pass_}_{name}", spy)
+            monkeypatch.setitem(alg.launchers, pass_, spy)
 
     def fake_time(fn, device):
         fn()
-        return FAKE_TIMES[log[-1][0]]
+        return FAKE_TIMES.get(log[-1][0], 5.0)
     monkeypatch.setattr(autotune, "_time", fake_time)
     return log
 
@@ -88,10 +93,10 @@ def test_key_is_the_whole_geometry_dtype_device_and_pass():
 
 def test_miss_times_every_candidate_and_writes_the_winner(cache, calls):
     result = _conv()
-    assert len(calls) == 3 * CALLS_PER_MISS
+    assert len(calls) == CALLS_PER_CONV
     for pass_ in PASSES:
         timed = [name for name, p in calls if p == pass_]
-        assert set(timed) == set(ALGORITHMS) and timed[-1] == "im2col"
+        assert set(timed) == set(CANDIDATES[pass_]) and timed[-1] == "im2col"
     entries = _file(cache)
     assert len(entries) == 3 and set(entries.values()) == {"im2col"}
     assert all(k.startswith("cpu|float64|") for k in entries)
@@ -114,25 +119,23 @@ def test_hit_times_nothing_and_a_fresh_memory_cache_reloads_the_file(cache, call
 
 
 def test_winner_result_survives_a_slower_candidate_that_ran_last(monkeypatch, calls):
-    from convkern.kernels import conv_implicit_gemm
-
     def garbage(x, w, y, g):
         calls.append(("implicit_gemm", "fwd"))
         y[...] = 7.0
-    monkeypatch.setattr(conv_implicit_gemm, "conv2d_fwd_implicit_gemm", garbage)
+    monkeypatch.setitem(BY_NAME["implicit_gemm"].launchers, "fwd", garbage)
     _assert_same(_conv(), _conv("im2col"))
 
 
-def test_candidate_raising_value_error_is_skipped(monkeypatch, cache, calls):
-    from convkern.kernels import im2col
-
-    def refuse(*args):
-        calls.append(("im2col", "fwd"))
-        raise ValueError("im2col: cannot take this shape")
-    monkeypatch.setattr(im2col, "conv2d_fwd_im2col", refuse)
+def test_only_supporting_algorithms_are_timed(monkeypatch, cache, calls):
+    """An algorithm whose supports() refuses the pass is never run, by auto or by the heuristic."""
+    im2col = BY_NAME["im2col"]
+    monkeypatch.setattr(im2col, "_limits", lambda g, device, pass_: (pass_ != "fwd", "im2col: refused for the test"))
     y = _conv()[0]
+    assert ("im2col", "fwd") not in calls
     assert "implicit_gemm" in _file(cache).values()       # fwd: next fastest after the refused im2col
     _assert_same([y], [_conv("direct")[0]])
+    with pytest.raises(ValueError, match="algorithm 'im2col' cannot run the fwd pass .*refused for the test"):
+        _conv("im2col")
 
 
 @pytest.mark.parametrize("content", ["{not json", '["a", "list"]', '{"format": 1}', "\xff\xfe"])
@@ -152,7 +155,7 @@ def test_stale_version_is_ignored_with_a_warning(cache, calls):
     cache.write_text(json.dumps({"format": autotune.FORMAT, "convkern": "0.0.0-old", "entries": {key: "direct"}}))
     with pytest.warns(UserWarning, match=r"autotune\.json.*stale"):
         _conv()
-    assert len(calls) == 3 * CALLS_PER_MISS          # retuned, the old entry was not used
+    assert len(calls) == CALLS_PER_CONV              # retuned, the old entry was not used
     assert _file(cache)[key] == "im2col"
 
 
@@ -198,7 +201,7 @@ def test_auto_matches_the_named_algorithms_with_real_timing(cache, config, dtype
     entries = _file(cache)
     winners = [entries[autotune.cache_key(g, "cpu", dtype, p)] for p in PASSES]
     rtol, atol = tolerance(dtype)
-    for name in ALGORITHMS:
+    for name in conv_algorithms("cpu", g):
         named = _conv(name, config=config, dtype=dtype)
         for i, winner in enumerate(winners):
             tight = name == winner                      # the same kernel on the same arrays

@@ -1,0 +1,81 @@
+"""What a convolution algorithm is, for the registry (``conv_registry.py``), and the one check of
+the arrays every conv launcher receives.
+
+An algorithm is a name, one launcher per pass and two questions answered from the geometry
+alone: ``supports(g, device, pass_) -> (ok, reason)`` (can it run this pass at all; the reason
+says why not) and ``preference(g, device, pass_) -> int`` (the heuristic's rank for ``auto``
+without timing: lower first, ties broken by registry order). Launchers are
+``launch(a, b, out, g)`` with the operands of ``ConvGeometry.operand_shapes(pass_)``; they
+overwrite ``out`` and pick the CPU or CUDA kernel by the array type.
+"""
+import numpy as np
+
+from .cuda_util import is_device_array
+from .shapes import PASSES
+
+DEVICES = ("cpu", "cuda")
+ROLES = {"fwd": ("input", "weight", "output"), "bwd_data": ("grad_output", "weight", "grad_input"),
+         "bwd_filter": ("grad_output", "input", "grad_weight")}
+
+
+def always(g, device, pass_):
+    return True, ""
+
+
+class ConvAlgorithm:
+    """One registry entry. ``ranks``: the spatial ranks its kernels take (a rank-1 geometry
+    reaches them as rank 2, see ``ConvGeometry.as_2d``); ``limits(g, device, pass_)`` adds the
+    algorithm's own conditions as ``(ok, reason)``; ``preference`` defaults to 5 everywhere."""
+
+    def __init__(self, name, fwd, bwd_data, bwd_filter, ranks=(2,), limits=always, preference=None, summary=""):
+        self.name = name
+        self.launchers = {"fwd": fwd, "bwd_data": bwd_data, "bwd_filter": bwd_filter}
+        self.ranks = tuple(ranks)
+        self._limits = limits
+        self._preference = preference or (lambda g, device, pass_: 5)
+        self.summary = summary
+
+    def supports(self, g, device, pass_):
+        """``(True, "")`` when this algorithm can run ``pass_`` of geometry ``g`` on ``device``,
+        else ``(False, reason)``."""
+        if device not in DEVICES:
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+        if pass_ not in PASSES:
+            raise ValueError(f"pass must be one of {PASSES}, got {pass_!r}")
+        rank = g.as_2d().rank
+        if rank not in self.ranks:
+            dims = " and ".join(f"{r}-D" for r in self.ranks)
+            return False, f"{self.name} runs {dims} convolutions only; this one is {g.rank}-D"
+        return self._limits(g, device, pass_)
+
+    def preference(self, g, device, pass_):
+        return self._preference(g, device, pass_)
+
+    def launcher(self, pass_):
+        return self.launchers[pass_]
+
+    def __repr__(self):
+        return f"ConvAlgorithm({self.name!r})"
+
+
+def check_conv_arrays(name, g, pass_, a, b, out):
+    """Raise TypeError/ValueError unless ``a, b, out`` are the C-contiguous operands of
+    ``pass_`` of geometry ``g``: one float dtype (float32 or float64), all NumPy arrays or all
+    CUDA device arrays, shapes ``g.operand_shapes(pass_)``. ``name`` prefixes the message."""
+    arrays = (a, b, out)
+    roles = ROLES[pass_]
+    dtypes = [np.dtype(x.dtype) for x in arrays]
+    if len(set(dtypes)) > 1 or dtypes[0] not in (np.float32, np.float64):
+        raise TypeError(f"{name} {pass_}: arrays must all be float32 or all float64, got "
+                        + ", ".join(f"{r} {d}" for r, d in zip(roles, dtypes)))
+    on_device = [is_device_array(x) for x in arrays]
+    if len(set(on_device)) > 1:
+        raise TypeError(f"{name} {pass_}: arrays must be all NumPy arrays or all CUDA device arrays, got "
+                        + ", ".join(f"{r} on {'cuda' if d else 'cpu'}" for r, d in zip(roles, on_device)))
+    want = g.operand_shapes(pass_)
+    got = tuple(tuple(x.shape) for x in arrays)
+    if got != want:
+        raise ValueError(f"{name} {pass_}: expected {'/'.join(roles)} shapes {want}, got {got}")
+    for role, x, dev in zip(roles, arrays, on_device):
+        if not (x.is_c_contiguous() if dev else x.flags.c_contiguous):
+            raise ValueError(f"{name} {pass_}: {role} must be C-contiguous")

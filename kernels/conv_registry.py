@@ -1,0 +1,16 @@
+"""The convolution algorithms: the only list of them in convkern.
+
+Everything that needs to know which algorithms exist reads ``ALGORITHMS``: ``conv_algorithms``,
+``auto`` (the heuristic and the autotuner), ``convkern bench`` and the shared test grid. Adding
+an algorithm is one kernel file that ends with ``ALGORITHM = ConvAlgorithm(...)`` (see
+``conv_algorithm.py``) and one line here; the order is the heuristic's tie-break.
+"""
+from . import conv_direct, conv_implicit_gemm, im2col
+
+ALGORITHMS = (
+    conv_direct.ALGORITHM,
+    im2col.ALGORITHM,
+    conv_implicit_gemm.ALGORITHM,
+)
+
+BY_NAME = {a.name: a for a in ALGORITHMS}

@@ -1,0 +1,83 @@
+"""The registry-driven grid: every registered conv algorithm x pass x dtype x backend on every
+case of the shared grid that its ``supports`` accepts, against the float64 reference. A new
+algorithm is tested here by being registered; nothing in this file names one."""
+import numpy as np
+import pytest
+
+from convkern.kernels.conv_algorithm import check_conv_arrays
+from convkern.kernels.conv_registry import ALGORITHMS, BY_NAME
+from tests.kernels.conv_cases import CASES, CASES_3D, DTYPES, PASSES, assert_pass_matches, case_id, geometry
+
+DEVICES = ["cpu", "cuda"]
+GRID = CASES + CASES_3D
+
+
+def _supported(device):
+    return [(a.name, case, pass_) for a in ALGORITHMS for case in GRID for pass_ in PASSES
+            if a.supports(geometry(case), device, pass_)[0]]
+
+
+def _params(device):
+    return [pytest.param(name, case, pass_, id=f"{name}-{pass_}-{case_id(case)}")
+            for name, case, pass_ in _supported(device)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name,case,pass_", _params("cpu"))
+def test_cpu_matches_reference(name, case, pass_, dtype):
+    assert_pass_matches(BY_NAME[name].launcher(pass_), pass_, case, dtype, "cpu")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name,case,pass_", _params("cuda"))
+def test_cuda_matches_reference(name, case, pass_, dtype):
+    assert_pass_matches(BY_NAME[name].launcher(pass_), pass_, case, dtype, "cuda")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_every_algorithm_runs_every_pass_somewhere_in_the_grid(device):
+    covered = {(name, pass_) for name, _, pass_ in _supported(device)}
+    missing = [(a.name, p) for a in ALGORITHMS for p in PASSES if (a.name, p) not in covered]
+    assert not missing, f"no grid case exercises {missing} on {device}: add an eligible case to conv_cases.py"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_refusals_say_why(device):
+    """Every (algorithm, case, pass) the grid skips carries a reason that names the algorithm."""
+    for a in ALGORITHMS:
+        for case in GRID:
+            for pass_ in PASSES:
+                ok, why = a.supports(geometry(case), device, pass_)
+                assert isinstance(ok, bool) and isinstance(why, str)
+                assert ok or (why and a.name in why), (a.name, case_id(case), pass_, why)
+
+
+def test_names_are_unique_and_launchers_complete():
+    names = [a.name for a in ALGORITHMS]
+    assert len(names) == len(set(names)) and "auto" not in names
+    for a in ALGORITHMS:
+        assert set(a.launchers) == set(PASSES) and all(callable(f) for f in a.launchers.values())
+
+
+@pytest.mark.parametrize("name", list(BY_NAME))
+def test_launchers_reject_mismatched_arrays(name):
+    """Every launcher checks its arrays (check_conv_arrays) before any work."""
+    case = CASES[0]
+    g = geometry(case)
+    x = np.zeros(g.x_shape, np.float32)
+    w = np.zeros(g.w_shape, np.float32)
+    fwd = BY_NAME[name].launcher("fwd")
+    with pytest.raises(ValueError, match="expected input/weight/output shapes"):
+        fwd(x, w, np.empty(g.y_shape[:-1] + (g.y_shape[-1] + 1,), np.float32), g)
+    with pytest.raises(TypeError, match="float32 or all float64"):
+        fwd(x, w.astype(np.float64), np.empty(g.y_shape, np.float32), g)
+
+
+def test_check_conv_arrays_messages():
+    g = geometry(CASES[0])
+    dy = np.zeros(g.y_shape, np.float32)
+    w = np.zeros(g.w_shape, np.float32)
+    with pytest.raises(ValueError, match="grad_input must be C-contiguous"):
+        check_conv_arrays("x", g, "bwd_data", dy, w, np.zeros(g.x_shape[::-1], np.float32).T)
+    with pytest.raises(TypeError, match="grad_output float32, weight float32, grad_input int32"):
+        check_conv_arrays("x", g, "bwd_data", dy, w, np.zeros(g.x_shape, np.int32))
