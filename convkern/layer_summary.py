@@ -63,9 +63,15 @@ def _mib(n):
 
 def _flops(module, x_shape, y_shape):
     n_out = int(np.prod(y_shape))
-    if isinstance(module, nn.Conv2d):
-        K, cg, R, S = module.weight.shape
-        flops = 2 * n_out * cg * R * S
+    if isinstance(module, nn._ConvNd):
+        # a transposed convolution does its multiply-adds per input element
+        taps = module.weight.shape[1] * int(np.prod(module.weight.shape[2:]))
+        flops = 2 * (int(np.prod(x_shape)) if module.transposed else n_out) * taps
+        return flops + (n_out if module.bias is not None else 0)
+    if isinstance(module, nn.SeparableConv2d):
+        mid = module.depthwise_weight.shape[0]
+        mid_out = n_out // module.out_channels * mid
+        flops = 2 * mid_out * int(np.prod(module.kernel_size)) + 2 * n_out * mid
         return flops + (n_out if module.bias is not None else 0)
     if isinstance(module, nn.Linear):
         rows = n_out // module.out_features

@@ -1,9 +1,10 @@
 """Layers as modules, PyTorch-style: a ``Module`` owns ``Parameter``s, buffers and child modules;
 ``forward`` calls ``convkern.functional``.
 
-Default initialisation is PyTorch's: ``Conv2d`` and ``Linear`` draw weight and bias from
+Default initialisation is PyTorch's: the convolutions and ``Linear`` draw weight and bias from
 ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` (PyTorch's ``kaiming_uniform_(a=sqrt(5))`` reduces to this
-bound), with ``fan_in = in_channels/groups * kh * kw`` or ``in_features``; ``BatchNorm`` starts at
+bound), with ``fan_in = weight.shape[1] * prod(kernel_size)`` (in_channels/groups * kernel taps, or
+out_channels/groups * taps for a transposed convolution) or ``in_features``; ``BatchNorm`` starts at
 weight 1, bias 0, running mean 0, running variance 1. Draws come from the global generator, so
 ``convkern.manual_seed(s)`` makes a model's initial weights reproducible.
 """
@@ -16,7 +17,7 @@ from convkern import backend
 from convkern import functional as F
 from convkern import random as ck_random
 from convkern.autograd import Tensor, tensor
-from convkern.ops.common import as_tensor, int_pair
+from convkern.ops.common import as_tensor, int_tuple
 
 
 class Parameter(Tensor):
@@ -252,35 +253,137 @@ def _positive_int(value, name, op):
     return int(value)
 
 
-class Conv2d(Module):
-    """``F.conv2d`` with weight (out_channels, in_channels/groups, kh, kw) and optional bias."""
+class _ConvNd(Module):
+    """Shared parts of the convolution modules: argument checks and PyTorch's initialisation,
+    ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` for weight and bias with ``fan_in = weight.shape[1] *
+    prod(kernel_size)`` (for a transposed convolution that is out_channels/groups * prod(kernel_size))."""
+    rank = 2
+    transposed = False
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
-                 bias=True, algorithm="auto", dtype=np.float32, device="cpu"):
+    def __init__(self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                 algorithm, dtype, device, output_padding=0):
         super().__init__()
-        op = "Conv2d"
+        op = type(self).__name__
         in_channels = _positive_int(in_channels, "in_channels", op)
         out_channels = _positive_int(out_channels, "out_channels", op)
         groups = _positive_int(groups, "groups", op)
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"{op}: groups={groups} must divide in_channels={in_channels} and "
                              f"out_channels={out_channels}")
-        kh, kw = int_pair(kernel_size, "kernel_size", op, 1)
+        kernel = int_tuple(kernel_size, self.rank, "kernel_size", op, 1)
         dtype = _float_dtype(dtype, op)
-        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, (kh, kw)
+        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
+        self.output_padding = output_padding
         self.algorithm = algorithm
-        bound = 1.0 / math.sqrt(in_channels // groups * kh * kw)
-        self.weight = _uniform((out_channels, in_channels // groups, kh, kw), bound, dtype, device)
+        shape = ((in_channels, out_channels // groups) if self.transposed else
+                 (out_channels, in_channels // groups)) + kernel
+        bound = 1.0 / math.sqrt(shape[1] * math.prod(kernel))
+        self.weight = _uniform(shape, bound, dtype, device)
         self.bias = _uniform((out_channels,), bound, dtype, device) if bias else None
 
+    def extra_repr(self):
+        text = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding!r}")
+        if self.transposed and self.output_padding != 0:
+            text += f", output_padding={self.output_padding}"
+        if self.dilation != 1:
+            text += f", dilation={self.dilation}"
+        return text + (f", groups={self.groups}" if self.groups != 1 else "") + \
+            ("" if self.bias is not None else ", bias=False")
+
+
+class _Conv(_ConvNd):
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                 bias=True, algorithm="auto", dtype=np.float32, device="cpu"):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, algorithm,
+                         dtype, device)
+
     def forward(self, x):
-        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
+        return self._fn(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
                         self.algorithm)
+
+
+class Conv1d(_Conv):
+    """``F.conv1d`` with weight (out_channels, in_channels/groups, k) and optional bias."""
+    rank = 1
+    _fn = staticmethod(F.conv1d)
+
+
+class Conv2d(_Conv):
+    """``F.conv2d`` with weight (out_channels, in_channels/groups, kh, kw) and optional bias."""
+    rank = 2
+    _fn = staticmethod(F.conv2d)
+
+
+class Conv3d(_Conv):
+    """``F.conv3d`` with weight (out_channels, in_channels/groups, kd, kh, kw) and optional bias."""
+    rank = 3
+    _fn = staticmethod(F.conv3d)
+
+
+class _ConvTranspose(_ConvNd):
+    transposed = True
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, output_padding=0, groups=1,
+                 bias=True, dilation=1, algorithm="auto", dtype=np.float32, device="cpu"):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, algorithm,
+                         dtype, device, output_padding)
+
+    def forward(self, x):
+        return self._fn(x, self.weight, self.bias, self.stride, self.padding, self.output_padding, self.groups,
+                        self.dilation, self.algorithm)
+
+
+class ConvTranspose1d(_ConvTranspose):
+    """``F.conv_transpose1d`` with weight (in_channels, out_channels/groups, k) and optional bias."""
+    rank = 1
+    _fn = staticmethod(F.conv_transpose1d)
+
+
+class ConvTranspose2d(_ConvTranspose):
+    """``F.conv_transpose2d`` with weight (in_channels, out_channels/groups, kh, kw) and optional bias."""
+    rank = 2
+    _fn = staticmethod(F.conv_transpose2d)
+
+
+class ConvTranspose3d(_ConvTranspose):
+    """``F.conv_transpose3d`` with weight (in_channels, out_channels/groups, kd, kh, kw) and optional bias."""
+    rank = 3
+    _fn = staticmethod(F.conv_transpose3d)
+
+
+class SeparableConv2d(Module):
+    """``F.separable_conv2d``: a depthwise convolution with ``depth_multiplier`` filters per input
+    channel (depthwise_weight (in_channels*M, 1, kh, kw)), then a 1x1 convolution to out_channels
+    (pointwise_weight (out_channels, in_channels*M, 1, 1)) with optional bias. Each weight is
+    initialised as its own convolution's: bound 1/sqrt(kh*kw) and 1/sqrt(in_channels*M); the bias
+    as the pointwise convolution's."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, depth_multiplier=1,
+                 bias=True, algorithm="auto", dtype=np.float32, device="cpu"):
+        super().__init__()
+        op = "SeparableConv2d"
+        in_channels = _positive_int(in_channels, "in_channels", op)
+        out_channels = _positive_int(out_channels, "out_channels", op)
+        depth_multiplier = _positive_int(depth_multiplier, "depth_multiplier", op)
+        kh, kw = int_tuple(kernel_size, 2, "kernel_size", op, 1)
+        dtype = _float_dtype(dtype, op)
+        mid = in_channels * depth_multiplier
+        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, (kh, kw)
+        self.stride, self.padding, self.dilation, self.depth_multiplier = stride, padding, dilation, depth_multiplier
+        self.algorithm = algorithm
+        self.depthwise_weight = _uniform((mid, 1, kh, kw), 1.0 / math.sqrt(kh * kw), dtype, device)
+        self.pointwise_weight = _uniform((out_channels, mid, 1, 1), 1.0 / math.sqrt(mid), dtype, device)
+        self.bias = _uniform((out_channels,), 1.0 / math.sqrt(mid), dtype, device) if bias else None
+
+    def forward(self, x):
+        return F.separable_conv2d(x, self.depthwise_weight, self.pointwise_weight, self.bias, self.stride,
+                                  self.padding, self.dilation, self.algorithm)
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding!r}" + (f", groups={self.groups}" if self.groups != 1 else "")
+                f"padding={self.padding!r}, depth_multiplier={self.depth_multiplier}"
                 + ("" if self.bias is not None else ", bias=False"))
 
 

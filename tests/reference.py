@@ -89,6 +89,30 @@ def conv_bwd_filter_ref(dy, x, w_shape, stride, pads, dilation, groups=1):
     return dw
 
 
+def conv_transpose_ref(x, w, stride, padding, output_padding, dilation, groups=1):
+    """Transposed convolution by its definition, any rank: every input element scatters
+    ``x[n, k, i] * w[k, c, t]`` to output position ``i*stride - padding + t*dilation`` of channel
+    ``gi*Cout_g + c``; output size ``(in-1)*stride - 2*padding + dilation*(kernel-1) + output_padding + 1``."""
+    x = np.asarray(x, np.float64)
+    w = np.asarray(w, np.float64)
+    Cin, Cout_g, *kernel = w.shape
+    size = x.shape[2:]
+    out = [(i - 1) * s - 2 * p + d * (k - 1) + o + 1
+           for i, s, p, d, k, o in zip(size, stride, padding, dilation, kernel, output_padding)]
+    # scatter into a buffer padded by `padding` on the front and the kernel span behind, then crop
+    full = [o + 2 * p + d * (k - 1) + s for o, p, d, k, s in zip(out, padding, dilation, kernel, stride)]
+    yp = np.zeros((x.shape[0], Cout_g * groups, *full))
+    Kg = Cin // groups
+    for g in range(groups):
+        xg = x[:, g * Kg:(g + 1) * Kg]
+        for tap in np.ndindex(*kernel):
+            sl = tuple(slice(t * d, t * d + (n - 1) * s + 1, s) for t, d, n, s in zip(tap, dilation, size, stride))
+            yp[(slice(None), slice(g * Cout_g, (g + 1) * Cout_g)) + sl] += np.einsum(
+                "nk...,kc->nc...", xg, w[(slice(g * Kg, (g + 1) * Kg), slice(None)) + tap])
+    crop = tuple(slice(p, p + o) for p, o in zip(padding, out))
+    return yp[(slice(None), slice(None)) + crop]
+
+
 def _pairs(pad):
     """(top, bottom, left, right) as ((top, bottom), (left, right))."""
     return ((pad[0], pad[1]), (pad[2], pad[3]))

@@ -217,6 +217,61 @@ def test_default_initialisation_bounds_and_seed():
     np.testing.assert_array_equal(bn.running_var.numpy(), 1)
 
 
+# (module, input shape, the functional call it makes, PyTorch's weight shape, fan_in)
+CONV_MODULES = [
+    (lambda: nn.Conv1d(4, 6, 3, stride=2, padding=1, groups=2), (2, 4, 9),
+     lambda m, x: F.conv1d(x, m.weight, m.bias, 2, 1, 1, 2), (6, 2, 3), 2 * 3),
+    (lambda: nn.Conv3d(2, 4, (2, 3, 3), padding="same"), (1, 2, 4, 5, 5),
+     lambda m, x: F.conv3d(x, m.weight, m.bias, padding="same"), (4, 2, 2, 3, 3), 2 * 18),
+    (lambda: nn.ConvTranspose1d(4, 6, 3, stride=2, output_padding=1, groups=2), (2, 4, 5),
+     lambda m, x: F.conv_transpose1d(x, m.weight, m.bias, 2, 0, 1, 2), (4, 3, 3), 3 * 3),
+    (lambda: nn.ConvTranspose2d(3, 5, (3, 2), stride=(2, 1), padding=1, bias=False), (1, 3, 4, 4),
+     lambda m, x: F.conv_transpose2d(x, m.weight, None, (2, 1), 1), (3, 5, 3, 2), 5 * 6),
+    (lambda: nn.ConvTranspose3d(2, 3, 2, dilation=2), (1, 2, 3, 3, 3),
+     lambda m, x: F.conv_transpose3d(x, m.weight, m.bias, dilation=2), (2, 3, 2, 2, 2), 3 * 8),
+]
+
+
+@pytest.mark.parametrize("make,x_shape,call,w_shape,fan_in", CONV_MODULES,
+                         ids=["Conv1d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"])
+def test_conv_modules_shapes_init_and_forward(make, x_shape, call, w_shape, fan_in):
+    ck.manual_seed(0)
+    m = make()
+    assert m.weight.shape == w_shape
+    bound = 1 / np.sqrt(fan_in)
+    for p in m.parameters():
+        assert np.abs(p.numpy()).max() <= bound and np.abs(p.numpy()).max() > 0.5 * bound
+    x = np.random.default_rng(0).standard_normal(x_shape).astype(np.float32)
+    np.testing.assert_array_equal(m(x).numpy(), call(m, x).numpy())
+    assert type(m).__name__ in repr(m)
+
+
+def test_conv_module_weight_shapes_match_pytorch():
+    torch = pytest.importorskip("torch")
+    pairs = [(nn.Conv1d(4, 6, 3, groups=2), torch.nn.Conv1d(4, 6, 3, groups=2)),
+             (nn.Conv3d(2, 4, (2, 3, 1)), torch.nn.Conv3d(2, 4, (2, 3, 1))),
+             (nn.ConvTranspose1d(4, 6, 3, groups=2), torch.nn.ConvTranspose1d(4, 6, 3, groups=2)),
+             (nn.ConvTranspose2d(3, 5, (3, 2)), torch.nn.ConvTranspose2d(3, 5, (3, 2))),
+             (nn.ConvTranspose3d(2, 3, 2, bias=False), torch.nn.ConvTranspose3d(2, 3, 2, bias=False))]
+    for mine, theirs in pairs:
+        assert {k: v.shape for k, v in mine.state_dict().items()} == \
+            {k: tuple(v.shape) for k, v in theirs.state_dict().items()}
+
+
+def test_separable_conv2d_module():
+    ck.manual_seed(1)
+    m = nn.SeparableConv2d(3, 8, 3, stride=2, padding=1, depth_multiplier=2)
+    assert m.depthwise_weight.shape == (6, 1, 3, 3) and m.pointwise_weight.shape == (8, 6, 1, 1)
+    assert m.bias.shape == (8,)
+    assert np.abs(m.depthwise_weight.numpy()).max() <= 1 / 3
+    assert np.abs(m.pointwise_weight.numpy()).max() <= 1 / np.sqrt(6)
+    x = np.random.default_rng(1).standard_normal((2, 3, 7, 7))
+    m.double()
+    want = F.separable_conv2d(x, m.depthwise_weight, m.pointwise_weight, m.bias, 2, 1)
+    np.testing.assert_array_equal(m(x).numpy(), want.numpy())
+    assert [n for n, _ in m.named_parameters()] == ["depthwise_weight", "pointwise_weight", "bias"]
+
+
 def test_batchnorm_module_updates_running_stats_like_pytorch():
     torch = pytest.importorskip("torch")
     bn = nn.BatchNorm2d(3, dtype=np.float64)
