@@ -9,6 +9,7 @@
 | ``vgg("A")``, ``vgg("D")``, ``vgg("E")`` | 132,863,336 · 138,357,544 · 143,667,240 |
 | ``googlenet()`` | 6,998,552 (aux heads off) |
 | ``resnet18()``, ``resnet34()`` | 11,689,512 · 21,797,672 |
+| ``resnet50()``, ``resnet101()``, ``resnet152()`` | 25,557,032 · 44,549,160 · 60,192,808 |
 
 Where a classifier expects a fixed feature-map size (AlexNet 6×6, VGG 7×7) an adaptive average
 pool to that size sits before it, as in torchvision: it is the identity at the paper's input
@@ -246,47 +247,93 @@ def googlenet(num_classes=1000, in_channels=3, aux_logits=False, dtype=np.float3
 
 class BasicBlock(nn.Module):
     """ResNet basic block: 3×3 conv-BN-ReLU → 3×3 conv-BN, plus the shortcut (identity, or a 1×1
-    stride-2 projection with BN when the shape changes), then ReLU."""
+    stride-2 projection with BN when the shape changes), then ReLU. ``expansion = 1``: the block
+    outputs ``width`` maps."""
+    expansion = 1
 
-    def __init__(self, cin, cout, stride=1, dtype=np.float32):
+    def __init__(self, cin, width, stride=1, dtype=np.float32):
         super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False, dtype=dtype)
-        self.bn1 = nn.BatchNorm2d(cout, dtype=dtype)
+        self.conv1 = nn.Conv2d(cin, width, 3, stride=stride, padding=1, bias=False, dtype=dtype)
+        self.bn1 = nn.BatchNorm2d(width, dtype=dtype)
         self.relu = nn.ReLU()
-        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False, dtype=dtype)
-        self.bn2 = nn.BatchNorm2d(cout, dtype=dtype)
-        if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False, dtype=dtype),
-                                          nn.BatchNorm2d(cout, dtype=dtype))
-        else:
-            self.shortcut = nn.Identity()
+        self.conv2 = nn.Conv2d(width, width, 3, padding=1, bias=False, dtype=dtype)
+        self.bn2 = nn.BatchNorm2d(width, dtype=dtype)
+        self.shortcut = _shortcut(cin, width, stride, dtype)
 
     def forward(self, x):
         out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
         return self.relu(out + self.shortcut(x))
 
 
-class ResNet(nn.Module):
-    """ResNet with basic blocks (He et al. 2016): 7×7/2 conv-BN-ReLU, 3×3/2 max pool, four stages of
-    64/128/256/512 channels, global average pool, fc."""
+class Bottleneck(nn.Module):
+    """ResNet bottleneck block: 1×1 conv to ``width`` maps-BN-ReLU → 3×3 conv (stride ``stride``)-BN-ReLU
+    → 1×1 conv to ``4·width`` maps-BN, plus the shortcut (identity, or a 1×1 projection with BN when
+    the shape changes), then ReLU. ``expansion = 4``: a unit of a 256-map stage reduces to 64 maps,
+    and ``width`` is the reduced width.
 
-    def __init__(self, blocks_per_stage, num_classes=1000, in_channels=3, dtype=np.float32):
+    The stride sits on the 3×3 convolution, as in torchvision ("ResNet v1.5"); the paper (He et al.
+    2016) put it on the first 1×1, which then skips three of every four input pixels. Strides carry
+    no weights, so the parameter count is the same; only FLOPs differ: the first 1×1 of a strided
+    unit runs on the full-size map, 4× its paper cost (ResNet-50 at 224×224: 8.18 instead of 7.72
+    GFLOPs of conv + fc)."""
+    expansion = 4
+
+    def __init__(self, cin, width, stride=1, dtype=np.float32):
         super().__init__()
+        cout = width * self.expansion
+        self.conv1 = nn.Conv2d(cin, width, 1, bias=False, dtype=dtype)
+        self.bn1 = nn.BatchNorm2d(width, dtype=dtype)
+        self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False, dtype=dtype)
+        self.bn2 = nn.BatchNorm2d(width, dtype=dtype)
+        self.conv3 = nn.Conv2d(width, cout, 1, bias=False, dtype=dtype)
+        self.bn3 = nn.BatchNorm2d(cout, dtype=dtype)
+        self.relu = nn.ReLU()
+        self.shortcut = _shortcut(cin, cout, stride, dtype)
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + self.shortcut(x))
+
+
+def _shortcut(cin, cout, stride, dtype):
+    """Identity when the block keeps the shape, else a 1×1 strided projection with BN."""
+    if stride == 1 and cin == cout:
+        return nn.Identity()
+    return nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False, dtype=dtype),
+                         nn.BatchNorm2d(cout, dtype=dtype))
+
+
+class ResNet(nn.Module):
+    """ResNet (He et al. 2016): 7×7/2 conv-BN-ReLU, 3×3/2 max pool, four stages of ``block`` units
+    (``BasicBlock`` or ``Bottleneck``) of widths 64/128/256/512, the first unit of stages 2-4 with
+    stride 2, global average pool, fc from ``512·block.expansion`` features."""
+
+    def __init__(self, blocks_per_stage, num_classes=1000, in_channels=3, dtype=np.float32, block=BasicBlock):
+        super().__init__()
+        counts = tuple(blocks_per_stage)
+        if len(counts) != 4 or any(isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1
+                                   for n in counts):
+            raise ValueError(f"ResNet: blocks_per_stage must be 4 positive ints, got {blocks_per_stage!r}")
+        if not isinstance(getattr(block, "expansion", None), int):
+            raise TypeError(f"ResNet: block must be a block class with an int 'expansion' (BasicBlock, Bottleneck), "
+                            f"got {block!r}")
         self.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False, dtype=dtype)
         self.bn1 = nn.BatchNorm2d(64, dtype=dtype)
         self.relu = nn.ReLU()
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         stages, cin = [], 64
-        for i, (width, count) in enumerate(zip((64, 128, 256, 512), blocks_per_stage)):
+        for i, (width, count) in enumerate(zip((64, 128, 256, 512), counts)):
             blocks = []
             for j in range(count):
-                blocks.append(BasicBlock(cin, width, 2 if (i > 0 and j == 0) else 1, dtype=dtype))
-                cin = width
+                blocks.append(block(cin, width, 2 if (i > 0 and j == 0) else 1, dtype=dtype))
+                cin = width * block.expansion
             stages.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
-        self.fc = nn.Linear(512, num_classes, dtype=dtype)
+        self.fc = nn.Linear(cin, num_classes, dtype=dtype)
 
     def forward(self, x):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
@@ -304,6 +351,22 @@ def resnet34(num_classes=1000, in_channels=3, dtype=np.float32):
     return ResNet((3, 4, 6, 3), num_classes, in_channels, dtype)
 
 
+def resnet50(num_classes=1000, in_channels=3, dtype=np.float32):
+    """ResNet-50: bottleneck blocks (3, 4, 6, 3), stages of 256/512/1024/2048 output maps."""
+    return ResNet((3, 4, 6, 3), num_classes, in_channels, dtype, block=Bottleneck)
+
+
+def resnet101(num_classes=1000, in_channels=3, dtype=np.float32):
+    """ResNet-101: bottleneck blocks (3, 4, 23, 3)."""
+    return ResNet((3, 4, 23, 3), num_classes, in_channels, dtype, block=Bottleneck)
+
+
+def resnet152(num_classes=1000, in_channels=3, dtype=np.float32):
+    """ResNet-152: bottleneck blocks (3, 8, 36, 3) — 3 units that output 256 maps, 8 of 512, 36 of
+    1024 and 3 of 2048, each 1×1 (reduce 4×) → 3×3 → 1×1 (expand 4×)."""
+    return ResNet((3, 8, 36, 3), num_classes, in_channels, dtype, block=Bottleneck)
+
+
 def count_parameters(model):
     """Number of trainable scalars in ``model``."""
     return sum(p.size for p in model.parameters())
@@ -315,4 +378,6 @@ REGISTRY = OrderedDict([
     ("cifar10_cnn", (cifar10_cnn, (3, 24, 24))), ("alexnet", (alexnet, (3, 227, 227))),
     ("vgg16", (lambda **kw: vgg("D", **kw), (3, 224, 224))), ("googlenet", (googlenet, (3, 224, 224))),
     ("resnet18", (resnet18, (3, 224, 224))), ("resnet34", (resnet34, (3, 224, 224))),
+    ("resnet50", (resnet50, (3, 224, 224))), ("resnet101", (resnet101, (3, 224, 224))),
+    ("resnet152", (resnet152, (3, 224, 224))),
 ])

@@ -26,6 +26,9 @@ DEFAULTS = {
     "cifar10_cnn": dict(data=None, pad_to=None, epochs=10, batch_size=128, optimizer="sgd", lr=0.05, lr_decay=0.9),
     "resnet18": dict(data="default", pad_to=32, epochs=3, batch_size=64, optimizer="adam", lr=1e-3, lr_decay=0.7),
     "resnet34": dict(data="default", pad_to=32, epochs=3, batch_size=64, optimizer="adam", lr=1e-3, lr_decay=0.7),
+    "resnet50": dict(data="default", pad_to=32, epochs=3, batch_size=64, optimizer="adam", lr=1e-3, lr_decay=0.7),
+    "resnet101": dict(data="default", pad_to=32, epochs=3, batch_size=64, optimizer="adam", lr=1e-3, lr_decay=0.7),
+    "resnet152": dict(data="default", pad_to=32, epochs=3, batch_size=64, optimizer="adam", lr=1e-3, lr_decay=0.7),
 }
 MODELS = tuple(DEFAULTS)
 RESULT_KEYS = ("model", "dataset", "epochs", "train_seconds", "images_per_second", "test_accuracy")

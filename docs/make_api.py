@@ -22,6 +22,7 @@ def signature(obj):
     except (TypeError, ValueError):
         return ""
     sig = re.sub(r"<class 'numpy\.(\w+)'>", r"np.\1", sig)
+    sig = re.sub(r"<class 'convkern\.[\w.]+\.(\w+)'>", r"\1", sig)
     return sig.replace("|", "\\|")
 
 

@@ -29,6 +29,30 @@ REFERENCE = [
     ("resnet34.down3",   4, 128,  28,  28, 256,  1,  1, 2, 0, 1),
     ("resnet34.layer3",  4, 256,  14,  14, 256,  3,  3, 1, 1, 1),
     ("resnet34.layer4",  4, 512,   7,   7, 512,  3,  3, 1, 1, 1),
+    # ResNet-50's bottleneck layers that ResNet-34 lacks, named by module path (`convkern summary
+    # resnet50`): per stage the first unit's 1x1 reduce, strided 3x3 (stride on the 3x3, as
+    # torchvision), 1x1 expand and strided 1x1 projection, then the later units' 1x1 reduce. Its stem
+    # and stride-1 3x3s are resnet34.conv1/layer1-4; layer1.0.shortcut is layer1.0.conv3's shape;
+    # later units' 1x1 expands are the first unit's. ResNet-101/152 only repeat these shapes.
+    # name                        N     C    H    W     K  R  S  stride pad groups
+    ("resnet50.layer1.0.conv1",    4,   64, 56, 56,   64, 1, 1, 1, 0, 1),
+    ("resnet50.layer1.0.conv3",    4,   64, 56, 56,  256, 1, 1, 1, 0, 1),
+    ("resnet50.layer1.1.conv1",    4,  256, 56, 56,   64, 1, 1, 1, 0, 1),
+    ("resnet50.layer2.0.conv1",    4,  256, 56, 56,  128, 1, 1, 1, 0, 1),
+    ("resnet50.layer2.0.conv2",    4,  128, 56, 56,  128, 3, 3, 2, 1, 1),
+    ("resnet50.layer2.0.conv3",    4,  128, 28, 28,  512, 1, 1, 1, 0, 1),
+    ("resnet50.layer2.0.shortcut", 4,  256, 56, 56,  512, 1, 1, 2, 0, 1),
+    ("resnet50.layer2.1.conv1",    4,  512, 28, 28,  128, 1, 1, 1, 0, 1),
+    ("resnet50.layer3.0.conv1",    4,  512, 28, 28,  256, 1, 1, 1, 0, 1),
+    ("resnet50.layer3.0.conv2",    4,  256, 28, 28,  256, 3, 3, 2, 1, 1),
+    ("resnet50.layer3.0.conv3",    4,  256, 14, 14, 1024, 1, 1, 1, 0, 1),
+    ("resnet50.layer3.0.shortcut", 4,  512, 28, 28, 1024, 1, 1, 2, 0, 1),
+    ("resnet50.layer3.1.conv1",    4, 1024, 14, 14,  256, 1, 1, 1, 0, 1),
+    ("resnet50.layer4.0.conv1",    4, 1024, 14, 14,  512, 1, 1, 1, 0, 1),
+    ("resnet50.layer4.0.conv2",    4,  512, 14, 14,  512, 3, 3, 2, 1, 1),
+    ("resnet50.layer4.0.conv3",    4,  512,  7,  7, 2048, 1, 1, 1, 0, 1),
+    ("resnet50.layer4.0.shortcut", 4, 1024, 14, 14, 2048, 1, 1, 2, 0, 1),
+    ("resnet50.layer4.1.conv1",    4, 2048,  7,  7,  512, 1, 1, 1, 0, 1),
 ]
 
 SUITES = ("reference", "deepbench", "convnet")
