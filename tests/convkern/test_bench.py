@@ -61,7 +61,23 @@ def test_cuda_bench_runs_under_the_simulator(tmp_path):
     suite = tmp_path / "suite.json"
     suite.write_text(json.dumps([{"name": "t", "N": 1, "C": 1, "H": 4, "W": 4, "K": 1, "R": 3, "S": 3}]))
     records = bench.run_bench(str(suite), "cuda", passes=["fwd"], min_seconds=0.0, log=None)
-    assert len(records) == 4 and all(r["correct"] for r in records)
+    g = ck.conv_geometry((1, 1, 4, 4), (1, 1, 3, 3))
+    assert [r["algorithm"] for r in records] == ck.conv_algorithms("cuda", g, ["fwd"]) + ["auto"]
+    assert all(r["correct"] for r in records)
+
+
+def test_unsupported_algorithm_is_skipped_with_its_reason(tmp_path):
+    suite = tmp_path / "suite.json"
+    suite.write_text(json.dumps([{"name": "t3d", "N": 1, "C": 2, "H": 6, "W": 6, "K": 2, "R": 3, "S": 3,
+                                  "stride": 2}]))
+    from convkern.kernels.conv_registry import ALGORITHMS
+    g = ck.conv_geometry((1, 2, 6, 6), (2, 2, 3, 3), stride=2)
+    refused = [a for a in ALGORITHMS if not a.supports(g, "cpu", "fwd")[0]]
+    log = io.StringIO()
+    records = bench.run_bench(str(suite), "cpu", passes=["fwd"], min_seconds=0.0, log=log)
+    assert {r["algorithm"] for r in records} == set(ck.conv_algorithms("cpu", g, ["fwd"])) | {"auto"}
+    for a in refused:
+        assert f"t3d fwd: {a.name} skipped: {a.supports(g, 'cpu', 'fwd')[1]}" in log.getvalue()
 
 
 def test_suites_load_and_quick_keeps_shapes_valid():
