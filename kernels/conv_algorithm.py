@@ -58,6 +58,16 @@ class ConvAlgorithm:
         return f"ConvAlgorithm({self.name!r})"
 
 
+def by_rank(launch_2d, launch_3d):
+    """One launcher for an algorithm whose 2-D and 3-D kernels live in separate files: it runs
+    ``launch_3d`` on a rank-3 geometry and ``launch_2d`` otherwise."""
+    def launch(a, b, out, g):
+        return (launch_3d if g.rank == 3 else launch_2d)(a, b, out, g)
+    launch.__name__ = launch_2d.__name__.replace("conv2d_", "conv_")
+    launch.__doc__ = f"``{launch_2d.__name__}`` or, on a 3-D geometry, ``{launch_3d.__name__}``."
+    return launch
+
+
 def check_conv_arrays(name, g, pass_, a, b, out):
     """Raise TypeError/ValueError unless ``a, b, out`` are the C-contiguous operands of
     ``pass_`` of geometry ``g``: one float dtype (float32 or float64), all NumPy arrays or all

@@ -35,7 +35,7 @@ import numba
 import numpy as np
 from numba import cuda, int32, int64, njit, prange
 
-from .conv_algorithm import ConvAlgorithm, check_conv_arrays
+from .conv_algorithm import ConvAlgorithm, by_rank, check_conv_arrays
 from .cuda_util import SIMULATOR, array4, blocks, is_device_array, per_dtype
 
 # CUDA forward: output channels per thread, and (rows, cols) output tiles in order of preference;
@@ -709,16 +709,25 @@ def conv2d_bwd_filter_direct(dy, x, dw, g):
                                  plan.dy_row, tchunk)
 
 
+# the 3-D kernels build on this file's helpers, so they are imported after them
+from . import conv3d_direct  # noqa: E402
+
+
 def _preference(g, device, pass_):
     """Depthwise layers first; on the CPU, short reductions (few input channels, as LeNet C1 and
-    CIFAR conv1: C/groups * taps <= 75) next."""
+    CIFAR conv1: C/groups * taps <= 75) next, in 3-D any layer with C/groups <= 8 (measured
+    ahead of implicit_gemm there for 3x3x3 to 7x7x7 filters, level at 12-16 channels)."""
     if g.depthwise:
         return 0
-    if device == "cpu" and g.C // g.groups * math.prod(g.kernel) <= 75:
+    if device == "cpu" and g.rank == 3 and g.C // g.groups <= 8:
+        return 1
+    if device == "cpu" and g.rank < 3 and g.C // g.groups * math.prod(g.kernel) <= 75:
         return 1
     return 5
 
 
-ALGORITHM = ConvAlgorithm("direct", conv2d_fwd_direct, conv2d_bwd_data_direct, conv2d_bwd_filter_direct,
-                          ranks=(2,), preference=_preference,
+ALGORITHM = ConvAlgorithm("direct", by_rank(conv2d_fwd_direct, conv3d_direct.conv3d_fwd_direct),
+                          by_rank(conv2d_bwd_data_direct, conv3d_direct.conv3d_bwd_data_direct),
+                          by_rank(conv2d_bwd_filter_direct, conv3d_direct.conv3d_bwd_filter_direct),
+                          ranks=(2, 3), preference=_preference,
                           summary="one output (or input-gradient) element per thread, taps staged in shared memory")

@@ -37,7 +37,7 @@ import numba
 import numpy as np
 from numba import cuda, float32, int32, int64, njit, prange, uint64
 
-from .conv_algorithm import ConvAlgorithm, check_conv_arrays
+from .conv_algorithm import ConvAlgorithm, by_rank, check_conv_arrays
 from .cuda_util import SIMULATOR, array1, array2, array4, blocks, is_device_array, per_dtype
 
 # The 4 x 4 micro-tile is written out as scalars; the block tile and reduction depth are tunable.
@@ -772,6 +772,13 @@ def conv2d_bwd_filter_implicit_gemm(dy, x, dw, g):
     (_bwd_filter_cuda if is_device_array(dy) else _bwd_filter_cpu)(dy, x, dw, g)
 
 
-ALGORITHM = ConvAlgorithm("implicit_gemm", conv2d_fwd_implicit_gemm, conv2d_bwd_data_implicit_gemm,
-                          conv2d_bwd_filter_implicit_gemm, ranks=(2,), preference=lambda g, device, pass_: 2,
+# the 3-D kernels build on this file's helpers, so they are imported after them
+from . import conv3d_implicit_gemm  # noqa: E402
+
+
+_3D = conv3d_implicit_gemm
+ALGORITHM = ConvAlgorithm("implicit_gemm", by_rank(conv2d_fwd_implicit_gemm, _3D.conv3d_fwd_implicit_gemm),
+                          by_rank(conv2d_bwd_data_implicit_gemm, _3D.conv3d_bwd_data_implicit_gemm),
+                          by_rank(conv2d_bwd_filter_implicit_gemm, _3D.conv3d_bwd_filter_implicit_gemm),
+                          ranks=(2, 3), preference=lambda g, device, pass_: 2,
                           summary="GEMM tiles gathered straight from the input; no column matrix")

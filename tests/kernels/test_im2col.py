@@ -2,7 +2,6 @@
 are in the shared grid, tests/kernels/test_conv_algorithms.py)."""
 import numpy as np
 import pytest
-from numba import cuda
 
 from convkern.kernels import im2col as I
 from tests.kernels.conv_cases import (CASES, DTYPES, assert_pass_matches, case2d, case_id, geometry,

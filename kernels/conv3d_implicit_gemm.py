@@ -1,0 +1,633 @@
+"""Implicit-GEMM 3-D convolution (NCDHW, weight (K, C/groups, T, R, S)): the products of
+conv_implicit_gemm.py with a three-axis gather, the column matrix never built.
+
+Per group ``gi`` (``Cg = C/groups``, ``Kg = K/groups``, taps ``(t, r, s)``), with the implicit matrix
+
+    B[(c, t, r, s), (n, o, p, q)] = x[n, gi*Cg + c, o*sd - pd + t*dd, p*sh - ph + r*dh, q*sw - pw + s*dw]
+                                    (0 outside x)
+
+the three passes are
+
+    forward          Y_g[Kg, N*O*P*Q]  = W_g[Kg, Cg*T*R*S] @ B
+    backward data    dX_g[Cg, N*D*H*W] = A[Cg, Kg*T*R*S] @ B',  A[c, (k, t, r, s)] = w[gi*Kg + k, c, t, r, s],
+                     B'[(k, t, r, s), (n, d, h, w)] = dy[n, gi*Kg + k, (d + pd - t*dd)/sd, (h + ph - r*dh)/sh,
+                     (w + pw - s*dw)/sw] when the three divisions are exact and land inside dy, else 0
+    backward filter  dW_g[Kg, Cg*T*R*S] = dY_g[Kg, N*O*P*Q] @ B^T
+
+Every output element has one owner that sums its reduction in a fixed order: no atomics,
+deterministic results.
+
+CUDA: the 2-D file's tiling, constants and register micro-tile (``_mma_tile_cuda``): one block
+per BM x BN tile of a product, groups on grid z, reduction tiles BK deep staged in shared memory
+(zero where the implicit matrix is 0), a 4 x 4 micro-tile per thread in scalar registers. The
+decoded indices of a tile's columns and reduction steps sit in shared int32 tables, so the
+gathers do no integer division; backward data compares the remainders of ``d + pd`` and
+``t*dd`` (and of the other two axes) by the stride, and takes the difference of the quotients
+when they match. Backward filter cuts its long reduction N*O*P*Q into fixed slices (grid z =
+group x slice), added in order by ``sum_slices_cuda``.
+
+CPU: a work item owns a tile of the product; it gathers its part of B (B' for backward data)
+chunk by chunk of the reduction through two offset tables, one per pixel and one per reduction
+index, from a zero-padded copy of the source, into a thread-local buffer, and multiplies each
+chunk with the 2-D file's 4 x 3 register-blocked ``_tile_gemm_cpu``. Backward data runs once per
+stride phase (d mod sd, h mod sh, w mod sw): only the taps whose divisions are exact there
+contribute, so no zero of B' is gathered or multiplied. Backward filter is the 2-D file's kernel
+run on three-axis offset tables (it only needs the size of one padded channel), its batch cut
+into fixed slices only when the product has too few tiles to share out.
+"""
+import math
+
+import numpy as np
+from numba import cuda, int32, int64, njit, prange, types, uint64
+
+from .conv_algorithm import check_conv_arrays
+from .conv_implicit_gemm import (A_COLS, BK, BM, BN, CPU_FILTER_COLS, CPU_FILTER_SEG, CPU_MIN_ITEMS, CUDA_MIN_BLOCKS,
+                                 NTHREADS, SUM_THREADS, THREADS_M, THREADS_N, _cpu_tiling, _even_split,
+                                 _gemm_jit_options, _mma_tile_cuda, _runs, _store_micro_tile_cuda, _stride_phases,
+                                 _tile_gemm_cpu, conv2d_bwd_filter_implicit_gemm_cpu, sum_slices_cpu, sum_slices_cuda)
+from .cuda_util import array2, blocks, is_device_array, per_dtype
+
+TRIPLE = types.UniTuple(int64, 3)
+
+
+def array5(dt):
+    return dt[:, :, :, :, ::1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Forward
+# ---------------------------------------------------------------------------------------------
+
+def _fwd_signature(dt):
+    return (array5(dt), array2(dt), dt[:, :, ::1]) + (TRIPLE,) * 5 + (int64,)
+
+
+# one thread per 4x4 micro-tile of Y_g: channels m0 + ty + i*THREADS_M, pixels col0 + tx + j*THREADS_N
+@per_dtype(_fwd_signature)
+def conv3d_fwd_implicit_gemm_cuda(dt):
+    @cuda.jit(**_gemm_jit_options(dt))
+    def kernel(x, w2, y3, ksize, osize, stride, pad, dil, groups):
+        a_s = cuda.shared.array((BK, A_COLS), dt)
+        b_s = cuda.shared.array((BK, BN), dt)
+        n_s = cuda.shared.array(BN, int32)
+        id0_s = cuda.shared.array(BN, int32)
+        ih0_s = cuda.shared.array(BN, int32)
+        iw0_s = cuda.shared.array(BN, int32)
+        chan_s = cuda.shared.array(BK, int32)
+        toff_s = cuda.shared.array(BK, int32)
+        roff_s = cuda.shared.array(BK, int32)
+        soff_s = cuda.shared.array(BK, int32)
+        T, R, S = ksize
+        P, Q = osize[1], osize[2]
+        sd, sh, sw = stride
+        pd, ph, pw = pad
+        dd, dh, dw = dil
+        N, C, D, H, W = x.shape
+        K, OPQ = y3.shape[1], y3.shape[2]
+        Cg = C // groups
+        Kg = K // groups
+        RS = R * S
+        TRS = T * RS
+        L = Cg * TRS
+        PQ = P * Q
+        ncols = N * OPQ
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        tid = ty * THREADS_N + tx
+        gi = cuda.blockIdx.z
+        m0 = cuda.blockIdx.y * BM
+        col0 = cuda.blockIdx.x * BN
+        for j in range(tid, BN, NTHREADS):
+            opq = (col0 + j) % OPQ
+            pq = opq % PQ
+            n_s[j] = (col0 + j) // OPQ
+            id0_s[j] = (opq // PQ) * sd - pd
+            ih0_s[j] = (pq // Q) * sh - ph
+            iw0_s[j] = (pq % Q) * sw - pw
+        z = dt(0)
+        acc = (z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z)
+        for k0 in range(0, L, BK):
+            for kk in range(tid, BK, NTHREADS):
+                c = (k0 + kk) // TRS
+                trs = k0 + kk - c * TRS
+                t = trs // RS
+                chan_s[kk] = gi * Cg + c
+                toff_s[kk] = t * dd
+                roff_s[kk] = (trs - t * RS) // S * dh
+                soff_s[kk] = (trs % S) * dw
+            cuda.syncthreads()
+            for it in range(BM * BK // NTHREADS):
+                i = (tid + it * NTHREADS) // BK
+                kk = (tid + it * NTHREADS) % BK
+                v = z
+                if m0 + i < Kg and k0 + kk < L:
+                    v = w2[gi * Kg + m0 + i, k0 + kk]
+                a_s[kk, i] = v
+            for e in range(tid, BK * BN, NTHREADS):
+                kk = e // BN
+                j = e % BN
+                idp = id0_s[j] + toff_s[kk]
+                ih = ih0_s[j] + roff_s[kk]
+                iw = iw0_s[j] + soff_s[kk]
+                v = z
+                if (col0 + j < ncols and k0 + kk < L and idp >= 0 and idp < D and ih >= 0 and ih < H
+                        and iw >= 0 and iw < W):
+                    v = x[n_s[j], chan_s[kk], idp, ih, iw]
+                b_s[kk, j] = v
+            cuda.syncthreads()
+            acc = _mma_tile_cuda(a_s, b_s, ty, tx, acc)
+            cuda.syncthreads()
+        _store_micro_tile_cuda(y3, m0 + ty, Kg, gi * Kg, col0 + tx, ncols, OPQ, acc)
+    return kernel
+
+
+@njit(fastmath=True, cache=True)
+def _gather_rows_cpu(src, base, pix, t0, nt, off, l0, length, bt):
+    """bt[t, l] = src[base + pix[t0 + t] + off[l0 + l]] for t < nt, l < length.
+
+    Unsigned indices (all are >= 0) spare the inner loop Numba's negative-index wraparound.
+    """
+    for t in range(nt):
+        org = base + pix[uint64(t0 + t)]
+        row = bt[t]
+        for l in range(length):
+            row[uint64(l)] = src[uint64(org + off[uint64(l0 + l)])]
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def conv3d_fwd_implicit_gemm_cpu(xf, off, pix, w2, y3, C, plane, groups, tile, chunk, runs):
+    """Y_g = W_g @ B, one work item per (group, image, tile of ``tile`` output pixels).
+
+    ``xf`` is the zero-padded input (N, C, Dp, Hp, Wp) flattened, ``plane = Dp*Hp*Wp``, so that
+    ``B[l, (n, o, p, q)] = xf[(n*C + gi*Cg)*plane + pix[(o*P + p)*Q + q] + off[l]]`` with
+    ``pix[(o*P + p)*Q + q] = (o*sd*Hp + p*sh)*Wp + q*sw`` and ``off[((c*T + t)*R + r)*S + s] =
+    ((c*Dp + t*dd)*Hp + r*dh)*Wp + s*dw``; ``w2`` is w as (K, Cg*T*R*S), ``y3`` is y as
+    (N, K, O*P*Q). An item gathers and multiplies ``chunk`` reduction indices at a time. Items
+    are split into ``runs`` contiguous runs, one buffer pair each.
+    """
+    N, K, OPQ = y3.shape
+    Cg = C // groups
+    Kg = K // groups
+    L = off.shape[0]
+    tiles = (OPQ + tile - 1) // tile
+    items = groups * N * tiles
+    for run in prange(runs):
+        bt = np.empty((tile, chunk), xf.dtype)
+        ct = np.empty(((Kg + 3) // 4 * 4, (tile + 2) // 3 * 3), xf.dtype)
+        for it in range(run * items // runs, (run + 1) * items // runs):
+            gi = it // (N * tiles)
+            n = it // tiles - gi * N
+            t0 = (it % tiles) * tile
+            nt = min(tile, OPQ - t0)
+            ct[:, :] = 0
+            for l0 in range(0, L, chunk):
+                ln = min(chunk, L - l0)
+                _gather_rows_cpu(xf, (n * C + gi * Cg) * plane, pix, t0, nt, off, l0, ln, bt)
+                _tile_gemm_cpu(w2, gi * Kg, l0, Kg, bt, nt, ln, ct)
+            for k in range(Kg):
+                y3[n, gi * Kg + k, t0:t0 + nt] = ct[k, :nt]
+
+
+# ---------------------------------------------------------------------------------------------
+# Backward data
+# ---------------------------------------------------------------------------------------------
+
+def _bwd_data_signature(dt):
+    return (array5(dt), array2(dt), dt[:, :, ::1]) + (TRIPLE,) * 5 + (int64,)
+
+
+# one thread per 4x4 micro-tile of dX_g: channels m0 + ty + i*THREADS_M, pixels col0 + tx + j*THREADS_N
+@per_dtype(_bwd_data_signature)
+def conv3d_bwd_data_implicit_gemm_cuda(dt):
+    @cuda.jit(**_gemm_jit_options(dt))
+    def kernel(dy, w2, dx3, ksize, isize, stride, pad, dil, groups):
+        a_s = cuda.shared.array((BK, A_COLS), dt)
+        b_s = cuda.shared.array((BK, BN), dt)
+        n_s = cuda.shared.array(BN, int32)
+        dq_s = cuda.shared.array(BN, int32)
+        dm_s = cuda.shared.array(BN, int32)
+        hq_s = cuda.shared.array(BN, int32)
+        hm_s = cuda.shared.array(BN, int32)
+        wq_s = cuda.shared.array(BN, int32)
+        wm_s = cuda.shared.array(BN, int32)
+        k_s = cuda.shared.array(BK, int32)
+        trs_s = cuda.shared.array(BK, int32)
+        tq_s = cuda.shared.array(BK, int32)
+        tm_s = cuda.shared.array(BK, int32)
+        rq_s = cuda.shared.array(BK, int32)
+        rm_s = cuda.shared.array(BK, int32)
+        sq_s = cuda.shared.array(BK, int32)
+        sm_s = cuda.shared.array(BK, int32)
+        T, R, S = ksize
+        Hd, Wd = isize[1], isize[2]
+        sd, sh, sw = stride
+        pd, ph, pw = pad
+        dd, dh, dw = dil
+        N, K, O, P, Q = dy.shape
+        C, DHW = dx3.shape[1], dx3.shape[2]
+        Cg = C // groups
+        Kg = K // groups
+        RS = R * S
+        TRS = T * RS
+        L = Kg * TRS
+        HW = Hd * Wd
+        ncols = N * DHW
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        tid = ty * THREADS_N + tx
+        gi = cuda.blockIdx.z
+        m0 = cuda.blockIdx.y * BM
+        col0 = cuda.blockIdx.x * BN
+        # (d + pd - t*dd)/sd is exact iff t*dd and d + pd agree mod sd, and is then the
+        # difference of their quotients (likewise for h and w): the gather needs no division
+        for j in range(tid, BN, NTHREADS):
+            dhw = (col0 + j) % DHW
+            hw = dhw % HW
+            td = dhw // HW + pd
+            th = hw // Wd + ph
+            tw = hw % Wd + pw
+            n_s[j] = (col0 + j) // DHW
+            dq_s[j] = td // sd
+            dm_s[j] = td % sd
+            hq_s[j] = th // sh
+            hm_s[j] = th % sh
+            wq_s[j] = tw // sw
+            wm_s[j] = tw % sw
+        z = dt(0)
+        acc = (z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z)
+        for k0 in range(0, L, BK):
+            for kk in range(tid, BK, NTHREADS):
+                k = (k0 + kk) // TRS
+                trs = k0 + kk - k * TRS
+                t = trs // RS
+                r = (trs - t * RS) // S
+                k_s[kk] = k
+                trs_s[kk] = trs
+                tq_s[kk] = t * dd // sd
+                tm_s[kk] = t * dd % sd
+                rq_s[kk] = r * dh // sh
+                rm_s[kk] = r * dh % sh
+                sq_s[kk] = (trs % S) * dw // sw
+                sm_s[kk] = (trs % S) * dw % sw
+            cuda.syncthreads()
+            for it in range(BM * BK // NTHREADS):
+                i = (tid + it * NTHREADS) // BK
+                kk = (tid + it * NTHREADS) % BK
+                v = z
+                if m0 + i < Cg and k0 + kk < L:
+                    v = w2[gi * Kg + k_s[kk], (m0 + i) * TRS + trs_s[kk]]
+                a_s[kk, i] = v
+            for e in range(tid, BK * BN, NTHREADS):
+                kk = e // BN
+                j = e % BN
+                o = dq_s[j] - tq_s[kk]
+                p = hq_s[j] - rq_s[kk]
+                q = wq_s[j] - sq_s[kk]
+                v = z
+                if (col0 + j < ncols and k0 + kk < L and dm_s[j] == tm_s[kk] and hm_s[j] == rm_s[kk]
+                        and wm_s[j] == sm_s[kk] and o >= 0 and o < O and p >= 0 and p < P and q >= 0 and q < Q):
+                    v = dy[n_s[j], gi * Kg + k_s[kk], o, p, q]
+                b_s[kk, j] = v
+            cuda.syncthreads()
+            acc = _mma_tile_cuda(a_s, b_s, ty, tx, acc)
+            cuda.syncthreads()
+        _store_micro_tile_cuda(dx3, m0 + ty, Cg, gi * Cg, col0 + tx, ncols, DHW, acc)
+    return kernel
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def conv3d_bwd_data_implicit_gemm_cpu(dyf, off, lens, wpk, spix, dpix, npix, dx3, K, plane, groups,
+                                      tile, chunk, runs):
+    """dX_g = A @ B', one work item per (group, image, stride phase, tile of ``tile`` pixels).
+
+    Phase ``f`` owns the ``npix[f]`` input pixels at ``dpix[f, :npix[f]]`` of a (D*H*W) plane of
+    ``dx3`` (dx as (N, C, D*H*W)); its ``lens[f]`` reduction indices are the (k, t, r, s) whose
+    divisions are exact there, ``B'[l, (n, u)] = dyf[(n*K + gi*Kg)*plane + spix[f, u] + off[f, l]]``
+    in the zero-padded dy (N, K, Op, Pp, Qp) flattened (``plane = Op*Pp*Qp``), and
+    ``wpk[f, gi*Cg + c, l]`` the matching weights. A phase without taps gets dx = 0. Reduction
+    chunks, tiles and runs as in the forward.
+    """
+    N, C = dx3.shape[0], dx3.shape[1]
+    Cg = C // groups
+    Kg = K // groups
+    nph = lens.shape[0]
+    tiles = 1
+    for f in range(nph):
+        tiles = max(tiles, (npix[f] + tile - 1) // tile)
+    items = groups * N * nph * tiles
+    for run in prange(runs):
+        bt = np.empty((tile, chunk), dyf.dtype)
+        ct = np.empty(((Cg + 3) // 4 * 4, (tile + 2) // 3 * 3), dyf.dtype)
+        for it in range(run * items // runs, (run + 1) * items // runs):
+            gi = it // (N * nph * tiles)
+            n = it // (nph * tiles) - gi * N
+            f = it // tiles % nph
+            t0 = (it % tiles) * tile
+            nt = min(tile, npix[f] - t0)
+            if nt <= 0:
+                continue
+            ct[:, :] = 0
+            for l0 in range(0, lens[f], chunk):
+                ln = min(chunk, lens[f] - l0)
+                _gather_rows_cpu(dyf, (n * K + gi * Kg) * plane, spix[f], t0, nt, off[f], l0, ln, bt)
+                _tile_gemm_cpu(wpk[f], gi * Cg, l0, Cg, bt, nt, ln, ct)
+            for c in range(Cg):
+                out = dx3[n, gi * Cg + c]
+                for t in range(nt):
+                    out[dpix[f, t0 + t]] = ct[c, t]
+
+
+# ---------------------------------------------------------------------------------------------
+# Backward filter
+# ---------------------------------------------------------------------------------------------
+
+def _bwd_filter_signature(dt):
+    return (dt[:, :, ::1], array5(dt), dt[:, :, ::1]) + (TRIPLE,) * 5 + (int64, int64)
+
+
+# one thread per 4x4 micro-tile of one reduction slice of dW_g: channels m0 + ty + i*THREADS_M,
+# taps (c, t, r, s) col0 + tx + j*THREADS_N; grid z = slice * groups + group
+@per_dtype(_bwd_filter_signature)
+def conv3d_bwd_filter_implicit_gemm_cuda(dt):
+    @cuda.jit(**_gemm_jit_options(dt))
+    def kernel(dy3, x, ws, ksize, osize, stride, pad, dil, groups, slice_len):
+        a_s = cuda.shared.array((BK, A_COLS), dt)
+        b_s = cuda.shared.array((BK, BN), dt)
+        chan_s = cuda.shared.array(BN, int32)
+        toff_s = cuda.shared.array(BN, int32)
+        roff_s = cuda.shared.array(BN, int32)
+        soff_s = cuda.shared.array(BN, int32)
+        n_s = cuda.shared.array(BK, int32)
+        opq_s = cuda.shared.array(BK, int32)
+        id0_s = cuda.shared.array(BK, int32)
+        ih0_s = cuda.shared.array(BK, int32)
+        iw0_s = cuda.shared.array(BK, int32)
+        T, R, S = ksize
+        P, Q = osize[1], osize[2]
+        sd, sh, sw = stride
+        pd, ph, pw = pad
+        dd, dh, dw = dil
+        N, K, OPQ = dy3.shape
+        C, D, H, W = x.shape[1], x.shape[2], x.shape[3], x.shape[4]
+        Cg = C // groups
+        Kg = K // groups
+        RS = R * S
+        TRS = T * RS
+        L = Cg * TRS
+        PQ = P * Q
+        gi = cuda.blockIdx.z % groups
+        sl = cuda.blockIdx.z // groups
+        red0 = sl * slice_len
+        red1 = min(N * OPQ, red0 + slice_len)
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        tid = ty * THREADS_N + tx
+        m0 = cuda.blockIdx.y * BM
+        col0 = cuda.blockIdx.x * BN
+        for j in range(tid, BN, NTHREADS):
+            c = (col0 + j) // TRS
+            trs = (col0 + j) % TRS
+            t = trs // RS
+            chan_s[j] = gi * Cg + c
+            toff_s[j] = t * dd
+            roff_s[j] = (trs - t * RS) // S * dh
+            soff_s[j] = (trs % S) * dw
+        z = dt(0)
+        acc = (z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z)
+        for k0 in range(red0, red1, BK):
+            for kk in range(tid, BK, NTHREADS):
+                n = (k0 + kk) // OPQ
+                opq = k0 + kk - n * OPQ
+                pq = opq % PQ
+                n_s[kk] = n
+                opq_s[kk] = opq
+                id0_s[kk] = (opq // PQ) * sd - pd
+                ih0_s[kk] = (pq // Q) * sh - ph
+                iw0_s[kk] = (pq % Q) * sw - pw
+            cuda.syncthreads()
+            for it in range(BM * BK // NTHREADS):
+                i = (tid + it * NTHREADS) // BK
+                kk = (tid + it * NTHREADS) % BK
+                v = z
+                if m0 + i < Kg and k0 + kk < red1:
+                    v = dy3[n_s[kk], gi * Kg + m0 + i, opq_s[kk]]
+                a_s[kk, i] = v
+            for e in range(tid, BK * BN, NTHREADS):
+                kk = e // BN
+                j = e % BN
+                idp = id0_s[kk] + toff_s[j]
+                ih = ih0_s[kk] + roff_s[j]
+                iw = iw0_s[kk] + soff_s[j]
+                v = z
+                if (col0 + j < L and k0 + kk < red1 and idp >= 0 and idp < D and ih >= 0 and ih < H
+                        and iw >= 0 and iw < W):
+                    v = x[n_s[kk], chan_s[j], idp, ih, iw]
+                b_s[kk, j] = v
+            cuda.syncthreads()
+            acc = _mma_tile_cuda(a_s, b_s, ty, tx, acc)
+            cuda.syncthreads()
+        # plane sl of ws (slices, K, L) holds columns [sl*L, (sl+1)*L) of ws viewed as (K, slices*L)
+        _store_micro_tile_cuda(ws, m0 + ty, Kg, gi * Kg, sl * L + col0 + tx, (sl + 1) * L, L, acc)
+    return kernel
+
+
+# The CPU backward filter is conv_implicit_gemm.conv2d_bwd_filter_implicit_gemm_cpu run on the
+# offset tables below: it reads the source only through pix and off and needs just the size of
+# one padded channel, which it takes as the product of its Hp and Wp arguments.
+
+
+# ---------------------------------------------------------------------------------------------
+# Launchers
+# ---------------------------------------------------------------------------------------------
+
+def _padded_source(x, g):
+    """x zero-padded (front/top/left by the before pads) and cut to the (Dp, Hp, Wp) window
+    every read falls in; returns it with (Dp, Hp, Wp)."""
+    need = tuple((o - 1) * s + (k - 1) * d + 1 for o, k, s, d in zip(g.out_size, g.kernel, g.stride, g.dilation))
+    if not any(g.pad_before) and all(n <= i for n, i in zip(need, g.in_size)):
+        return x, g.in_size
+    xp = np.zeros((g.N, g.C) + need, x.dtype)
+    keep = [max(0, min(i, n - b)) for i, n, b in zip(g.in_size, need, g.pad_before)]
+    dst = (slice(None), slice(None)) + tuple(slice(b, b + k) for b, k in zip(g.pad_before, keep))
+    xp[dst] = x[(slice(None), slice(None)) + tuple(slice(0, k) for k in keep)]
+    return xp, need
+
+
+def _patch_offsets(Cg, padded, g):
+    """off[((c*T + t)*R + r)*S + s] = ((c*Dp + t*dd)*Hp + r*dh)*Wp + s*dw: where tap (c, t, r, s)
+    sits from a window's origin in the padded source."""
+    Dp, Hp, Wp = padded
+    (T, R, S), (dd, dh, dw) = g.kernel, g.dilation
+    c = np.arange(Cg)[:, None, None, None]
+    t = np.arange(T)[None, :, None, None]
+    r = np.arange(R)[None, None, :, None]
+    s = np.arange(S)[None, None, None, :]
+    return (((c * Dp + t * dd) * Hp + r * dh) * Wp + s * dw).reshape(-1).astype(np.int64)
+
+
+def _pixel_offsets(padded, g):
+    """pix[(o*P + p)*Q + q] = (o*sd*Hp + p*sh)*Wp + q*sw: each output window's origin."""
+    _, Hp, Wp = padded
+    (O, P, Q), (sd, sh, sw) = g.out_size, g.stride
+    o = np.arange(O)[:, None, None] * sd * Hp * Wp
+    p = np.arange(P)[None, :, None] * sh * Wp
+    q = np.arange(Q)[None, None, :] * sw
+    return (o + p + q).reshape(-1).astype(np.int64)
+
+
+def _fwd_cpu(x, w, y, g):
+    xp, padded = _padded_source(x, g)
+    off = _patch_offsets(g.C // g.groups, padded, g)
+    tile, chunk = _cpu_tiling(off.shape[0])
+    opq = math.prod(g.out_size)
+    items = g.groups * g.N * -(-opq // tile)
+    conv3d_fwd_implicit_gemm_cpu(xp.reshape(-1), off, _pixel_offsets(padded, g), w.reshape(g.K, -1),
+                                 y.reshape(g.N, g.K, opq), g.C, math.prod(padded), g.groups, tile, chunk,
+                                 _runs(items))
+
+
+def _phase_tables(g, axes, padded_dy):
+    """Per stride phase f (one phase per axis, d-major): the source offsets ``spix`` of its
+    pixels in a padded dy channel, their positions ``dpix`` in a dx channel, and their count."""
+    _, Pp, Qp = padded_dy
+    _, H, W = g.in_size
+    combos = [(a, b, c) for a in axes[0] for b in axes[1] for c in axes[2]]
+    most = max(1, max(a[1] * b[1] * c[1] for a, b, c in combos))
+    spix = np.zeros((len(combos), most), np.int64)
+    dpix = np.zeros((len(combos), most), np.int64)
+    npix = np.zeros(len(combos), np.int64)
+    sd, sh, sw = g.stride
+    for f, ((d0, nd, _, _), (h0, nh, _, _), (w0, nw, _, _)) in enumerate(combos):
+        i = np.arange(nd)[:, None, None]
+        j = np.arange(nh)[None, :, None]
+        l = np.arange(nw)[None, None, :]
+        npix[f] = nd * nh * nw
+        spix[f, :npix[f]] = ((i * Pp + j) * Qp + l).reshape(-1)
+        dpix[f, :npix[f]] = (((d0 + i * sd) * H + h0 + j * sh) * W + w0 + l * sw).reshape(-1)
+    return combos, spix, dpix, npix
+
+
+def _bwd_data_cpu(dy, w, dx, g):
+    Cg, Kg = g.C // g.groups, g.K // g.groups
+    split = [_stride_phases(*a) for a in zip(g.in_size, g.out_size, g.kernel, g.stride, g.pad_before, g.dilation)]
+    axes = [s[0] for s in split]
+    before = [s[1] for s in split]
+    padded_dy = tuple(s[2] for s in split)
+    Op, Pp, Qp = padded_dy
+    dyp = np.zeros((g.N, g.K) + padded_dy, dy.dtype)
+    dyp[(slice(None), slice(None)) + tuple(slice(b, b + o) for b, o in zip(before, g.out_size))] = dy
+    combos, spix, dpix, npix = _phase_tables(g, axes, padded_dy)
+    lmax = Kg * math.prod(max(len(p[2]) for p in a) for a in axes)
+    nph = len(combos)
+    off = np.zeros((nph, lmax), np.int64)
+    lens = np.zeros(nph, np.int64)
+    wpk = np.empty((nph, g.C, lmax), w.dtype)
+    wg = w.reshape((g.groups, Kg, Cg) + g.kernel)
+    k = np.arange(Kg)[:, None, None, None]
+    for f, ((_, _, td, od), (_, _, th, oh), (_, _, tw, ow)) in enumerate(combos):
+        n = Kg * len(td) * len(th) * len(tw)
+        lens[f] = n
+        if n:
+            a = np.array(od)[None, :, None, None] + before[0]
+            b = np.array(oh)[None, None, :, None] + before[1]
+            c = np.array(ow)[None, None, None, :] + before[2]
+            off[f, :n] = (((k * Op + a) * Pp + b) * Qp + c).reshape(-1)
+            taps = wg[:, :, :, td.start:td.stop:td.step, th.start:th.stop:th.step, tw.start:tw.stop:tw.step]
+            packed = wpk[f, :, :n].reshape(g.groups, Cg, Kg, len(td), len(th), len(tw))
+            packed[...] = taps.transpose(0, 2, 1, 3, 4, 5)
+    tile, chunk = _cpu_tiling(lmax)
+    items = g.groups * g.N * nph * max(1, -(-int(npix.max()) // tile))
+    conv3d_bwd_data_implicit_gemm_cpu(dyp.reshape(-1), off, lens, wpk, spix, dpix, npix,
+                                      dx.reshape(g.N, g.C, -1), g.K, math.prod(padded_dy), g.groups,
+                                      tile, chunk, _runs(items))
+
+
+def _bwd_filter_cpu(dy, x, dw, g):
+    xp, padded = _padded_source(x, g)
+    Dp, Hp, Wp = padded
+    off = _patch_offsets(g.C // g.groups, padded, g)
+    L = off.shape[0]
+    opq = math.prod(g.out_size)
+    seg = _even_split(opq, CPU_FILTER_SEG)
+    cblocks = -(-L // CPU_FILTER_COLS)
+    slices = min(g.N, -(-CPU_MIN_ITEMS // (g.groups * cblocks)))
+    ws = dw.reshape(1, g.K, L) if slices == 1 else np.empty((slices, g.K, L), dw.dtype)
+    items = g.groups * cblocks * slices
+    conv2d_bwd_filter_implicit_gemm_cpu(xp.reshape(-1), off, _pixel_offsets(padded, g), dy.reshape(g.N, g.K, opq),
+                                        ws, g.C, Dp * Hp, Wp, g.groups, CPU_FILTER_COLS, seg, _runs(items))
+    if slices > 1:
+        sum_slices_cpu(ws.reshape(slices, -1), dw.reshape(-1))
+
+
+def _threads():
+    return (THREADS_N, THREADS_M)
+
+
+def _cuda_args(g):
+    return g.stride, g.pad_before, g.dilation, g.groups
+
+
+def _fwd_cuda(x, w, y, g):
+    Kg = g.K // g.groups
+    opq = math.prod(g.out_size)
+    grid = (blocks(g.N * opq, BN), blocks(Kg, BM), g.groups)
+    conv3d_fwd_implicit_gemm_cuda[x.dtype][grid, _threads()](
+        x, w.reshape(g.K, -1), y.reshape(g.N, g.K, opq), g.kernel, g.out_size, *_cuda_args(g))
+
+
+def _bwd_data_cuda(dy, w, dx, g):
+    Cg = g.C // g.groups
+    dhw = math.prod(g.in_size)
+    grid = (blocks(g.N * dhw, BN), blocks(Cg, BM), g.groups)
+    conv3d_bwd_data_implicit_gemm_cuda[dy.dtype][grid, _threads()](
+        dy, w.reshape(g.K, -1), dx.reshape(g.N, g.C, dhw), g.kernel, g.in_size, *_cuda_args(g))
+
+
+def _bwd_filter_cuda(dy, x, dw, g):
+    Kg = g.K // g.groups
+    L = (g.C // g.groups) * math.prod(g.kernel)
+    opq = math.prod(g.out_size)
+    red = g.N * opq
+    tiles_mn = blocks(L, BN) * blocks(Kg, BM) * g.groups
+    slices = min(blocks(CUDA_MIN_BLOCKS, tiles_mn), blocks(red, BK))
+    slice_len = blocks(blocks(red, slices), BK) * BK
+    slices = blocks(red, slice_len)
+    ws = dw.reshape(1, g.K, L) if slices == 1 else cuda.device_array((slices, g.K, L), dw.dtype)
+    grid = (blocks(L, BN), blocks(Kg, BM), g.groups * slices)
+    conv3d_bwd_filter_implicit_gemm_cuda[dy.dtype][grid, _threads()](
+        dy.reshape(g.N, g.K, opq), x, ws, g.kernel, g.out_size, *_cuda_args(g), slice_len)
+    if slices > 1:
+        out = dw.reshape(g.K * L)
+        sum_slices_cuda[dw.dtype][blocks(out.shape[0], SUM_THREADS), SUM_THREADS](ws.reshape(slices, -1), out)
+
+
+def conv3d_fwd_implicit_gemm(x, w, y, g):
+    """Forward 3-D conv by implicit GEMM, ``Y_g = W_g @ B`` per group; overwrites ``y`` (N, K, O, P, Q).
+
+    ``y[n, k, o, p, q] = sum_{c, t, r, s} x[n, gi*Cg + c, o*sd - pd + t*dd, p*sh - ph + r*dh, q*sw - pw + s*dw]
+    * w[k, c, t, r, s]`` with ``gi = k // Kg``. NumPy arrays run on the CPU, CUDA device arrays on the GPU.
+    """
+    check_conv_arrays("implicit_gemm", g, "fwd", x, w, y)
+    (_fwd_cuda if is_device_array(x) else _fwd_cpu)(x, w, y, g)
+
+
+def conv3d_bwd_data_implicit_gemm(dy, w, dx, g):
+    """3-D data gradient by implicit GEMM, ``dX_g = A @ B'`` per group; overwrites ``dx`` (N, C, D, H, W).
+
+    ``dx[n, c, d, h, w] = sum over k in c's group and taps (t, r, s) with o = (d + pd - t*dd)/sd,
+    p = (h + ph - r*dh)/sh and q = (w + pw - s*dw)/sw exact and inside dy of
+    dy[n, k, o, p, q] * w[k, c - gi*Cg, t, r, s]``.
+    """
+    check_conv_arrays("implicit_gemm", g, "bwd_data", dy, w, dx)
+    (_bwd_data_cuda if is_device_array(dy) else _bwd_data_cpu)(dy, w, dx, g)
+
+
+def conv3d_bwd_filter_implicit_gemm(dy, x, dw, g):
+    """3-D filter gradient by implicit GEMM, ``dW_g = dY_g @ B^T`` per group; overwrites ``dw``.
+
+    ``dw[k, c, t, r, s] = sum_{n, o, p, q} dy[n, k, o, p, q] * x[n, gi*Cg + c, o*sd - pd + t*dd,
+    p*sh - ph + r*dh, q*sw - pw + s*dw]``, the sum over (n, o, p, q) cut into fixed slices that
+    are added in order.
+    """
+    check_conv_arrays("implicit_gemm", g, "bwd_filter", dy, x, dw)
+    (_bwd_filter_cuda if is_device_array(dy) else _bwd_filter_cpu)(dy, x, dw, g)
