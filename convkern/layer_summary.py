@@ -76,11 +76,11 @@ def _flops(module, x_shape, y_shape):
     if isinstance(module, nn.Linear):
         rows = n_out // module.out_features
         return 2 * rows * module.in_features * module.out_features + (n_out if module.bias is not None else 0)
-    if isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
+    pools = {nn.MaxPool1d: 1, nn.AvgPool1d: 1, nn.MaxPool2d: 2, nn.AvgPool2d: 2, nn.MaxPool3d: 3, nn.AvgPool3d: 3}
+    if type(module) in pools:
         k = module.hparams.get("kernel_size")
-        kh, kw = (k, k) if isinstance(k, int) else tuple(k)
-        return n_out * kh * kw
-    if isinstance(module, (nn.AdaptiveAvgPool2d, nn.Subsample2d)):
+        return n_out * int(np.prod((k,) * pools[type(module)] if isinstance(k, int) else k))
+    if isinstance(module, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.Subsample2d)):
         return int(np.prod(x_shape))
     if isinstance(module, (nn.LocalResponseNorm, nn.LRN)):
         return 6 * n_out           # square, window add/subtract, scale, pow, multiply

@@ -13,7 +13,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from convkern import backend
+from convkern import backend, distributed
 from convkern import functional as F
 from convkern import random as ck_random
 from convkern.autograd import Tensor, tensor
@@ -409,6 +409,7 @@ class Linear(Module):
 
 class _BatchNorm(Module):
     ranks, layout = None, ""  # accepted input ranks (None: any >= 2) and their description
+    _normalize = staticmethod(F.batch_norm)  # the op; SyncBatchNorm's takes the global batch's statistics
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
                  dtype=np.float32, device="cpu"):
@@ -445,8 +446,8 @@ class _BatchNorm(Module):
             momentum = 1.0 / float(self.num_batches_tracked.data + 1)
         elif momentum is None:
             momentum = 0.0  # no running-stat update happens here
-        y = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                         training=use_batch_stats, momentum=momentum, eps=self.eps)
+        y = self._normalize(x, self.running_mean, self.running_var, self.weight, self.bias,
+                            training=use_batch_stats, momentum=momentum, eps=self.eps)
         if track:  # counted only once the batch was accepted
             self.num_batches_tracked.data += 1
         return y
@@ -463,6 +464,33 @@ class BatchNorm2d(_BatchNorm):
 class BatchNorm1d(_BatchNorm):
     """Batch normalisation per feature of an (N, C) or (N, C, L) input."""
     ranks, layout = (2, 3), "2-D (N, C) or 3-D (N, C, L)"
+
+
+class SyncBatchNorm(_BatchNorm):
+    """Batch normalisation per channel of an (N, C, ...) input whose training statistics are those
+    of the global batch over every rank of ``convkern.distributed`` (``distributed.sync_batch_norm``:
+    one all-gather of (count, mean, variance) per forward, one all-reduce of two (C,) sums per
+    backward; every rank must run the layer, in the same order). In eval mode, or in a world of
+    one, it is BatchNorm. Plain BatchNorm under data parallelism uses each rank's share only."""
+    _normalize = staticmethod(distributed.sync_batch_norm)
+
+    @classmethod
+    def convert_sync_batchnorm(cls, module):
+        """``module`` with every BatchNorm1d/BatchNorm2d in it replaced, in place and recursively,
+        by a SyncBatchNorm holding the same Parameter and buffer objects and settings; returns
+        the root (a new module when ``module`` itself is a BatchNorm)."""
+        if isinstance(module, _BatchNorm) and not isinstance(module, cls):
+            sync = cls(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
+            if module.affine:
+                sync.weight, sync.bias = module.weight, module.bias
+            if module.track_running_stats:
+                for name in ("running_mean", "running_var", "num_batches_tracked"):
+                    sync.register_buffer(name, getattr(module, name))
+            object.__setattr__(sync, "training", module.training)
+            return sync
+        for name, child in list(module.named_children()):
+            module._modules[name] = cls.convert_sync_batchnorm(child)
+        return module
 
 
 class _Stateless(Module):
@@ -490,14 +518,20 @@ def _stateless(name, fn, names, doc):
     return type(name, (_Stateless,), {"fn": staticmethod(fn), "names": names, "__doc__": doc})
 
 
-MaxPool2d = _stateless("MaxPool2d", F.max_pool2d,
-                       ("kernel_size", "stride", "padding", "dilation", "return_indices", "ceil_mode"),
-                       "``F.max_pool2d`` as a module.")
-AvgPool2d = _stateless("AvgPool2d", F.avg_pool2d,
-                       ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad"),
-                       "``F.avg_pool2d`` as a module.")
+_MAX_POOL_ARGS = ("kernel_size", "stride", "padding", "dilation", "return_indices", "ceil_mode")
+_AVG_POOL_ARGS = ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad")
+MaxPool1d = _stateless("MaxPool1d", F.max_pool1d, _MAX_POOL_ARGS, "``F.max_pool1d`` as a module.")
+MaxPool2d = _stateless("MaxPool2d", F.max_pool2d, _MAX_POOL_ARGS, "``F.max_pool2d`` as a module.")
+MaxPool3d = _stateless("MaxPool3d", F.max_pool3d, _MAX_POOL_ARGS, "``F.max_pool3d`` as a module.")
+AvgPool1d = _stateless("AvgPool1d", F.avg_pool1d, _AVG_POOL_ARGS, "``F.avg_pool1d`` as a module.")
+AvgPool2d = _stateless("AvgPool2d", F.avg_pool2d, _AVG_POOL_ARGS, "``F.avg_pool2d`` as a module.")
+AvgPool3d = _stateless("AvgPool3d", F.avg_pool3d, _AVG_POOL_ARGS, "``F.avg_pool3d`` as a module.")
+AdaptiveAvgPool1d = _stateless("AdaptiveAvgPool1d", F.adaptive_avg_pool1d, ("output_size",),
+                               "``F.adaptive_avg_pool1d`` as a module (output_size 1: global average pooling).")
 AdaptiveAvgPool2d = _stateless("AdaptiveAvgPool2d", F.adaptive_avg_pool2d, ("output_size",),
                                "``F.adaptive_avg_pool2d`` as a module (output_size 1: global average pooling).")
+AdaptiveAvgPool3d = _stateless("AdaptiveAvgPool3d", F.adaptive_avg_pool3d, ("output_size",),
+                               "``F.adaptive_avg_pool3d`` as a module (output_size 1: global average pooling).")
 LocalResponseNorm = _stateless("LocalResponseNorm", F.local_response_norm, ("size", "alpha", "beta", "k"),
                                "``F.local_response_norm`` (PyTorch's LRN convention) as a module.")
 LRN = _stateless("LRN", F.lrn, ("depth_radius", "bias", "alpha", "beta"),

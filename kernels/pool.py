@@ -1,86 +1,130 @@
-"""2-D pooling, CUDA and CPU: max pooling with argmax, average pooling, adaptive average
-pooling and max unpooling, forward and backward.
+"""Pooling of spatial rank 1-3, CUDA and CPU: max pooling with argmax, average pooling and
+adaptive average pooling, forward and backward; 2-D max unpooling.
 
-With ``g`` a ``PoolGeometry``, output (p, q) covers rows ``h = p*sh - ph + r*dh`` and columns
-``w = q*sw - pw + s*dw`` (r < R, s < S); only positions inside the input are read:
+The pooling kernels work on (N, C, D, H, W) arrays; the launchers view 1-D and 2-D pooling as
+3-D pooling with leading unit axes (``PoolGeometry.as_3d``). With ``g`` that geometry and
+(pd, ph, pw) its pads before, output (o, p, q) covers depths ``z = o*sd - pd + t*dd``, rows
+``h = p*sh - ph + r*dh`` and columns ``w = q*sw - pw + s*dw`` (t < T, r < R, s < S); only
+positions inside the input are read, so padding, even or uneven, is never selected or summed:
 
-    max       y[n,c,p,q] = x[n,c,h*,w*], idx[n,c,p,q] = h*·W + w*, (h*, w*) the first position in
-              row-major window order holding the window's maximum; a NaN beats everything and
-              the last NaN wins, as in PyTorch; a window without an input position gives -inf, -1
-    max bwd   dx[n,c,h,w] = sum_{p,q : idx[n,c,p,q] = h·W + w} dy[n,c,p,q]
-    avg       y[n,c,p,q] = sum_window x / (nh(p)·nw(q)); nh counts the window rows inside
-              [-ph, H + ph) (count_include_pad) or inside [0, H) (not)
-    avg bwd   dx[n,c,h,w] = sum_{p,q covering (h, w)} dy[n,c,p,q] / (nh(p)·nw(q))
-    adaptive  rows floor(p·H/P) .. ceil((p+1)·H/P) - 1, columns alike, y = mean over the window
-    unpool    out[n,c,:] = 0, out[n,c,idx[n,c,p,q]] = x[n,c,p,q]; backward dx = dy[n,c,idx]
+    max       y[n,c,o,p,q] = x[n,c,z*,h*,w*], idx[n,c,o,p,q] = (z*·H + h*)·W + w*, (z*, h*, w*) the
+              first position in row-major (t, r, s) window order holding the window's maximum;
+              a NaN beats everything and the last NaN wins, as in PyTorch; a window without an
+              input position gives -inf, -1. With ``global_index`` idx counts from the start of
+              the input instead: + (n·C + c)·D·H·W
+    max bwd   dx[n,c,z,h,w] = sum_{o,p,q : idx[n,c,o,p,q] = index of (z, h, w)} dy[n,c,o,p,q]
+    avg       y[n,c,o,p,q] = sum_window x / (nd(o)·nh(p)·nw(q)); nh counts the window rows inside
+              [-ph, H + ph_after) (count_include_pad) or inside [0, H) (not); nd, nw alike
+    avg bwd   dx[n,c,z,h,w] = sum_{o,p,q covering (z, h, w)} dy[n,c,o,p,q] / (nd(o)·nh(p)·nw(q))
+    adaptive  depths floor(o·D/O) .. ceil((o+1)·D/O) - 1, rows and columns alike, y = mean over
+              the window
+    unpool    (2-D) out[n,c,:] = 0, out[n,c,idx[n,c,p,q]] = x[n,c,p,q] in row-major (p, q) order (the
+              last of duplicate indices wins, on both devices); backward dx = dy[n,c,idx]
 
 CUDA: one thread per output element (forward passes) or per input element (backward passes,
-gather form: the thread loops over the outputs whose window can cover it), no atomics.
+gather form: the thread loops over the outputs whose window can cover it), no floating-point
+atomics (unpooling resolves duplicate indices with an integer atomic max, which is order-free). The
+kernels take the arrays flat and the geometry as (D, H, W)-style tuples: flat indexing costs one
+multiply-add per window row, where 5-D indexing cost 15-30 registers more per kernel.
 
-CPU: ``prange`` over groups of the N·C planes. Max and average pooling split each padded plane
-once into its stride phases (``xs[(a*sw + b)*hq*wq + i*wq + j] = xpad[i*sh + a, j*sw + b]``,
-padding filled with -inf or 0), as in conv_direct.py: window tap (r, s) of every output then
-reads one contiguous vector at a fixed offset, and the outputs are computed on a ``P x wq``
-grid whose ``wq - Q`` extra columns are dropped. The max forward folds three taps per pass
-into registers and keeps the winning input position as int32 (window origin from a per-call
-table plus the tap's offset); -inf padding never wins, because a tap is taken only when
-strictly greater or NaN (windows whose input values are all -inf get a scalar fix-up). The max
-backward is a per-plane scatter ``dx[idx[p, q]] += dy[p, q]`` in row-major (p, q) order: the
-CUDA gather's additions in the same order, so both give bitwise-identical results, and no two
-loop iterations touch one plane. The average backward adds dy/divisor at every tap's offset of
-a phase-split gradient plane, then copies the phases back. Indices into shared arrays are cast
-to unsigned so that Numba drops its negative-index wraparound.
+CPU: ``prange`` over groups of the N·C volumes. Max and average pooling split each padded H x W
+slice z of a volume once into its stride phases (``xs[z*slab + (a*sw + b)*hq*wq + i*wq + j] =
+xpad[z, i*sh + a, j*sw + b]``, padding filled with -inf or 0), as in conv_direct.py: window tap
+(r, s) of every output of a slice then reads one contiguous vector at a fixed offset, and the
+outputs are computed on a ``P x wq`` grid whose ``wq - Q`` extra columns are dropped. Output
+depth o folds the slices of its in-input depth taps in order t. The max forward folds three
+taps per pass into registers and keeps the winning position as int32 (window origin from a
+per-call table plus the tap's and the slice's offsets); -inf padding never wins, because a tap
+is taken only when strictly greater or NaN (windows whose input values are all -inf get a scalar
+fix-up). The max backward is a per-volume scatter ``dx[idx[o, p, q]] += dy[o, p, q]`` in
+row-major (o, p, q) order: the CUDA gather's additions in the same order, so both give
+bitwise-identical results, and no two loop iterations touch one volume. The average backward
+adds dy/divisor at every tap's offset of the phase-split gradient slices, then copies the
+phases back. The CPU kernels' indices into flat arrays are cast to unsigned so that Numba drops
+its negative-index wraparound.
 """
 import math
 
 import numba
 import numpy as np
-from numba import cuda, int64, njit, prange, uint64
+from numba import cuda, int64, njit, prange, types, uint64
 
 from .cuda_util import SIMULATOR, array1, array4, blocks, is_device_array, per_dtype
-from .elementwise import fill
 
 THREADS = 32 if SIMULATOR else 256
-# CPU: planes per prange iteration are grouped so that each group allocates its scratch once
+# CPU: volumes per prange iteration are grouped so that each group allocates its scratch once
 CHUNKS_PER_THREAD = 4
+TRIPLE = types.UniTuple(int64, 3)
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA helpers: the window extent along one axis
+# ---------------------------------------------------------------------------------------------
+
+@cuda.jit(device=True, inline="always")
+def _covering_cuda(pos, pad, window, stride, dil, out):
+    """(first, last) output along one axis whose window span can cover input position ``pos``."""
+    a = pos + pad - (window - 1) * dil
+    lo = 0 if a <= 0 else (a + stride - 1) // stride
+    return lo, min(out - 1, (pos + pad) // stride)
+
+
+@cuda.jit(device=True, inline="always")
+def _avg_extent_cuda(o, size, window, stride, pad, pad_after, count_include_pad):
+    """(start, end, count) of output o's window along one axis: the input positions
+    [start, end) it sums, and its divisor factor (the window clipped to the padded extent
+    [-pad, size + pad_after), or to the input)."""
+    start = o * stride - pad
+    end = min(start + window, size + pad_after)
+    count = end - start
+    start = max(start, 0)
+    end = min(end, size)
+    if count_include_pad == 0:
+        count = end - start
+    return start, end, count
 
 
 # ---------------------------------------------------------------------------------------------
 # max pooling
 # ---------------------------------------------------------------------------------------------
 
-# one thread per output element (n, c, p, q)
-@per_dtype(lambda dt: (array4(dt), array4(dt), array4(int64)) + (int64,) * 8)
-def maxpool2d_fwd_cuda(dt):
+# one thread per output element (n, c, o, p, q)
+@per_dtype(lambda dt: (array1(dt), array1(dt), array1(int64)) + (TRIPLE,) * 6 + (int64,))
+def maxpool_fwd_cuda(dt):
     @cuda.jit
-    def kernel(x, y, idx, R, S, sh, sw, ph, pw, dh, dw):
+    def kernel(x, y, idx, size, out, window, stride, pad, dil, global_index):
         i = cuda.grid(1)
-        N, C, P, Q = y.shape
-        H = x.shape[2]
-        W = x.shape[3]
-        if i >= N * C * P * Q:
+        D, H, W = size
+        O, P, Q = out
+        if i >= y.shape[0]:
             return
         q = i % Q
         p = (i // Q) % P
-        nc = i // (P * Q)
-        n = nc // C
-        c = nc % C
-        h0 = p * sh - ph
-        w0 = q * sw - pw
+        o = (i // (P * Q)) % O
+        nc = i // (O * P * Q)
+        xo = nc * D * H * W
+        z0 = o * stride[0] - pad[0]
+        h0 = p * stride[1] - pad[1]
+        w0 = q * stride[2] - pad[2]
         m = dt(-math.inf)
         mi = int64(-1)
-        for r in range(R):
-            h = h0 + r * dh
-            if h >= 0 and h < H:
-                for s in range(S):
-                    w = w0 + s * dw
-                    if w >= 0 and w < W:
-                        v = x[n, c, h, w]
-                        if v > m or v != v or mi < 0:
-                            m = v
-                            mi = h * W + w
-        y[n, c, p, q] = m
-        idx[n, c, p, q] = mi
+        for t in range(window[0]):
+            z = z0 + t * dil[0]
+            if z >= 0 and z < D:
+                for r in range(window[1]):
+                    h = h0 + r * dil[1]
+                    if h >= 0 and h < H:
+                        for s in range(window[2]):
+                            w = w0 + s * dil[2]
+                            if w >= 0 and w < W:
+                                v = x[xo + (z * H + h) * W + w]
+                                if v > m or v != v or mi < 0:
+                                    m = v
+                                    mi = (z * H + h) * W + w
+        if global_index != 0 and mi >= 0:
+            mi += xo
+        y[i] = m
+        idx[i] = mi
     return kernel
 
 
@@ -119,9 +163,23 @@ def _max1_cpu(s0, pos, yb, ib, c0, n):
 
 
 @njit(cache=True, error_model="numpy")
+def _max_taps_cpu(xs, toff, pos, tpos, zoff, yb, ib, n):
+    """Fold the (r, s) taps of one phase-split slice (tap u reads xs[toff[u]:], its input
+    positions are pos + tpos[u] + zoff) into the running max yb and its position ib."""
+    T = toff.shape[0]
+    T3 = T - T % 3
+    # int32 offsets keep the position arithmetic of the vector loops in 32 bits
+    for u in range(0, T3, 3):
+        _max3_cpu(xs[toff[u]:], xs[toff[u + 1]:], xs[toff[u + 2]:], pos, yb, ib,
+                  np.int32(tpos[u] + zoff), np.int32(tpos[u + 1] + zoff), np.int32(tpos[u + 2] + zoff), n)
+    for u in range(T3, T):
+        _max1_cpu(xs[toff[u]:], pos, yb, ib, np.int32(tpos[u] + zoff), n)
+
+
+@njit(cache=True, error_model="numpy")
 def _split_phases_cpu(x1, xo, H, W, xs, sh, sw, ph, pw, hq, wq, pad_value):
-    """xs[(a*sw + b)*hq*wq + i*wq + j] = xpad[i*sh + a, j*sw + b] of the plane at x1[xo:],
-    ``pad_value`` outside the input."""
+    """xs[(a*sw + b)*hq*wq + i*wq + j] = xpad[i*sh + a, j*sw + b] of the H x W slice at x1[xo:],
+    ``pad_value`` outside the input and in the tail of xs."""
     plane = hq * wq
     for a in range(sh):
         for b in range(sw):
@@ -146,95 +204,109 @@ def _split_phases_cpu(x1, xo, H, W, xs, sh, sw, ph, pw, hq, wq, pad_value):
 
 
 @njit(cache=True, error_model="numpy")
-def _maxpool2d_plane_cpu(x1, y1, i1, nc, xs, yb, ib, H, W, P, Q, sh, sw, ph, pw, hq, wq, toff, pos, tpos,
-                         tdh, tdw):
-    """Max pooling of plane ``nc``; xs, yb, ib are scratch."""
+def _first_position_cpu(o, p, q, size, stride, pad, dd, T, tdh, tdw):
+    """The first in-input position of window (o, p, q) in row-major (t, r, s) order, or -1."""
+    D, H, W = size
+    for t in range(T):
+        z = o * stride[0] - pad[0] + t * dd
+        if z < 0 or z >= D:
+            continue
+        for u in range(tdh.shape[0]):
+            h = p * stride[1] - pad[1] + tdh[u]
+            w = q * stride[2] - pad[2] + tdw[u]
+            if h >= 0 and h < H and w >= 0 and w < W:
+                return (z * H + h) * W + w
+    return -1
+
+
+@njit(cache=True, error_model="numpy")
+def _maxpool_volume_cpu(x1, y1, i1, nc, xs, yb, ib, size, out, stride, pad, dd, T, hq, wq, toff, pos, tpos,
+                        tdh, tdw, global_index):
+    """Max pooling of volume ``nc``; xs, yb, ib are scratch."""
+    D, H, W = size
+    O, P, Q = out
+    HW = H * W
+    slab = stride[1] * stride[2] * hq * wq + wq
     n_out = P * wq
-    T = toff.shape[0]
-    T3 = T - T % 3
     neg = x1.dtype.type(-np.inf)
-    xo = nc * H * W
-    yo = nc * P * Q
-    _split_phases_cpu(x1, xo, H, W, xs, sh, sw, ph, pw, hq, wq, neg)
-    for k in range(n_out):
-        yb[k] = neg
-        ib[k] = -1
-    for t in range(0, T3, 3):
-        _max3_cpu(xs[toff[t]:], xs[toff[t + 1]:], xs[toff[t + 2]:], pos, yb, ib,
-                  tpos[t], tpos[t + 1], tpos[t + 2], n_out)
-    for t in range(T3, T):
-        _max1_cpu(xs[toff[t]:], pos, yb, ib, tpos[t], n_out)
-    for p in range(P):
-        o = yo + p * Q
-        for q in range(Q):
-            y1[uint64(o + q)] = yb[p * wq + q]
-            i1[uint64(o + q)] = ib[p * wq + q]
-        for q in range(Q):
-            if ib[p * wq + q] < 0:
-                # every input value in the window is -inf (or there is none): the first one wins
-                mi = -1
-                for u in range(T):
-                    h = p * sh - ph + tdh[u]
-                    w = q * sw - pw + tdw[u]
-                    if mi < 0 and h >= 0 and h < H and w >= 0 and w < W:
-                        mi = h * W + w
-                i1[uint64(o + q)] = mi
+    base = nc * D * HW if global_index else 0
+    for z in range(D):
+        _split_phases_cpu(x1, (nc * D + z) * HW, H, W, xs[z * slab:(z + 1) * slab], stride[1], stride[2], pad[1],
+                          pad[2], hq, wq, neg)
+    for o in range(O):
+        for k in range(n_out):
+            yb[k] = neg
+            ib[k] = -1
+        for t in range(T):
+            z = o * stride[0] - pad[0] + t * dd
+            if z >= 0 and z < D:
+                _max_taps_cpu(xs[z * slab:(z + 1) * slab], toff, pos, tpos, z * HW, yb, ib, n_out)
+        for p in range(P):
+            row = ((nc * O + o) * P + p) * Q
+            for q in range(Q):
+                y1[uint64(row + q)] = yb[p * wq + q]
+                i1[uint64(row + q)] = ib[p * wq + q] + base
+            for q in range(Q):
+                if ib[p * wq + q] < 0:
+                    # every input value in the window is -inf (or there is none): the first one wins
+                    mi = _first_position_cpu(o, p, q, size, stride, pad, dd, T, tdh, tdw)
+                    i1[uint64(row + q)] = mi + base if mi >= 0 else mi
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def maxpool2d_fwd_cpu(x1, y1, i1, planes, n_chunks, H, W, P, Q, sh, sw, ph, pw, hq, wq, toff, pos, tpos,
-                      tdh, tdw):
+def maxpool_fwd_cpu(x1, y1, i1, planes, n_chunks, size, out, stride, pad, dd, T, hq, wq, toff, pos, tpos, tdh,
+                    tdw, global_index):
     for chunk in prange(n_chunks):
-        xs = np.empty(sh * sw * hq * wq + wq, x1.dtype)
-        yb = np.empty(P * wq, x1.dtype)
-        ib = np.empty(P * wq, np.int32)
+        xs = np.empty(size[0] * (stride[1] * stride[2] * hq * wq + wq), x1.dtype)
+        yb = np.empty(out[1] * wq, x1.dtype)
+        ib = np.empty(out[1] * wq, np.int32)
         for nc in range(chunk * planes // n_chunks, (chunk + 1) * planes // n_chunks):
-            _maxpool2d_plane_cpu(x1, y1, i1, nc, xs, yb, ib, H, W, P, Q, sh, sw, ph, pw, hq, wq, toff, pos,
-                                 tpos, tdh, tdw)
+            _maxpool_volume_cpu(x1, y1, i1, nc, xs, yb, ib, size, out, stride, pad, dd, T, hq, wq, toff, pos, tpos,
+                                tdh, tdw, global_index)
 
 
-# one thread per input element (n, c, h, w)
-@per_dtype(lambda dt: (array4(dt), array4(int64), array4(dt)) + (int64,) * 8)
-def maxpool2d_bwd_cuda(dt):
+# one thread per input element (n, c, z, h, w)
+@per_dtype(lambda dt: (array1(dt), array1(int64), array1(dt)) + (TRIPLE,) * 6 + (int64,))
+def maxpool_bwd_cuda(dt):
     @cuda.jit
-    def kernel(dy, idx, dx, R, S, sh, sw, ph, pw, dh, dw):
+    def kernel(dy, idx, dx, size, out, window, stride, pad, dil, global_index):
         i = cuda.grid(1)
-        N, C, H, W = dx.shape
-        P = dy.shape[2]
-        Q = dy.shape[3]
-        if i >= N * C * H * W:
+        D, H, W = size
+        O, P, Q = out
+        if i >= dx.shape[0]:
             return
         w = i % W
         h = (i // W) % H
-        nc = i // (H * W)
-        n = nc // C
-        c = nc % C
-        a = h + ph - (R - 1) * dh
-        p_lo = 0 if a <= 0 else (a + sh - 1) // sh
-        p_hi = min(P - 1, (h + ph) // sh)
-        b = w + pw - (S - 1) * dw
-        q_lo = 0 if b <= 0 else (b + sw - 1) // sw
-        q_hi = min(Q - 1, (w + pw) // sw)
-        me = h * W + w
+        z = (i // (H * W)) % D
+        nc = i // (D * H * W)
+        o_lo, o_hi = _covering_cuda(z, pad[0], window[0], stride[0], dil[0], O)
+        p_lo, p_hi = _covering_cuda(h, pad[1], window[1], stride[1], dil[1], P)
+        q_lo, q_hi = _covering_cuda(w, pad[2], window[2], stride[2], dil[2], Q)
+        me = (z * H + h) * W + w
+        if global_index != 0:
+            me += nc * D * H * W
         acc = dt(0)
-        for p in range(p_lo, p_hi + 1):
-            for q in range(q_lo, q_hi + 1):
-                if idx[n, c, p, q] == me:
-                    acc += dy[n, c, p, q]
-        dx[n, c, h, w] = acc
+        for o in range(o_lo, o_hi + 1):
+            for p in range(p_lo, p_hi + 1):
+                row = ((nc * O + o) * P + p) * Q
+                for q in range(q_lo, q_hi + 1):
+                    if idx[row + q] == me:
+                        acc += dy[row + q]
+        dx[i] = acc
     return kernel
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def maxpool2d_bwd_cpu(dy1, i1, dx1, planes, HW, PQ):
+def maxpool_bwd_cpu(dy1, i1, dx1, planes, vol_in, vol_out, global_index):
     for nc in prange(planes):
-        xo = nc * HW
-        yo = nc * PQ
-        for k in range(HW):
+        xo = nc * vol_in
+        yo = nc * vol_out
+        base = xo if global_index else 0
+        for k in range(vol_in):
             dx1[uint64(xo + k)] = 0
-        for k in range(PQ):
-            j = i1[uint64(yo + k)]
-            if j >= 0 and j < HW:
+        for k in range(vol_out):
+            j = i1[uint64(yo + k)] - base
+            if j >= 0 and j < vol_in:
                 dx1[uint64(xo + j)] += dy1[uint64(yo + k)]
 
 
@@ -242,38 +314,30 @@ def maxpool2d_bwd_cpu(dy1, i1, dx1, planes, HW, PQ):
 # average pooling
 # ---------------------------------------------------------------------------------------------
 
-# one thread per output element (n, c, p, q)
-@per_dtype(lambda dt: (array4(dt), array4(dt)) + (int64,) * 7)
-def avgpool2d_fwd_cuda(dt):
+# one thread per output element (n, c, o, p, q)
+@per_dtype(lambda dt: (array1(dt), array1(dt)) + (TRIPLE,) * 6 + (int64,))
+def avgpool_fwd_cuda(dt):
     @cuda.jit
-    def kernel(x, y, R, S, sh, sw, ph, pw, count_include_pad):
+    def kernel(x, y, size, out, window, stride, pad, pad_after, count_include_pad):
         i = cuda.grid(1)
-        N, C, P, Q = y.shape
-        H = x.shape[2]
-        W = x.shape[3]
-        if i >= N * C * P * Q:
+        D, H, W = size
+        O, P, Q = out
+        if i >= y.shape[0]:
             return
         q = i % Q
         p = (i // Q) % P
-        nc = i // (P * Q)
-        n = nc // C
-        c = nc % C
-        h0 = p * sh - ph
-        w0 = q * sw - pw
-        h1 = min(h0 + R, H + ph)
-        w1 = min(w0 + S, W + pw)
-        count = (h1 - h0) * (w1 - w0)
-        h0 = max(h0, 0)
-        w0 = max(w0, 0)
-        h1 = min(h1, H)
-        w1 = min(w1, W)
-        if count_include_pad == 0:
-            count = (h1 - h0) * (w1 - w0)
+        o = (i // (P * Q)) % O
+        nc = i // (O * P * Q)
+        z0, z1, nd = _avg_extent_cuda(o, D, window[0], stride[0], pad[0], pad_after[0], count_include_pad)
+        h0, h1, nh = _avg_extent_cuda(p, H, window[1], stride[1], pad[1], pad_after[1], count_include_pad)
+        w0, w1, nw = _avg_extent_cuda(q, W, window[2], stride[2], pad[2], pad_after[2], count_include_pad)
         acc = dt(0)
-        for h in range(h0, h1):
-            for w in range(w0, w1):
-                acc += x[n, c, h, w]
-        y[n, c, p, q] = acc / dt(count)
+        for z in range(z0, z1):
+            for h in range(h0, h1):
+                row = ((nc * D + z) * H + h) * W
+                for w in range(w0, w1):
+                    acc += x[row + w]
+        y[i] = acc / dt(nd * nh * nw)
     return kernel
 
 
@@ -289,66 +353,72 @@ def _sum1_cpu(s0, acc, n):
         acc[k] += s0[k]
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
-def avgpool2d_fwd_cpu(x1, y1, planes, n_chunks, H, W, P, Q, sh, sw, ph, pw, hq, wq, toff, div):
-    n_out = P * wq
+@njit(cache=True, error_model="numpy")
+def _sum_taps_cpu(xs, toff, acc, n):
+    """acc += the (r, s) taps of one phase-split slice (tap u reads xs[toff[u]:])."""
     T = toff.shape[0]
     T3 = T - T % 3
+    for u in range(0, T3, 3):
+        _sum3_cpu(xs[toff[u]:], xs[toff[u + 1]:], xs[toff[u + 2]:], acc, n)
+    for u in range(T3, T):
+        _sum1_cpu(xs[toff[u]:], acc, n)
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def avgpool_fwd_cpu(x1, y1, planes, n_chunks, size, out, stride, pad, T, hq, wq, toff, div):
+    D, H, W = size
+    O, P, Q = out
+    HW = H * W
+    slab = stride[1] * stride[2] * hq * wq + wq
+    n_out = P * wq
     zero = x1.dtype.type(0)
     for chunk in prange(n_chunks):
-        xs = np.empty(sh * sw * hq * wq + wq, x1.dtype)
+        xs = np.empty(D * slab, x1.dtype)
         acc = np.empty(n_out, x1.dtype)
         for nc in range(chunk * planes // n_chunks, (chunk + 1) * planes // n_chunks):
-            _split_phases_cpu(x1, nc * H * W, H, W, xs, sh, sw, ph, pw, hq, wq, zero)
-            for k in range(n_out):
-                acc[k] = zero
-            for t in range(0, T3, 3):
-                _sum3_cpu(xs[toff[t]:], xs[toff[t + 1]:], xs[toff[t + 2]:], acc, n_out)
-            for t in range(T3, T):
-                _sum1_cpu(xs[toff[t]:], acc, n_out)
-            for p in range(P):
-                o = nc * P * Q + p * Q
-                for q in range(Q):
-                    y1[uint64(o + q)] = acc[p * wq + q] / div[p * Q + q]
+            for z in range(D):
+                _split_phases_cpu(x1, (nc * D + z) * HW, H, W, xs[z * slab:(z + 1) * slab], stride[1], stride[2],
+                                  pad[1], pad[2], hq, wq, zero)
+            for o in range(O):
+                for k in range(n_out):
+                    acc[k] = zero
+                for t in range(T):
+                    z = o * stride[0] - pad[0] + t
+                    if z >= 0 and z < D:
+                        _sum_taps_cpu(xs[z * slab:(z + 1) * slab], toff, acc, n_out)
+                for p in range(P):
+                    row = ((nc * O + o) * P + p) * Q
+                    for q in range(Q):
+                        y1[uint64(row + q)] = acc[p * wq + q] / div[(o * P + p) * Q + q]
 
 
-# one thread per input element (n, c, h, w)
-@per_dtype(lambda dt: (array4(dt), array4(dt)) + (int64,) * 7)
-def avgpool2d_bwd_cuda(dt):
+# one thread per input element (n, c, z, h, w)
+@per_dtype(lambda dt: (array1(dt), array1(dt)) + (TRIPLE,) * 6 + (int64,))
+def avgpool_bwd_cuda(dt):
     @cuda.jit
-    def kernel(dy, dx, R, S, sh, sw, ph, pw, count_include_pad):
+    def kernel(dy, dx, size, out, window, stride, pad, pad_after, count_include_pad):
         i = cuda.grid(1)
-        N, C, H, W = dx.shape
-        P = dy.shape[2]
-        Q = dy.shape[3]
-        if i >= N * C * H * W:
+        D, H, W = size
+        O, P, Q = out
+        if i >= dx.shape[0]:
             return
         w = i % W
         h = (i // W) % H
-        nc = i // (H * W)
-        n = nc // C
-        c = nc % C
-        a = h + ph - R + 1
-        p_lo = 0 if a <= 0 else (a + sh - 1) // sh
-        p_hi = min(P - 1, (h + ph) // sh)
-        b = w + pw - S + 1
-        q_lo = 0 if b <= 0 else (b + sw - 1) // sw
-        q_hi = min(Q - 1, (w + pw) // sw)
+        z = (i // (H * W)) % D
+        nc = i // (D * H * W)
+        o_lo, o_hi = _covering_cuda(z, pad[0], window[0], stride[0], 1, O)
+        p_lo, p_hi = _covering_cuda(h, pad[1], window[1], stride[1], 1, P)
+        q_lo, q_hi = _covering_cuda(w, pad[2], window[2], stride[2], 1, Q)
         acc = dt(0)
-        for p in range(p_lo, p_hi + 1):
-            h0 = p * sh - ph
-            h1 = min(h0 + R, H + ph)
-            if count_include_pad == 0:
-                h1 = min(h1, H)
-                h0 = max(h0, 0)
-            for q in range(q_lo, q_hi + 1):
-                w0 = q * sw - pw
-                w1 = min(w0 + S, W + pw)
-                if count_include_pad == 0:
-                    w1 = min(w1, W)
-                    w0 = max(w0, 0)
-                acc += dy[n, c, p, q] / dt((h1 - h0) * (w1 - w0))
-        dx[n, c, h, w] = acc
+        for o in range(o_lo, o_hi + 1):
+            nd = _avg_extent_cuda(o, D, window[0], stride[0], pad[0], pad_after[0], count_include_pad)[2]
+            for p in range(p_lo, p_hi + 1):
+                nh = _avg_extent_cuda(p, H, window[1], stride[1], pad[1], pad_after[1], count_include_pad)[2]
+                row = ((nc * O + o) * P + p) * Q
+                for q in range(q_lo, q_hi + 1):
+                    nw = _avg_extent_cuda(q, W, window[2], stride[2], pad[2], pad_after[2], count_include_pad)[2]
+                    acc += dy[row + q] / dt(nd * nh * nw)
+        dx[i] = acc
     return kernel
 
 
@@ -358,156 +428,208 @@ def _add1_cpu(dst, src, n):
         dst[k] += src[k]
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
-def avgpool2d_bwd_cpu(dy1, dx1, planes, n_chunks, H, W, P, Q, sh, sw, ph, pw, hq, wq, toff, div):
-    """Scatter form per plane: dy/div added at every tap's offset of the phase-split padded
-    gradient, then the phases copied back into dx (padding dropped, uncovered positions 0)."""
-    n_out = P * wq
+@njit(cache=True, error_model="numpy")
+def _merge_phases_cpu(dxs, dx1, xo, H, W, sh, sw, ph, pw, hq, wq):
+    """dx1[xo + h*W + w] = the phase-split padded slice dxs at (h + ph, w + pw) (inverse of
+    _split_phases_cpu; positions no phase holds get 0)."""
     plane = hq * wq
+    zero = dx1.dtype.type(0)
+    for h in range(H):
+        ro = xo + h * W
+        i = (h + ph) // sh
+        w_end = 0
+        if i < hq:
+            w_end = max(0, min(W, wq * sw - pw))
+            a = (h + ph) % sh
+            for b in range(sw):
+                src = (a * sw + b) * plane + i * wq
+                for j in range(max(0, (pw - b + sw - 1) // sw), min(wq, (W + pw - b + sw - 1) // sw)):
+                    dx1[uint64(ro + j * sw + b - pw)] = dxs[src + j]
+        for w in range(w_end, W):
+            dx1[uint64(ro + w)] = zero
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def avgpool_bwd_cpu(dy1, dx1, planes, n_chunks, size, out, stride, pad, T, hq, wq, toff, div):
+    """Scatter form per volume: dy/div added at every tap's offset of the phase-split padded
+    gradient slices, then the phases copied back into dx (padding dropped, uncovered positions 0)."""
+    D, H, W = size
+    O, P, Q = out
+    HW = H * W
+    slab = stride[1] * stride[2] * hq * wq + wq
+    n_out = P * wq
     zero = dy1.dtype.type(0)
     for chunk in prange(n_chunks):
         g = np.zeros(n_out, dy1.dtype)
-        dxs = np.empty(sh * sw * plane + wq, dy1.dtype)
+        dxs = np.empty(D * slab, dy1.dtype)
         for nc in range(chunk * planes // n_chunks, (chunk + 1) * planes // n_chunks):
-            xo = nc * H * W
-            for p in range(P):
-                o = nc * P * Q + p * Q
-                for q in range(Q):
-                    g[p * wq + q] = dy1[uint64(o + q)] / div[p * Q + q]
             for k in range(dxs.shape[0]):
                 dxs[k] = zero
-            for t in range(toff.shape[0]):
-                _add1_cpu(dxs[toff[t]:], g, n_out)
-            for h in range(H):
-                ro = xo + h * W
-                i = (h + ph) // sh
-                w_end = 0
-                if i < hq:
-                    w_end = max(0, min(W, wq * sw - pw))
-                    a = (h + ph) % sh
-                    for b in range(sw):
-                        src = (a * sw + b) * plane + i * wq
-                        for j in range(max(0, (pw - b + sw - 1) // sw), min(wq, (W + pw - b + sw - 1) // sw)):
-                            dx1[uint64(ro + j * sw + b - pw)] = dxs[src + j]
-                for w in range(w_end, W):
-                    dx1[uint64(ro + w)] = zero
+            for o in range(O):
+                for p in range(P):
+                    row = ((nc * O + o) * P + p) * Q
+                    for q in range(Q):
+                        g[p * wq + q] = dy1[uint64(row + q)] / div[(o * P + p) * Q + q]
+                for t in range(T):
+                    z = o * stride[0] - pad[0] + t
+                    if z >= 0 and z < D:
+                        for u in range(toff.shape[0]):
+                            _add1_cpu(dxs[z * slab + toff[u]:], g, n_out)
+            for z in range(D):
+                _merge_phases_cpu(dxs[z * slab:(z + 1) * slab], dx1, (nc * D + z) * HW, H, W, stride[1], stride[2],
+                                  pad[1], pad[2], hq, wq)
 
 
 # ---------------------------------------------------------------------------------------------
 # adaptive average pooling
 # ---------------------------------------------------------------------------------------------
 
-# one thread per output element (n, c, p, q)
-@per_dtype(lambda dt: (array4(dt), array4(dt)))
-def adaptive_avgpool2d_fwd_cuda(dt):
+# one thread per output element (n, c, o, p, q)
+@per_dtype(lambda dt: (array1(dt), array1(dt), TRIPLE, TRIPLE))
+def adaptive_avgpool_fwd_cuda(dt):
     @cuda.jit
-    def kernel(x, y):
+    def kernel(x, y, size, out):
         i = cuda.grid(1)
-        N, C, P, Q = y.shape
-        H = x.shape[2]
-        W = x.shape[3]
-        if i >= N * C * P * Q:
+        D, H, W = size
+        O, P, Q = out
+        if i >= y.shape[0]:
             return
         q = i % Q
         p = (i // Q) % P
-        nc = i // (P * Q)
-        n = nc // C
-        c = nc % C
+        o = (i // (P * Q)) % O
+        nc = i // (O * P * Q)
+        z0 = (o * D) // O
+        z1 = ((o + 1) * D + O - 1) // O
         h0 = (p * H) // P
         h1 = ((p + 1) * H + P - 1) // P
         w0 = (q * W) // Q
         w1 = ((q + 1) * W + Q - 1) // Q
         acc = dt(0)
-        for h in range(h0, h1):
-            for w in range(w0, w1):
-                acc += x[n, c, h, w]
-        y[n, c, p, q] = acc / dt((h1 - h0) * (w1 - w0))
+        for z in range(z0, z1):
+            for h in range(h0, h1):
+                row = ((nc * D + z) * H + h) * W
+                for w in range(w0, w1):
+                    acc += x[row + w]
+        y[i] = acc / dt((z1 - z0) * (h1 - h0) * (w1 - w0))
     return kernel
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def adaptive_avgpool2d_fwd_cpu(x1, y1, planes, H, W, P, Q, hs, he, ws, we):
+def adaptive_avgpool_fwd_cpu(x1, y1, planes, size, out, zs, ze, hs, he, ws, we):
+    D, H, W = size
+    O, P, Q = out
     for nc in prange(planes):
-        xo = nc * H * W
-        yo = nc * P * Q
-        for p in range(P):
-            for q in range(Q):
-                acc = x1.dtype.type(0)
-                for h in range(hs[p], he[p]):
-                    base = xo + h * W
-                    for w in range(ws[q], we[q]):
-                        acc += x1[uint64(base + w)]
-                y1[uint64(yo + p * Q + q)] = acc / x1.dtype.type((he[p] - hs[p]) * (we[q] - ws[q]))
+        xo = nc * D * H * W
+        yo = nc * O * P * Q
+        for o in range(O):
+            for p in range(P):
+                for q in range(Q):
+                    acc = x1.dtype.type(0)
+                    for z in range(zs[o], ze[o]):
+                        for h in range(hs[p], he[p]):
+                            base = xo + (z * H + h) * W
+                            for w in range(ws[q], we[q]):
+                                acc += x1[uint64(base + w)]
+                    count = (ze[o] - zs[o]) * (he[p] - hs[p]) * (we[q] - ws[q])
+                    y1[uint64(yo + (o * P + p) * Q + q)] = acc / x1.dtype.type(count)
 
 
-# one thread per input element (n, c, h, w)
-@per_dtype(lambda dt: (array4(dt), array4(dt)))
-def adaptive_avgpool2d_bwd_cuda(dt):
+# one thread per input element (n, c, z, h, w)
+@per_dtype(lambda dt: (array1(dt), array1(dt), TRIPLE, TRIPLE))
+def adaptive_avgpool_bwd_cuda(dt):
     @cuda.jit
-    def kernel(dy, dx):
+    def kernel(dy, dx, size, out):
         i = cuda.grid(1)
-        N, C, H, W = dx.shape
-        P = dy.shape[2]
-        Q = dy.shape[3]
-        if i >= N * C * H * W:
+        D, H, W = size
+        O, P, Q = out
+        if i >= dx.shape[0]:
             return
         w = i % W
         h = (i // W) % H
-        nc = i // (H * W)
-        n = nc // C
-        c = nc % C
+        z = (i // (H * W)) % D
+        nc = i // (D * H * W)
         acc = dt(0)
-        for p in range((h * P) // H, min(P, ((h + 1) * P + H - 1) // H)):
-            nh = ((p + 1) * H + P - 1) // P - (p * H) // P
-            for q in range((w * Q) // W, min(Q, ((w + 1) * Q + W - 1) // W)):
-                nw = ((q + 1) * W + Q - 1) // Q - (q * W) // Q
-                acc += dy[n, c, p, q] / dt(nh * nw)
-        dx[n, c, h, w] = acc
+        for o in range((z * O) // D, min(O, ((z + 1) * O + D - 1) // D)):
+            nd = ((o + 1) * D + O - 1) // O - (o * D) // O
+            for p in range((h * P) // H, min(P, ((h + 1) * P + H - 1) // H)):
+                nh = ((p + 1) * H + P - 1) // P - (p * H) // P
+                row = ((nc * O + o) * P + p) * Q
+                for q in range((w * Q) // W, min(Q, ((w + 1) * Q + W - 1) // W)):
+                    nw = ((q + 1) * W + Q - 1) // Q - (q * W) // Q
+                    acc += dy[row + q] / dt(nd * nh * nw)
+        dx[i] = acc
     return kernel
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def adaptive_avgpool2d_bwd_cpu(dy1, dx1, planes, H, W, P, Q, hs, he, ws, we):
-    """Per-plane scatter in row-major (p, q) order: the CUDA gather's additions, in its order."""
+def adaptive_avgpool_bwd_cpu(dy1, dx1, planes, size, out, zs, ze, hs, he, ws, we):
+    """Per-volume scatter in row-major (o, p, q) order: the CUDA gather's additions, in its order."""
+    D, H, W = size
+    O, P, Q = out
     for nc in prange(planes):
-        xo = nc * H * W
-        yo = nc * P * Q
-        for k in range(H * W):
+        xo = nc * D * H * W
+        yo = nc * O * P * Q
+        for k in range(D * H * W):
             dx1[uint64(xo + k)] = 0
-        for p in range(P):
-            for q in range(Q):
-                g = dy1[uint64(yo + p * Q + q)] / dy1.dtype.type((he[p] - hs[p]) * (we[q] - ws[q]))
-                for h in range(hs[p], he[p]):
-                    base = xo + h * W
-                    for w in range(ws[q], we[q]):
-                        dx1[uint64(base + w)] += g
+        for o in range(O):
+            for p in range(P):
+                for q in range(Q):
+                    count = (ze[o] - zs[o]) * (he[p] - hs[p]) * (we[q] - ws[q])
+                    g = dy1[uint64(yo + (o * P + p) * Q + q)] / dy1.dtype.type(count)
+                    for z in range(zs[o], ze[o]):
+                        for h in range(hs[p], he[p]):
+                            base = xo + (z * H + h) * W
+                            for w in range(ws[q], we[q]):
+                                dx1[uint64(base + w)] += g
 
 
 # ---------------------------------------------------------------------------------------------
 # max unpooling
 # ---------------------------------------------------------------------------------------------
 
-# one thread per input element (n, c, p, q); out arrives zero-filled
-@per_dtype(lambda dt: (array4(dt), array4(int64), array4(dt), array1(int64)))
-def maxunpool2d_fwd_cuda(dt):
+# one thread per output element: owner = -1 (no input element lands there yet)
+@per_dtype(lambda dt: (array1(int64),))
+def maxunpool2d_clear_cuda(dt):
     @cuda.jit
-    def kernel(x, idx, out, bad):
+    def kernel(owner):
         i = cuda.grid(1)
-        N, C, P, Q = x.shape
-        Ho = out.shape[2]
-        Wo = out.shape[3]
+        if i < owner.shape[0]:
+            owner[i] = -1
+    return kernel
+
+
+# one thread per input element (n, c, p, q): owner[n, c, k] = the largest p*Q + q whose index is k.
+# An integer atomic max does not depend on the order the threads run in, so duplicate indices
+# resolve as the sequential CPU loop does (the last one wins) and the result is deterministic.
+@per_dtype(lambda dt: (array4(int64), array1(int64), array1(int64)))
+def maxunpool2d_owner_cuda(dt):
+    @cuda.jit
+    def kernel(idx, owner, bad):
+        i = cuda.grid(1)
+        N, C, P, Q = idx.shape
+        HW = owner.shape[0] // (N * C)
         if i >= N * C * P * Q:
             return
-        q = i % Q
-        p = (i // Q) % P
         nc = i // (P * Q)
-        n = nc // C
-        c = nc % C
-        k = idx[n, c, p, q]
-        if k >= 0 and k < Ho * Wo:
-            out[n, c, k // Wo, k % Wo] = x[n, c, p, q]
+        k = idx[nc // C, nc % C, (i // Q) % P, i % Q]
+        if k >= 0 and k < HW:
+            cuda.atomic.max(owner, nc * HW + k, i - nc * P * Q)
         else:
             bad[0] = 1
+    return kernel
+
+
+# one thread per output element (n, c, k): gathers the input element that owns it, else 0
+@per_dtype(lambda dt: (array1(dt), array1(int64), array1(dt), int64))
+def maxunpool2d_fwd_cuda(dt):
+    @cuda.jit
+    def kernel(x1, owner, out1, PQ):
+        i = cuda.grid(1)
+        if i >= out1.shape[0]:
+            return
+        HW = out1.shape[0] * PQ // x1.shape[0]
+        j = owner[i]
+        out1[i] = x1[i // HW * PQ + j] if j >= 0 else dt(0)
     return kernel
 
 
@@ -579,7 +701,7 @@ def _check(name, arrays, shapes, index=None):
     """Check the float arrays' shapes and shared dtype/device (and the int64 index array);
     returns True for CUDA device arrays."""
     first = arrays[0]
-    if first.dtype not in maxpool2d_fwd_cuda:
+    if first.dtype not in maxpool_fwd_cuda:
         raise TypeError(f"{name}: expected float32 or float64 arrays, got {first.dtype}")
     on_device = is_device_array(first)
     for a, shape in zip(arrays + ((index,) if index is not None else ()), shapes):
@@ -602,85 +724,106 @@ def _flat(a):
 
 
 def _chunks(g):
-    """Groups of planes for the CPU kernels' prange (each group allocates its scratch once)."""
+    """Groups of volumes for the CPU kernels' prange (each group allocates its scratch once)."""
     return max(1, min(g.N * g.C, CHUNKS_PER_THREAD * numba.get_num_threads()))
 
 
-def _phase_plan(g):
-    """(hq, wq, toff, r*dh, s*dw) of the CPU phase split: tap t = r*S + s reads
-    xs[toff[t] + p*wq + q] for output (p, q)."""
-    hq = g.P + (g.R - 1) * g.dil_h // g.stride_h
-    wq = g.Q + (g.S - 1) * g.dil_w // g.stride_w
-    r, s = np.divmod(np.arange(g.R * g.S, dtype=np.int64), g.S)
-    rh, sw_ = r * g.dil_h, s * g.dil_w
-    phase = (rh % g.stride_h) * g.stride_w + sw_ % g.stride_w
-    toff = phase * hq * wq + (rh // g.stride_h) * wq + sw_ // g.stride_w
+def _phase_plan(g3):
+    """(hq, wq, toff, r*dh, s*dw) of the CPU phase split of the H x W slices: tap u = r*S + s
+    reads xs[toff[u] + p*wq + q] for output (p, q)."""
+    (_, R, S), (_, sh, sw), (_, dh, dw), (_, P, Q) = g3.kernel, g3.stride, g3.dilation, g3.out_size
+    hq = P + (R - 1) * dh // sh
+    wq = Q + (S - 1) * dw // sw
+    r, s = np.divmod(np.arange(R * S, dtype=np.int64), S)
+    rh, sw_ = r * dh, s * dw
+    phase = (rh % sh) * sw + sw_ % sw
+    toff = phase * hq * wq + (rh // sh) * wq + sw_ // sw
     return hq, wq, toff, rh, sw_
 
 
-def _avg_divisors(g, count_include_pad, dtype):
-    """div[p*Q + q] = nh(p) * nw(q): the window clipped to the padded input, or to the input."""
-    def counts(size, out, k, s, pad):
-        start = np.arange(out, dtype=np.int64) * s - pad
-        end = np.minimum(start + k, size + pad)
-        if count_include_pad:
-            return end - start
-        return np.minimum(end, size) - np.maximum(start, 0)
-    ch = counts(g.H, g.P, g.R, g.stride_h, g.pad_h)
-    cw = counts(g.W, g.Q, g.S, g.stride_w, g.pad_w)
-    return np.outer(ch, cw).astype(dtype).ravel()
+def _avg_divisors(g3, count_include_pad, dtype):
+    """div[(o*P + p)*Q + q] = nd(o) * nh(p) * nw(q): the window clipped to the padded extent
+    [-pad_before, size + pad_after), or to the input."""
+    counts = []
+    for size, out, k, s, before, after in zip(g3.in_size, g3.out_size, g3.kernel, g3.stride, g3.pad_before,
+                                              g3.pad_after):
+        start = np.arange(out, dtype=np.int64) * s - before
+        end = np.minimum(start + k, size + after)
+        counts.append(end - start if count_include_pad else np.minimum(end, size) - np.maximum(start, 0))
+    return np.multiply.outer(np.multiply.outer(*counts[:2]), counts[2]).astype(dtype).ravel()
 
 
-def _geometry_args(g):
-    return g.R, g.S, g.stride_h, g.stride_w, g.pad_h, g.pad_w, g.dil_h, g.dil_w
+def _cuda_geometry(g3):
+    return g3.in_size, g3.out_size, g3.kernel, g3.stride, g3.pad_before, g3.dilation
 
 
-def maxpool2d_fwd(x, y, indices, g):
-    """y = max over each window of x, indices = flat argmax ``h*W + w`` within the (n, c) plane."""
-    out = (g.N, g.C, g.P, g.Q)
-    if _check("maxpool2d_fwd", (x, y), ((g.N, g.C, g.H, g.W), out, out), indices):
-        maxpool2d_fwd_cuda[x.dtype][blocks(y.size, THREADS), THREADS](x, y, indices, *_geometry_args(g))
+def maxpool_fwd(x, y, indices, g, global_index=False):
+    """y = max over each window of x; indices = the flat argmax within each (n, c) plane or
+    volume (``w`` in 1-D, ``h*W + w`` in 2-D, ``(z*H + h)*W + w`` in 3-D), or, with
+    ``global_index``, counted from the start of the input (plus ``(n*C + c)*volume``).
+    x (N, C, *g.in_size), y and indices (N, C, *g.out_size), for ``g`` of any rank."""
+    on_device = _check("maxpool_fwd", (x, y), (g.x_shape, g.y_shape, g.y_shape), indices)
+    g3 = g.as_3d()
+    if on_device:
+        maxpool_fwd_cuda[x.dtype][blocks(y.size, THREADS), THREADS](
+            _flat(x), _flat(y), _flat(indices), *_cuda_geometry(g3), int(bool(global_index)))
+        return
+    D, H, W = g3.in_size
+    if D * H * W >= 2**31:
+        raise ValueError(f"maxpool_fwd: volumes of {D}x{H}x{W} are too large for the CPU kernel "
+                         "(their size must be < 2**31)")
+    hq, wq, toff, tdh, tdw = _phase_plan(g3)
+    _, sh, sw = g3.stride
+    _, ph, pw = g3.pad_before
+    # input position of window origin (p, q) on the P x wq grid, and of each tap relative to it
+    pos = (np.arange(g3.out_size[1])[:, None] * sh - ph) * W + np.arange(wq) * sw - pw
+    maxpool_fwd_cpu(_flat(x), _flat(y), _flat(indices), g.N * g.C, _chunks(g), g3.in_size, g3.out_size, g3.stride,
+                    g3.pad_before, g3.dilation[0], g3.kernel[0], hq, wq, toff, pos.astype(np.int32).ravel(),
+                    (tdh * W + tdw).astype(np.int32), tdh, tdw, bool(global_index))
+
+
+def maxpool_bwd(dy, indices, dx, g, global_index=False):
+    """dx = the gradient dy routed to each output's saved argmax (summed where windows share
+    one); ``indices`` and ``global_index`` as maxpool_fwd gave them."""
+    if _check("maxpool_bwd", (dy, dx), (g.y_shape, g.x_shape, g.y_shape), indices):
+        maxpool_bwd_cuda[dy.dtype][blocks(dx.size, THREADS), THREADS](
+            _flat(dy), _flat(indices), _flat(dx), *_cuda_geometry(g.as_3d()), int(bool(global_index)))
     else:
-        if g.H * g.W >= 2**31:
-            raise ValueError(f"maxpool2d_fwd: planes of {g.H}x{g.W} are too large for the CPU kernel "
-                             "(H*W must be < 2**31)")
-        hq, wq, toff, tdh, tdw = _phase_plan(g)
-        # input position of window origin (p, q) on the P x wq grid, and of each tap relative to it
-        pos = (np.arange(g.P)[:, None] * g.stride_h - g.pad_h) * g.W + np.arange(wq) * g.stride_w - g.pad_w
-        maxpool2d_fwd_cpu(_flat(x), _flat(y), _flat(indices), g.N * g.C, _chunks(g), g.H, g.W, g.P, g.Q, g.stride_h,
-                          g.stride_w, g.pad_h, g.pad_w, hq, wq, toff, pos.astype(np.int32).ravel(),
-                          (tdh * g.W + tdw).astype(np.int32), tdh, tdw)
+        maxpool_bwd_cpu(_flat(dy), _flat(indices), _flat(dx), g.N * g.C, math.prod(g.in_size), math.prod(g.out_size),
+                        bool(global_index))
 
 
-def maxpool2d_bwd(dy, indices, dx, g):
-    """dx = the gradient dy routed to each output's saved argmax (summed where windows share one)."""
-    out = (g.N, g.C, g.P, g.Q)
-    if _check("maxpool2d_bwd", (dy, dx), (out, (g.N, g.C, g.H, g.W), out), indices):
-        maxpool2d_bwd_cuda[dy.dtype][blocks(dx.size, THREADS), THREADS](dy, indices, dx, *_geometry_args(g))
+def _avg_args(name, g, count_include_pad):
+    if any(d != 1 for d in g.dilation):
+        raise ValueError(f"{name}: average pooling has no dilation, got {g.dilation}")
+    g3 = g.as_3d()
+    return g3, (g3.in_size, g3.out_size, g3.kernel, g3.stride, g3.pad_before, g3.pad_after,
+                int(bool(count_include_pad)))
+
+
+def avgpool_fwd(x, y, g, count_include_pad=True):
+    """y = mean over each window (divisor per ``count_include_pad``); x (N, C, *g.in_size),
+    y (N, C, *g.out_size), ``g`` of any rank without dilation."""
+    on_device = _check("avgpool_fwd", (x, y), (g.x_shape, g.y_shape))
+    g3, args = _avg_args("avgpool_fwd", g, count_include_pad)
+    if on_device:
+        avgpool_fwd_cuda[x.dtype][blocks(y.size, THREADS), THREADS](_flat(x), _flat(y), *args)
     else:
-        maxpool2d_bwd_cpu(_flat(dy), _flat(indices), _flat(dx), g.N * g.C, g.H * g.W, g.P * g.Q)
+        hq, wq, toff = _phase_plan(g3)[:3]
+        avgpool_fwd_cpu(_flat(x), _flat(y), g.N * g.C, _chunks(g), g3.in_size, g3.out_size, g3.stride, g3.pad_before,
+                        g3.kernel[0], hq, wq, toff, _avg_divisors(g3, count_include_pad, x.dtype))
 
 
-def avgpool2d_fwd(x, y, g, count_include_pad=True):
-    """y = mean over each window (divisor per ``count_include_pad``); ``g`` has no dilation."""
-    if _check("avgpool2d_fwd", (x, y), ((g.N, g.C, g.H, g.W), (g.N, g.C, g.P, g.Q))):
-        avgpool2d_fwd_cuda[x.dtype][blocks(y.size, THREADS), THREADS](
-            x, y, *_geometry_args(g)[:6], int(bool(count_include_pad)))
+def avgpool_bwd(dy, dx, g, count_include_pad=True):
+    """dx = sum over the windows covering each input position of dy / divisor."""
+    on_device = _check("avgpool_bwd", (dy, dx), (g.y_shape, g.x_shape))
+    g3, args = _avg_args("avgpool_bwd", g, count_include_pad)
+    if on_device:
+        avgpool_bwd_cuda[dy.dtype][blocks(dx.size, THREADS), THREADS](_flat(dy), _flat(dx), *args)
     else:
-        hq, wq, toff = _phase_plan(g)[:3]
-        avgpool2d_fwd_cpu(_flat(x), _flat(y), g.N * g.C, _chunks(g), g.H, g.W, g.P, g.Q, g.stride_h, g.stride_w,
-                          g.pad_h, g.pad_w, hq, wq, toff, _avg_divisors(g, count_include_pad, x.dtype))
-
-
-def avgpool2d_bwd(dy, dx, g, count_include_pad=True):
-    """dx[h, w] = sum over the windows covering (h, w) of dy / divisor."""
-    if _check("avgpool2d_bwd", (dy, dx), ((g.N, g.C, g.P, g.Q), (g.N, g.C, g.H, g.W))):
-        avgpool2d_bwd_cuda[dy.dtype][blocks(dx.size, THREADS), THREADS](
-            dy, dx, *_geometry_args(g)[:6], int(bool(count_include_pad)))
-    else:
-        hq, wq, toff = _phase_plan(g)[:3]
-        avgpool2d_bwd_cpu(_flat(dy), _flat(dx), g.N * g.C, _chunks(g), g.H, g.W, g.P, g.Q, g.stride_h, g.stride_w,
-                          g.pad_h, g.pad_w, hq, wq, toff, _avg_divisors(g, count_include_pad, dy.dtype))
+        hq, wq, toff = _phase_plan(g3)[:3]
+        avgpool_bwd_cpu(_flat(dy), _flat(dx), g.N * g.C, _chunks(g), g3.in_size, g3.out_size, g3.stride, g3.pad_before,
+                        g3.kernel[0], hq, wq, toff, _avg_divisors(g3, count_include_pad, dy.dtype))
 
 
 def adaptive_windows(size, out):
@@ -691,25 +834,26 @@ def adaptive_windows(size, out):
 
 def _adaptive(name, src, dst, src_is_input, cuda_kernel, cpu_kernel):
     x, y = (src, dst) if src_is_input else (dst, src)
-    if len(x.shape) != 4 or len(y.shape) != 4 or tuple(x.shape[:2]) != tuple(y.shape[:2]):
-        raise ValueError(f"{name}: expected (N, C, H, W) and (N, C, P, Q) arrays, got {tuple(x.shape)} "
-                         f"and {tuple(y.shape)}")
+    if len(x.shape) not in (3, 4, 5) or len(y.shape) != len(x.shape) or tuple(x.shape[:2]) != tuple(y.shape[:2]):
+        raise ValueError(f"{name}: expected (N, C, *in_size) and (N, C, *out_size) arrays of one spatial rank 1-3, "
+                         f"got {tuple(x.shape)} and {tuple(y.shape)}")
+    pad = (1,) * (5 - len(x.shape))
+    size, out = pad + tuple(x.shape[2:]), pad + tuple(y.shape[2:])
     if _check(name, (src, dst), (src.shape, dst.shape)):
-        cuda_kernel[src.dtype][blocks(dst.size, THREADS), THREADS](src, dst)
+        cuda_kernel[src.dtype][blocks(dst.size, THREADS), THREADS](_flat(src), _flat(dst), size, out)
     else:
-        N, C, H, W = x.shape
-        P, Q = y.shape[2:]
-        cpu_kernel(_flat(src), _flat(dst), N * C, H, W, P, Q, *adaptive_windows(H, P), *adaptive_windows(W, Q))
+        windows = [w for i, o in zip(size, out) for w in adaptive_windows(i, o)]
+        cpu_kernel(_flat(src), _flat(dst), x.shape[0] * x.shape[1], size, out, *windows)
 
 
-def adaptive_avgpool2d_fwd(x, y):
-    """y (N, C, P, Q) = mean of x (N, C, H, W) over PyTorch's adaptive windows."""
-    _adaptive("adaptive_avgpool2d_fwd", x, y, True, adaptive_avgpool2d_fwd_cuda, adaptive_avgpool2d_fwd_cpu)
+def adaptive_avgpool_fwd(x, y):
+    """y (N, C, *out_size) = mean of x (N, C, *in_size) over PyTorch's adaptive windows (rank 1-3)."""
+    _adaptive("adaptive_avgpool_fwd", x, y, True, adaptive_avgpool_fwd_cuda, adaptive_avgpool_fwd_cpu)
 
 
-def adaptive_avgpool2d_bwd(dy, dx):
-    """dx (N, C, H, W) from dy (N, C, P, Q) of adaptive_avgpool2d_fwd."""
-    _adaptive("adaptive_avgpool2d_bwd", dy, dx, False, adaptive_avgpool2d_bwd_cuda, adaptive_avgpool2d_bwd_cpu)
+def adaptive_avgpool_bwd(dy, dx):
+    """dx (N, C, *in_size) from dy (N, C, *out_size) of adaptive_avgpool_fwd."""
+    _adaptive("adaptive_avgpool_bwd", dy, dx, False, adaptive_avgpool_bwd_cuda, adaptive_avgpool_bwd_cpu)
 
 
 def _unpool(name, small, indices, big, cuda_kernel, cpu_kernel, zero_big):
@@ -721,9 +865,12 @@ def _unpool(name, small, indices, big, cuda_kernel, cpu_kernel, zero_big):
     if _check(name, (small, big), (small.shape, big.shape, small.shape), indices):
         bad = cuda.to_device(np.zeros(1, np.int64))
         if zero_big:
-            fill(big.reshape(big.size), 0.0)
-        args = (small, indices, big) if zero_big else (big, indices, small)
-        cuda_kernel[small.dtype][blocks(small.size, THREADS), THREADS](*args, bad)
+            owner = cuda.device_array(big.size, np.int64)
+            maxunpool2d_clear_cuda[small.dtype][blocks(big.size, THREADS), THREADS](owner)
+            maxunpool2d_owner_cuda[small.dtype][blocks(small.size, THREADS), THREADS](indices, owner, bad)
+            cuda_kernel[small.dtype][blocks(big.size, THREADS), THREADS](_flat(small), owner, _flat(big), P * Q)
+        else:
+            cuda_kernel[small.dtype][blocks(small.size, THREADS), THREADS](big, indices, small, bad)
         n_bad = int(bad.copy_to_host()[0])
     else:
         args = (small, indices, big) if zero_big else (big, indices, small)

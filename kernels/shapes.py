@@ -143,24 +143,64 @@ class ConvGeometry(NamedTuple):
 
 
 class PoolGeometry(NamedTuple):
-    """Everything a pooling kernel needs to know about one 2-D pooling (NCHW).
+    """One pooling of spatial rank 1, 2 or 3 (NCL, NCHW, NCDHW).
 
-    Input (N, C, H, W), window R x S, output (N, C, P, Q). Output pixel (p, q) covers input
-    rows ``p*stride_h - pad_h + r*dil_h`` (r < R) and columns ``q*stride_w - pad_w + s*dil_w``
-    (s < S); positions outside [0, H) x [0, W) are padding, which pooling never reads.
-    P and Q come from ``window_out_size`` (ceil_mode included).
+    Input ``(N, C, *in_size)``, window ``kernel``, output ``(N, C, *out_size)``. Along axis ``i``,
+    output position ``o`` covers input positions ``o*stride[i] - pad_before[i] + t*dilation[i]``
+    (``t < kernel[i]``); positions outside ``[0, in_size[i])`` are padding, which pooling never
+    reads. ``pad_after`` bounds the padded extent ``[-pad_before, in_size + pad_after)`` that
+    average pooling's ``count_include_pad`` divisor is clipped to; ``out_size`` comes from
+    ``window_out_size`` (with ``ceil_mode`` a last window may reach past the padded extent).
+    Kernels read ``pad_before`` and ``out_size``; only the average divisor reads ``pad_after``.
+    Pooling with a padding of one (before, after) pair per axis, TensorFlow's SAME among them,
+    is this geometry with uneven pads.
     """
     N: int
     C: int
-    H: int
-    W: int
-    R: int
-    S: int
-    P: int
-    Q: int
-    stride_h: int
-    stride_w: int
-    pad_h: int
-    pad_w: int
-    dil_h: int = 1
-    dil_w: int = 1
+    in_size: Tuple[int, ...]
+    kernel: Tuple[int, ...]
+    out_size: Tuple[int, ...]
+    stride: Tuple[int, ...]
+    pad_before: Tuple[int, ...]
+    pad_after: Tuple[int, ...]
+    dilation: Tuple[int, ...]
+
+    @classmethod
+    def make(cls, N, C, in_size, kernel, stride=None, pad_before=None, pad_after=None, dilation=None,
+             ceil_mode=False):
+        """The geometry with ``out_size`` computed; per-axis arguments default to stride = kernel,
+        padding 0 and dilation 1. No validation (see ``convkern.ops.pool.pool_geometry``)."""
+        rank = len(in_size)
+        kernel = tuple(int(a) for a in kernel)
+
+        def axes(v, default):
+            return tuple(int(a) for a in v) if v is not None else default
+        stride = axes(stride, kernel)
+        pad_before, pad_after = axes(pad_before, (0,) * rank), axes(pad_after, (0,) * rank)
+        dilation = axes(dilation, (1,) * rank)
+        in_size = tuple(int(a) for a in in_size)
+        out = tuple(window_out_size(*a, ceil_mode) for a in zip(in_size, kernel, stride, pad_before, pad_after,
+                                                               dilation))
+        return cls(int(N), int(C), in_size, kernel, out, stride, pad_before, pad_after, dilation)
+
+    @property
+    def rank(self):
+        """Number of spatial axes (1, 2 or 3)."""
+        return len(self.in_size)
+
+    @property
+    def x_shape(self):
+        return (self.N, self.C) + self.in_size
+
+    @property
+    def y_shape(self):
+        return (self.N, self.C) + self.out_size
+
+    def as_3d(self):
+        """The geometry as rank 3, with leading unit axes (window 1, stride 1, no padding): the
+        pooling kernels work on (N, C, D, H, W) and see 1-D and 2-D pooling this way."""
+        k = 3 - self.rank
+        return self._replace(in_size=(1,) * k + self.in_size, kernel=(1,) * k + self.kernel,
+                             out_size=(1,) * k + self.out_size, stride=(1,) * k + self.stride,
+                             pad_before=(0,) * k + self.pad_before, pad_after=(0,) * k + self.pad_after,
+                             dilation=(1,) * k + self.dilation)
