@@ -12,6 +12,7 @@ convkern time, None where that peer did not run) and, as before, ``peer`` / ``ra
 the first of ``PEER_NAMES`` that ran.
 """
 import csv
+import fnmatch
 import json
 import os
 import statistics
@@ -286,10 +287,23 @@ def _time_peer(peer, ops, pass_, layer, min_seconds, log):
     return None
 
 
+def select_layers(layers, patterns):
+    """The layers whose name matches one of the shell-style ``patterns`` (all when None), in
+    suite order; a pattern that matches nothing is a ValueError."""
+    if patterns is None:
+        return list(layers)
+    for pat in patterns:
+        if not any(fnmatch.fnmatchcase(l["name"], pat) for l in layers):
+            raise ValueError(f"--layers: {pat!r} matches no layer of the suite; its layers are "
+                             + ", ".join(l["name"] for l in layers))
+    return [l for l in layers if any(fnmatch.fnmatchcase(l["name"], pat) for pat in patterns)]
+
+
 def run_bench(suite="reference", device="cpu", algorithms=None, passes=PASSES, dtype="float32",
-              quick_mode=False, peers=False, log=sys.stderr, min_seconds=0.3):
+              quick_mode=False, peers=False, log=sys.stderr, min_seconds=0.3, layers=None):
     """Benchmark records (dicts with ``FIELDS``) for every layer x algorithm x pass, and with
-    ``peers`` for every layer x pass a peer ran (see the module docstring).
+    ``peers`` for every layer x pass a peer ran (see the module docstring). ``layers``: shell-style
+    name patterns selecting the suite's layers (None: all).
 
     Progress lines and peer notes go to ``log`` (None: silent)."""
     if log is None:
@@ -303,7 +317,7 @@ def run_bench(suite="reference", device="cpu", algorithms=None, passes=PASSES, d
     for p in passes:
         if p not in PASSES:
             raise ValueError(f"--passes: unknown pass {p!r}; expected some of {list(PASSES)}")
-    layers = [quick(l) if quick_mode else l for l in load_suite(suite)]
+    layers = [quick(l) if quick_mode else l for l in select_layers(load_suite(suite), layers)]
     peak = None if backend.cuda_kind() == "simulated" and device == "cuda" else measure_peak_gflops(device)
     if peak is not None:
         print(f"# peak: float32 GEMM at {peak:.1f} GFLOP/s on {device}", file=log)
@@ -430,6 +444,8 @@ def write_plot(records, path):
 
 def add_arguments(p):
     p.add_argument("--suite", default="reference", help="reference | deepbench | convnet | PATH.json")
+    p.add_argument("--layers", default=None, metavar="PATTERNS",
+                   help="comma list of layer names or shell patterns (e.g. 'vgg16.*,resnet34.layer?'); default all")
     p.add_argument("--device", default="cpu", choices=backend.DEVICES)
     p.add_argument("--algorithms", default=None, help="comma list of " + ",".join(conv_algorithms() + ["auto"]))
     p.add_argument("--passes", default=",".join(PASSES), help="comma list of fwd,bwd_data,bwd_filter")
@@ -446,7 +462,8 @@ def run(args):
     records = run_bench(suite=args.suite, device=args.device,
                         algorithms=args.algorithms.split(",") if args.algorithms else None,
                         passes=args.passes.split(","), dtype=args.dtype, quick_mode=args.quick, peers=args.peers,
-                        min_seconds=0.05 if args.quick else 0.3)
+                        min_seconds=0.05 if args.quick else 0.3,
+                        layers=args.layers.split(",") if args.layers else None)
     print(format_table(records))
     if args.json:
         write_json(records, args.json)

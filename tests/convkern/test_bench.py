@@ -303,3 +303,11 @@ def test_tf_unsupported(device, pass_, groups, dilation, expected):
     g = conv_geometry((1, 4, 9, 9), (4, 4 // groups, 3, 3), 1, 1, dilation, groups)
     why = bench.tf_unsupported(g, device, pass_)
     assert why is None if expected is None else expected in why
+
+
+def test_layers_selects_by_name_pattern_and_refuses_a_pattern_matching_nothing():
+    records = bench.run_bench("reference", "cpu", algorithms=["direct"], passes=["fwd"], quick_mode=True,
+                              min_seconds=0.0, log=None, layers=["lenet5.*", "cifar10.conv1"])
+    assert [r["layer"] for r in records] == ["lenet5.c1", "lenet5.c3", "cifar10.conv1"]
+    with pytest.raises(ValueError, match=r"--layers: 'nope\*' matches no layer of the suite"):
+        bench.run_bench("reference", "cpu", layers=["nope*"], log=None)
