@@ -22,11 +22,11 @@ from convkern.gradcheck import GradcheckError, gradcheck  # noqa: E402
 from convkern.ops.shape import cat  # noqa: E402
 from convkern.random import manual_seed  # noqa: E402
 from convkern.serialization import load, save  # noqa: E402
-from convkern import nn, optim  # noqa: E402
+from convkern import distributed, nn, optim  # noqa: E402
 from convkern.layer_summary import summary  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["Function", "GradcheckError", "Tensor", "cat", "conv_algorithms", "conv_geometry", "conv_transpose_geometry",
-           "cuda_available", "from_dlpack",
+           "cuda_available", "distributed", "from_dlpack",
            "functional", "gradcheck", "is_grad_enabled", "load", "manual_seed", "nn", "no_grad", "optim", "save",
            "summary", "tensor", "__version__"]

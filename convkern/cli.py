@@ -31,6 +31,14 @@ def _info(args):
     from convkern import autotune
     state = "on" if autotune.enabled("cpu") else "off: CONVKERN_AUTOTUNE=0"
     print(f"autotune cache {autotune.cache_path()} ({state})")
+    from convkern import distributed
+    print(f"mpi      {distributed.library_version()}; mpiexec {distributed.find_mpiexec() or 'not found'}")
+    if distributed.size() == 1:
+        world = "1 process (not started by an MPI launcher)" if not distributed.launched_by_mpi() else "1 process"
+    else:
+        world = (f"{distributed.size()} processes, this is rank {distributed.rank()} (local rank "
+                 f"{distributed.local_rank()}); CUDA-aware MPI: {'yes' if distributed.cuda_aware() else 'no'}")
+    print(f"world    {world}")
     return 0
 
 
@@ -63,9 +71,15 @@ def main(argv=None):
     p = sub.add_parser("info", help="versions, devices, threads")
     p.set_defaults(func=_info)
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # `train --nproc` starts ranks with the same line
     try:
         return args.func(args)
     except (ValueError, RuntimeError, FileNotFoundError) as e:
+        from convkern import distributed
+        if distributed.is_initialized() and distributed.size() > 1:
+            # The other ranks may be waiting in a collective for this one: end them all.
+            print(f"convkern {args.command}: error on {distributed.where()}: {e}", file=sys.stderr)
+            distributed.abort(2)
         print(f"convkern {args.command}: error: {e}", file=sys.stderr)
         return 2
 

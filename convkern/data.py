@@ -260,15 +260,33 @@ class DataLoader:
     ``set_epoch(e)`` makes the next pass epoch ``e``; ``iter_epoch(e)`` runs epoch ``e`` without
     touching the counter. ``transform(images)`` maps each image batch; a transform whose
     ``takes_rng`` attribute is true is called as ``transform(images, rng=...)`` with a Generator
-    also drawn from ``(seed, e)``, so random augmentation reproduces too."""
+    also drawn from ``(seed, e)``, so random augmentation reproduces too.
 
-    def __init__(self, dataset, batch_size, shuffle=False, seed=0, drop_last=False, transform=None):
+    Data parallelism: with ``world_size`` W > 1, ``batch_size`` is the *global* batch (a multiple
+    of W) and this loader yields rank ``rank``'s share of it: global batch b holds the samples
+    ``order[b*batch_size : (b+1)*batch_size]`` of the epoch's order (the same on every rank) and
+    rank r takes every W-th of them starting at r, so the shares are disjoint, cover the batch,
+    and differ in size by at most one (a final partial batch can leave a rank an empty share).
+    Every rank yields ``len(loader)`` batches. A random transform runs on the whole global batch
+    on every rank before the share is taken, so each sample is augmented exactly as it would be
+    at world size 1 (its cost is that of the global batch)."""
+
+    def __init__(self, dataset, batch_size, shuffle=False, seed=0, drop_last=False, transform=None, rank=0,
+                 world_size=1):
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"DataLoader: batch_size must be a positive int, got {batch_size!r}")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"DataLoader: seed must be a non-negative int, got {seed!r}")
+        if isinstance(world_size, bool) or not isinstance(world_size, (int, np.integer)) or world_size < 1:
+            raise ValueError(f"DataLoader: world_size must be a positive int, got {world_size!r}")
+        if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or not 0 <= rank < world_size:
+            raise ValueError(f"DataLoader: rank must be an int in 0..{world_size - 1}, got {rank!r}")
+        if batch_size % world_size:
+            raise ValueError(f"DataLoader: batch_size (the global batch) must be a multiple of world_size "
+                             f"{world_size}, got {batch_size}")
         self.dataset, self.batch_size, self.shuffle = dataset, int(batch_size), shuffle
         self.seed, self.drop_last, self.transform = int(seed), drop_last, transform
+        self.rank, self.world_size = int(rank), int(world_size)
         self.epoch = 0
 
     def __len__(self):
@@ -279,19 +297,28 @@ class DataLoader:
         self.epoch = int(epoch)
 
     def order(self, epoch):
-        """Sample indices in the order epoch ``epoch`` visits them."""
+        """Sample indices in the order epoch ``epoch`` visits them (the same on every rank)."""
         n = len(self.dataset)
         return np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
+
+    def global_size(self, batch):
+        """The number of samples in global batch ``batch`` (all ranks' shares together)."""
+        return min(self.batch_size, len(self.dataset) - batch * self.batch_size)
 
     def iter_epoch(self, epoch):
         order = self.order(epoch)
         rng = np.random.default_rng([self.seed, epoch, 1])
         takes_rng = getattr(self.transform, "takes_rng", False)
+        share = slice(self.rank, None, self.world_size)
         for b in range(len(self)):
             index = order[b * self.batch_size:(b + 1) * self.batch_size]
+            if not takes_rng:
+                index = index[share]
             images, labels = self.dataset.images[index], self.dataset.labels[index]
             if self.transform is not None:
                 images = self.transform(images, rng=rng) if takes_rng else self.transform(images)
+            if takes_rng and self.world_size > 1:
+                images, labels = np.ascontiguousarray(images[share]), labels[share]
             yield images, labels
 
     def __iter__(self):

@@ -4,16 +4,27 @@ Each epoch runs the shuffled training split (order drawn from (seed, epoch)), th
 the test split. A checkpoint (model, optimizer, global random state, progress) is written
 atomically after every epoch when ``checkpoint`` is given; ``resume`` continues from one exactly
 as if the run had not stopped.
+
+Started by an MPI launcher (``mpiexec -n 4 convkern train ...``, or ``--nproc 4``), training is
+data-parallel (``convkern.distributed``): ``batch_size`` stays the global batch, each rank takes
+every W-th sample of it and the gradients are averaged over the ranks before each step, so the
+hyper-parameters and the results do not depend on the number of processes (up to rounding).
+BatchNorm normalises with each rank's own batch statistics unless ``sync_bn`` (SyncBatchNorm);
+running statistics are averaged over the ranks after every epoch. Evaluation is sharded and its
+counts summed. Rank 0 alone logs and writes checkpoints; nothing in one depends on the world
+size (it is recorded, not checked), so a run resumes at any world size that divides the batch.
 """
 import json
+import sys
 import time
 
 import numpy as np
 
 import convkern as ck
 from convkern import data as ck_data
+from convkern import distributed
 from convkern import functional as F
-from convkern import models, optim
+from convkern import models, nn, optim
 from convkern import random as ck_random
 
 # Per-model defaults: data set, input padding, epochs, batch size, optimizer, learning rate, its
@@ -31,7 +42,9 @@ DEFAULTS = {
     "resnet152": dict(data="default", pad_to=32, epochs=3, batch_size=64, optimizer="adam", lr=1e-3, lr_decay=0.7),
 }
 MODELS = tuple(DEFAULTS)
-RESULT_KEYS = ("model", "dataset", "epochs", "train_seconds", "images_per_second", "test_accuracy")
+RESULT_KEYS = ("model", "dataset", "epochs", "train_seconds", "images_per_second", "test_accuracy", "world_size",
+               "final_train_loss")
+EVAL_BATCH = 256  # per rank
 
 
 def build_model(name, in_channels, num_classes):
@@ -63,15 +76,19 @@ def make_optimizer(kind, params, lr):
 
 
 def evaluate(model, loader, device):
-    """Top-1 accuracy of ``model`` (eval mode, no graph) over ``loader``."""
+    """Top-1 accuracy of ``model`` (eval mode, no graph) over ``loader``; with a sharded loader
+    each rank scores its share and the counts are summed over the ranks (collective)."""
     model.eval()
     correct = total = 0
     with ck.no_grad():
         for images, labels in loader.iter_epoch(0):
+            if len(labels) == 0:
+                continue
             logits = model(ck.tensor(images, device=device)).numpy()
             correct += int((logits.argmax(axis=1) == labels).sum())
             total += len(labels)
     model.train()
+    correct, total = (int(v) for v in distributed.allreduce(np.array([correct, total], np.int64)))
     return correct / max(total, 1)
 
 
@@ -83,11 +100,26 @@ def _progress(total, desc, enabled):
     return tqdm(total=total, desc=desc, unit="batch", disable=None if enabled else True, leave=False)
 
 
+def _seed_rank_generator(seed, epoch, rank):
+    """At world size > 1 each rank draws dropout masks from its own stream, seeded by (seed, epoch,
+    rank) at the start of every epoch, so ranks never share masks and a resumed run is exact."""
+    ck_random.generator().bit_generator.state = np.random.default_rng([seed, epoch, rank]).bit_generator.state
+
+
+def _select_gpu(device):
+    """One GPU per rank on a multi-GPU host (by the rank's number on its host)."""
+    if device == "cuda" and distributed.size() > 1 and ck.backend.cuda_kind() == "real":
+        from numba import cuda
+        cuda.select_device(distributed.local_rank() % len(cuda.gpus))
+
+
 def train(model="lenet5", data=None, epochs=None, batch_size=None, lr=None, optimizer=None, lr_decay=None,
           device="cpu", seed=0,
-          checkpoint=None, resume=None, train_size=None, test_size=None, progress=True, log=print):
+          checkpoint=None, resume=None, train_size=None, test_size=None, progress=True, log=print, sync_bn=False):
     """Train ``model`` and return ``{"model", "dataset", "epochs", "train_seconds", "images_per_second",
-    "test_accuracy", "history"}``; ``train_size``/``test_size`` use the first samples only (quick runs)."""
+    "test_accuracy", "world_size", "final_train_loss", "history"}``; ``train_size``/``test_size`` use
+    the first samples only (quick runs). Data-parallel over the ranks of ``convkern.distributed``
+    (see the module docstring); ``sync_bn`` turns every BatchNorm into a SyncBatchNorm."""
     if model not in DEFAULTS:
         raise ValueError(f"train: model must be one of {', '.join(MODELS)}, got {model!r}")
     cfg = dict(DEFAULTS[model])
@@ -101,6 +133,13 @@ def train(model="lenet5", data=None, epochs=None, batch_size=None, lr=None, opti
     if isinstance(cfg["epochs"], bool) or not isinstance(cfg["epochs"], int) or cfg["epochs"] < 1:
         raise ValueError(f"train: epochs must be a positive int, got {cfg['epochs']!r}")
     ck.backend.check_device(device)
+    world, rank = distributed.size(), distributed.rank()
+    if cfg["batch_size"] % world:
+        raise ValueError(f"train: --batch-size {cfg['batch_size']} is the global batch and must be divisible by the "
+                         f"world size {world} (each of the {world} processes takes batch_size / {world} images)")
+    lead = rank == 0
+    log = log if lead else None
+    _select_gpu(device)
 
     cfg["seed"], cfg["train_size"] = seed, train_size
     train_set, test_set, train_tf, test_tf = load_data(model, cfg["data"], cfg["pad_to"])
@@ -108,66 +147,90 @@ def train(model="lenet5", data=None, epochs=None, batch_size=None, lr=None, opti
         train_set = train_set.subset(slice(0, train_size))
     if test_size is not None:
         test_set = test_set.subset(slice(0, test_size))
-    train_loader = ck_data.DataLoader(train_set, cfg["batch_size"], shuffle=True, seed=seed, transform=train_tf)
-    test_loader = ck_data.DataLoader(test_set, 256, transform=test_tf)
+    if len(train_set) < world:
+        raise ValueError(f"train: {len(train_set)} training images cannot give each of the {world} processes one")
+    train_loader = ck_data.DataLoader(train_set, cfg["batch_size"], shuffle=True, seed=seed, transform=train_tf,
+                                      rank=rank, world_size=world)
+    test_loader = ck_data.DataLoader(test_set, EVAL_BATCH * world, transform=test_tf, rank=rank, world_size=world)
 
     ck.manual_seed(seed)
     num_classes = int(max(train_set.labels.max(), test_set.labels.max())) + 1
     net = build_model(model, train_set.images.shape[1], max(num_classes, 10)).to(device)
+    if sync_bn:
+        net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    distributed.broadcast_parameters(net, root=0)
     opt = make_optimizer(cfg["optimizer"], net.parameters(), cfg["lr"])
     scheduler = optim.lr_scheduler.ExponentialLR(opt, cfg["lr_decay"])
+    step_opt = distributed.DistributedOptimizer(opt)
     start_epoch, history, train_seconds, images_seen = 0, [], 0.0, 0
     if resume is not None:
-        start_epoch, history, train_seconds, images_seen = _restore(resume, model, cfg, net, opt, scheduler)
+        state = distributed.broadcast_object(ck.load(resume) if lead else None, root=0)
+        start_epoch, history, train_seconds, images_seen = _restore(state, resume, model, cfg, net, opt, scheduler)
+    if world > 1:
+        table = distributed.processes()
+        if log is not None:
+            log(f"world of {world} ranks ({distributed.library_version()}): "
+                + ", ".join(f"rank {r} pid {pid} on {host}" for r, (pid, host) in enumerate(table)))
 
     for epoch in range(start_epoch, cfg["epochs"]):
         net.train()
-        bar = _progress(len(train_loader), f"epoch {epoch + 1}/{cfg['epochs']}", progress)
+        if world > 1:
+            _seed_rank_generator(seed, epoch, rank)
+        bar = _progress(len(train_loader), f"epoch {epoch + 1}/{cfg['epochs']}", progress and lead)
         t0, loss_sum, correct, seen = time.perf_counter(), 0.0, 0, 0
-        for images, labels in train_loader.iter_epoch(epoch):
+        for b, (images, labels) in enumerate(train_loader.iter_epoch(epoch)):
+            in_batch = train_loader.global_size(b)
+            if in_batch < world:  # a last batch too small to give every rank an image is skipped by all
+                continue
             logits = net(ck.tensor(images, device=device))
             loss = F.cross_entropy(logits, ck.tensor(labels, device=device))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            # Each rank's loss is its share's mean; weighting it by share/average share makes the
+            # mean over ranks of the gradients the gradient of the global batch's mean loss.
+            weight = len(labels) * world / in_batch
+            step_opt.zero_grad()
+            (loss if weight == 1 else loss * weight).backward()
+            step_opt.step()
             loss_sum += loss.item() * len(labels)
             correct += int((logits.numpy().argmax(axis=1) == labels).sum())
             seen += len(labels)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}",
-                                img_s=f"{seen / (time.perf_counter() - t0):.0f}")
+                                img_s=f"{seen * world / (time.perf_counter() - t0):.0f}")
         if bar is not None:
             bar.close()
         scheduler.step()
+        loss_sum, correct, seen = distributed.allreduce(np.array([loss_sum, correct, seen], np.float64))
+        correct, seen = int(correct), int(seen)
         epoch_seconds = time.perf_counter() - t0
         train_seconds += epoch_seconds
         images_seen += seen
+        distributed.average_buffers(net)
         accuracy = evaluate(net, test_loader, device)
-        history.append({"epoch": epoch + 1, "loss": loss_sum / seen, "train_accuracy": correct / seen,
+        history.append({"epoch": epoch + 1, "loss": float(loss_sum / seen), "train_accuracy": correct / seen,
                         "test_accuracy": accuracy, "seconds": epoch_seconds})
         if log is not None:
             log(f"epoch {epoch + 1}/{cfg['epochs']}: loss {loss_sum / seen:.4f}  train acc {correct / seen:.4f}  "
                 f"test acc {accuracy:.4f}  {seen / epoch_seconds:.0f} img/s")
-        if checkpoint is not None:
-            _save(checkpoint, model, cfg, net, opt, scheduler, epoch + 1, history, train_seconds, images_seen)
+        if checkpoint is not None and lead:
+            _save(checkpoint, model, cfg, net, opt, scheduler, epoch + 1, history, train_seconds, images_seen, world)
 
     return {"model": model, "dataset": str(cfg["data"]), "epochs": cfg["epochs"],
             "train_seconds": round(train_seconds, 3),
             "images_per_second": round(images_seen / train_seconds, 1) if train_seconds else 0.0,
-            "test_accuracy": history[-1]["test_accuracy"] if history else None, "history": history}
+            "test_accuracy": history[-1]["test_accuracy"] if history else None, "world_size": world,
+            "final_train_loss": history[-1]["loss"] if history else None, "history": history}
 
 
-def _save(path, model, cfg, net, opt, scheduler, epochs_done, history, train_seconds, images_seen):
-    ck.save({"model_name": model, "config": {k: v for k, v in cfg.items() if v is not None},
+def _save(path, model, cfg, net, opt, scheduler, epochs_done, history, train_seconds, images_seen, world):
+    ck.save({"model_name": model, "config": {k: v for k, v in cfg.items() if v is not None}, "world_size": world,
              "model": dict(net.state_dict()), "optimizer": opt.state_dict(), "scheduler": scheduler.state_dict(),
              "epochs_done": epochs_done,
              "history": json.dumps(history), "train_seconds": train_seconds, "images_seen": images_seen,
              "random_state": json.dumps(ck_random.generator().bit_generator.state)}, path)
 
 
-def _restore(path, model, cfg, net, opt, scheduler):
-    state = ck.load(path)
+def _restore(state, path, model, cfg, net, opt, scheduler):
     if not isinstance(state, dict) or "model_name" not in state:
         raise ValueError(f"train: {path} is not a convkern train checkpoint")
     if state["model_name"] != model:
@@ -200,12 +263,31 @@ def add_arguments(parser):
     parser.add_argument("--train-size", type=int, help="use only the first N training images")
     parser.add_argument("--test-size", type=int, help="use only the first N test images")
     parser.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
+    parser.add_argument("--nproc", type=int, help="start N local processes (mpiexec -n N) and train data-parallel; "
+                                                  "--batch-size stays the global batch")
+    parser.add_argument("--sync-bn", action="store_true", help="BatchNorm statistics over the global batch "
+                                                               "(SyncBatchNorm) instead of each process's share")
 
 
 def run(args):
+    """The ``convkern train`` command. ``--nproc N`` re-runs this command line as N MPI ranks under
+    ``mpiexec`` (``args.argv``, set by the CLI); a rank (started by any MPI launcher) runs under
+    ``distributed.supervise`` so that its death is reported with its number."""
+    if args.nproc is not None and not distributed.launched_by_mpi():
+        if args.nproc < 1:
+            raise ValueError(f"train: --nproc must be a positive int, got {args.nproc}")
+        return distributed.launch(args.nproc, [sys.executable, "-m", "convkern.cli", *args.argv])
+    if distributed.launched_by_mpi():
+        distributed.supervise()
+        if args.nproc is not None and args.nproc != distributed.size():
+            raise ValueError(f"train: --nproc {args.nproc} under an MPI launcher that started {distributed.size()} "
+                             "processes; leave --nproc out under mpiexec (mpiexec -n sets the world size)")
     result = train(args.model, data=args.data, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                    optimizer=args.optimizer, lr_decay=args.lr_decay, device=args.device, seed=args.seed,
-                   checkpoint=args.checkpoint, resume=args.resume, train_size=args.train_size, test_size=args.test_size)
+                   checkpoint=args.checkpoint, resume=args.resume, train_size=args.train_size, test_size=args.test_size,
+                   sync_bn=args.sync_bn)
+    if distributed.rank() != 0:
+        return 0
     summary = {k: result[k] for k in RESULT_KEYS}
     if args.json:
         print(json.dumps(summary))

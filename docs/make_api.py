@@ -5,7 +5,7 @@ import inspect
 import re
 
 MODULES = ["convkern", "convkern.functional", "convkern.nn", "convkern.optim", "convkern.optim.lr_scheduler",
-           "convkern.data", "convkern.models"]
+           "convkern.data", "convkern.models", "convkern.distributed"]
 
 
 def public_names(mod):

@@ -186,6 +186,12 @@ def test_missing_files_and_directories(tmp_path, rng, monkeypatch):
     (lambda: D.load_dataset("default", "val"), ValueError, "split must be 'train' or 'test'"),
     (lambda: D.DataLoader(D.Dataset(np.zeros((2, 1, 2, 2)), np.zeros(2)), 0), ValueError, "batch_size"),
     (lambda: D.DataLoader(D.Dataset(np.zeros((2, 1, 2, 2)), np.zeros(2)), 1, seed=-1), ValueError, "seed"),
+    (lambda: D.DataLoader(D.Dataset(np.zeros((2, 1, 2, 2)), np.zeros(2)), 4, world_size=0), ValueError,
+     "world_size must be a positive int"),
+    (lambda: D.DataLoader(D.Dataset(np.zeros((2, 1, 2, 2)), np.zeros(2)), 4, rank=2, world_size=2), ValueError,
+     r"rank must be an int in 0..1, got 2"),
+    (lambda: D.DataLoader(D.Dataset(np.zeros((2, 1, 2, 2)), np.zeros(2)), 6, world_size=4), ValueError,
+     "batch_size .the global batch. must be a multiple of world_size 4, got 6"),
     (lambda: D.Dataset(np.zeros((2, 2, 2)), np.zeros(2)), ValueError, r"images must be \(N, C, H, W\)"),
     (lambda: D.random_crop(np.zeros((1, 1, 4, 4)), 5), ValueError, "random_crop: size must be in 1..4"),
     (lambda: D.center_crop(np.zeros((1, 4, 4)), 2), ValueError, "center_crop: images must be"),
@@ -249,6 +255,42 @@ def test_loader_random_transform_reproduces_per_epoch():
     assert not np.array_equal(one[0][0], next(loader.iter_epoch(5))[0])
     padded = next(iter(D.DataLoader(small_dataset(3), 3, transform=D.pad_to(5))))[0]
     assert padded.shape == (3, 1, 5, 5) and padded[:, 0, 2, 2].tolist() == [0, 1, 2]
+
+
+@pytest.mark.parametrize("world", [2, 3])
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_sharded_loader_splits_each_global_batch(world, drop_last):
+    """Shards are disjoint, cover each global batch of the world-of-one order, come from the same
+    seeded order on every rank, and keep every rank at len(loader) batches."""
+    dataset = small_dataset(29)
+    single = D.DataLoader(dataset, 6, shuffle=True, seed=5, drop_last=drop_last)
+    shards = [D.DataLoader(dataset, 6, shuffle=True, seed=5, drop_last=drop_last, rank=r, world_size=world)
+              for r in range(world)]
+    expected = [y for _, y in single.iter_epoch(3)]
+    per_rank = [[y for _, y in loader.iter_epoch(3)] for loader in shards]
+    assert all(len(batches) == len(single) for batches in per_rank)
+    for b, batch in enumerate(expected):
+        parts = [per_rank[r][b] for r in range(world)]
+        assert sorted(np.concatenate(parts).tolist()) == sorted(batch.tolist())
+        assert sum(len(p) for p in parts) == shards[0].global_size(b) == len(batch)
+        for r, part in enumerate(parts):
+            np.testing.assert_array_equal(part, batch[r::world])
+    if not drop_last:
+        assert [len(p) for p in (per_rank[r][-1] for r in range(world))] == [len(expected[-1][r::world])
+                                                                           for r in range(world)]
+
+
+def test_sharded_random_transform_matches_world_of_one():
+    images = np.random.default_rng(2).random((10, 3, 8, 8), dtype=np.float32)
+    dataset = D.Dataset(images, np.arange(10))
+    single = D.DataLoader(dataset, 4, shuffle=True, seed=1, transform=D.cifar_train_transform(size=5))
+    shards = [D.DataLoader(dataset, 4, shuffle=True, seed=1, transform=D.cifar_train_transform(size=5), rank=r,
+                           world_size=2) for r in range(2)]
+    for (x, y), *parts in zip(single.iter_epoch(2), *(s.iter_epoch(2) for s in shards)):
+        for r, (xr, yr) in enumerate(parts):
+            np.testing.assert_array_equal(yr, y[r::2])
+            np.testing.assert_array_equal(xr, x[r::2])
+            assert xr.flags.c_contiguous
 
 
 def test_crops_are_windows_of_the_input(rng):

@@ -47,6 +47,7 @@ def test_cli_json_last_line(capsys):
     assert list(record) == list(train.RESULT_KEYS)
     assert record["model"] == "lenet5" and record["dataset"] == "default" and record["epochs"] == 1
     assert 0 <= record["test_accuracy"] <= 1 and record["images_per_second"] > 0
+    assert record["world_size"] == 1 and record["final_train_loss"] > 0
 
 
 @pytest.mark.parametrize("kwargs, exc, message", [
