@@ -45,6 +45,7 @@ from numba import cuda, float32, int64
 
 from .conv_algorithm import ConvAlgorithm, check_conv_arrays
 from .cuda_util import SIMULATOR, array2, array4, blocks, is_device_array, per_dtype
+from .gemm import matmul_cpu
 
 # CUDA: the tile side (a power of two), its Hermitian half and the block size of the FFT kernels
 TILE = 8 if SIMULATOR else 32
@@ -526,9 +527,12 @@ def _filter_lags(spec, rows, cols, R, S, dtype):
 
 
 def _channel_product(xt, wt):
-    """(groups, F, m, Ci) @ (groups, F, Ci, kb) per frequency: BLAS, or a broadcast outer product
-    when Ci = 1 (np.matmul runs that through a slow non-BLAS loop)."""
-    return xt * wt if xt.shape[-1] == 1 else np.matmul(xt, wt)
+    """(groups, F, m, Ci) @ (groups, F, Ci, kb) per frequency, split over the threads by
+    ``gemm.matmul_cpu``."""
+    G, F, m, ci = xt.shape
+    out = np.empty((G * F, m, wt.shape[-1]), np.result_type(xt, wt))
+    matmul_cpu(xt.reshape(G * F, m, ci), np.broadcast_to(wt, (G, F) + wt.shape[2:]).reshape(G * F, ci, -1), out)
+    return out.reshape(G, F, m, -1)
 
 
 def _chunks(N, Ko, groups, Ci, C, shape, itemsize):

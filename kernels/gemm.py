@@ -12,10 +12,15 @@ not the operand is transposed) and write the tiles K-major. When the M x N tiles
 would leave the GPU idle (a weight gradient: small M x N, long K), the K range is split over
 ``split_k`` blocks that write partial products, and a second kernel adds them in a fixed
 order (deterministic, no atomics).
-CPU: NumPy's BLAS (``np.matmul``), which beats a hand-written Numba loop there.
+CPU: NumPy's BLAS (``np.matmul``), which beats a hand-written Numba loop there; stacks are split
+over the CPU threads (``matmul_cpu``).
 """
+from concurrent.futures import ThreadPoolExecutor
+
+import numba
 import numpy as np
 from numba import cuda, int64
+from threadpoolctl import ThreadpoolController
 
 from .cuda_util import SIMULATOR, blocks, is_device_array, per_dtype
 
@@ -140,19 +145,64 @@ def gemm_splitk_reduce_cuda(dt):
     return kernel
 
 
+def matmul_cpu(a, b, out):
+    """``out = a @ b`` on NumPy arrays through BLAS; ``out`` C-contiguous.
+
+    A stack of at least as many matrices as the CPU has threads (the per-frequency products of
+    Winograd and FFT, grouped im2col) is split over the threads by its first axis, each part a
+    loop of single-threaded BLAS calls: one fork/join for the whole stack instead of one per
+    matrix, which measured 1.1-2x faster on 2 cores and does not stall when a core is busy.
+    A K = 1 product is an outer product, which np.matmul runs through a slow non-BLAS loop."""
+    if a.shape[-1] == 1:
+        np.multiply(a, b, out=out)
+        return
+    parts = min(numba.get_num_threads(), out.shape[0]) if out.ndim >= 3 else 1
+    if parts < 2:
+        np.matmul(a, b, out=out)
+        return
+    cuts = [out.shape[0] * i // parts for i in range(parts + 1)]
+
+    def cut(m, lo, hi):     # an operand broadcast along the stack is passed whole
+        return m[lo:hi] if m.ndim == out.ndim and m.shape[0] == out.shape[0] else m
+
+    def part(lo, hi):
+        np.matmul(cut(a, lo, hi), cut(b, lo, hi), out=out[lo:hi])
+    with _blas_threads(1):
+        for f in [_pool(parts).submit(part, lo, hi) for lo, hi in zip(cuts, cuts[1:])]:
+            f.result()
+
+
+_POOLS = {}
+
+
+def _pool(workers):
+    if workers not in _POOLS:
+        _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="convkern-blas")
+    return _POOLS[workers]
+
+
+_BLAS = []
+
+
+def _blas_threads(n):
+    """Context manager limiting BLAS (NumPy's OpenBLAS/MKL) to ``n`` threads meanwhile."""
+    if not _BLAS:
+        _BLAS.append(ThreadpoolController())
+    return _BLAS[0].limit(limits=n, user_api="blas")
+
+
 def gemm_cpu(a, b, c, trans_a=False, trans_b=False, alpha=1, beta=0):
     """``c = alpha * op(a) @ op(b) + beta * c`` on NumPy arrays (2-D, or stacks of matrices) via BLAS."""
     op_a = np.swapaxes(a, -1, -2) if trans_a else a
     op_b = np.swapaxes(b, -1, -2) if trans_b else b
-    # K == 1 is an outer product, which np.matmul runs through a slow non-BLAS loop
-    product = np.multiply if op_a.shape[-1] == 1 else np.matmul
     dt = c.dtype.type
     if beta == 0:
-        product(op_a, op_b, out=c)
+        matmul_cpu(op_a, op_b, c)
         if alpha != 1:
             c *= dt(alpha)
         return
-    ab = product(op_a, op_b)
+    ab = np.empty_like(c)
+    matmul_cpu(op_a, op_b, ab)
     if alpha != 1:
         ab *= dt(alpha)
     if beta != 1:

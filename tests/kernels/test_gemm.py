@@ -94,3 +94,21 @@ def test_gemm_rejects_bad_shapes():
         G.gemm(a[None], np.zeros((4, 2), np.float32), np.zeros((3, 2), np.float32))
     with pytest.raises(TypeError, match="dtype"):
         G.gemm(a, np.zeros((4, 2), np.float64), np.zeros((3, 2), np.float32))
+
+
+@pytest.mark.parametrize("a_shape,b_shape", [((5, 3, 4), (5, 4, 6)), ((1, 3, 4), (7, 4, 2)), ((3, 4), (6, 4, 5)),
+                                             ((6, 3, 1), (6, 1, 4)), ((2, 3, 4), (4, 5))])
+def test_matmul_cpu_splits_stacks_over_threads_exactly(a_shape, b_shape):
+    """The stack is cut over the threads with one BLAS thread each: the same products as np.matmul,
+    operands broadcast along the stack included."""
+    import numba
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal(a_shape)
+    b = rng.standard_normal(b_shape)
+    want = np.matmul(a, b)
+    for threads in range(1, numba.config.NUMBA_NUM_THREADS + 1):
+        numba.set_num_threads(threads)
+        out = np.full(want.shape, np.nan)
+        G.matmul_cpu(a, b, out)
+        np.testing.assert_allclose(out, want, rtol=1e-12, atol=1e-12)
+    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
