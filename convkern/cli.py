@@ -1,4 +1,5 @@
-"""The ``convkern`` command: ``bench``, ``train``, ``summary``, ``kernels`` (GPU build check) and ``info``."""
+"""The ``convkern`` command: ``bench``, ``train``, ``summary``, ``kernels`` (GPU build check), ``tune``
+(re-time the autotune cache) and ``info``."""
 import argparse
 import os
 import platform
@@ -31,6 +32,11 @@ def _info(args):
     from convkern import autotune
     state = "on" if autotune.enabled("cpu") else "off: CONVKERN_AUTOTUNE=0"
     print(f"autotune cache {autotune.cache_path()} ({state})")
+    here = autotune.machine("cpu")
+    print(f"autotune this machine {autotune.machine_id(here)}: " + ", ".join(f"{k} {v}" for k, v in here.items()))
+    for mid, p in sorted(autotune.provenance().items(), key=lambda kv: not kv[1]["current"]):
+        desc = ", ".join(f"{k} {v}" for k, v in p["machine"].items()) or "no description"
+        print(f"autotune   {mid}{' (this machine)' if p['current'] else ''}: {p['entries']} choices; {desc}")
     from convkern import distributed
     print(f"mpi      {distributed.library_version()}; mpiexec {distributed.find_mpiexec() or 'not found'}")
     if distributed.size() == 1:
@@ -39,6 +45,14 @@ def _info(args):
         world = (f"{distributed.size()} processes, this is rank {distributed.rank()} (local rank "
                  f"{distributed.local_rank()}); CUDA-aware MPI: {'yes' if distributed.cuda_aware() else 'no'}")
     print(f"world    {world}")
+    return 0
+
+
+def _tune(args):
+    from convkern import autotune
+    changes = autotune.retune(args.device, log=sys.stdout)
+    changed = sum(old != new for _, _, old, new in changes)
+    print(f"re-timed {len(changes)} cached choices on {args.device}; {changed} changed")
     return 0
 
 
@@ -68,7 +82,10 @@ def main(argv=None):
     p = sub.add_parser("kernels", help="compile every CUDA kernel to SASS (sm_80, sm_90): registers, spills")
     buildcheck.add_arguments(p)
     p.set_defaults(func=buildcheck.run)
-    p = sub.add_parser("info", help="versions, devices, threads")
+    p = sub.add_parser("tune", help="re-time this machine's cached autotune choices and keep the new winners")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.set_defaults(func=_tune)
+    p = sub.add_parser("info", help="versions, devices, threads, the autotune cache's provenance")
     p.set_defaults(func=_info)
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # `train --nproc` starts ranks with the same line

@@ -1,13 +1,17 @@
-"""conv2d(algorithm="auto") autotuning: timing on a miss, the in-memory and on-disk cache,
-bad cache files, the off switch, and results equal to the named algorithm's."""
+"""algorithm="auto" autotuning: interleaved median timing on a miss (and the re-check of close
+calls), the in-memory and on-disk cache keyed by the machine, bad cache files, re-validation
+(`convkern tune`), the off switch, and results equal to the named algorithm's."""
+import contextlib
+import io
 import json
 
+import numba
 import numpy as np
 import pytest
 
 import convkern as ck
 import convkern.functional as F
-from convkern import autotune
+from convkern import autotune, cli
 from convkern.kernels.cuda_util import SIMULATOR
 from convkern.kernels.conv_registry import ALGORITHMS, BY_NAME
 from convkern.ops.conv import PASSES, conv_algorithms, conv_geometry, heuristic_algorithm
@@ -19,8 +23,6 @@ FAKE_TIMES = {"direct": 3.0, "im2col": 1.0, "implicit_gemm": 2.0}
 CONFIG = dict(x=(2, 3, 7, 6), w=(4, 3, 3, 3), stride=1, padding=1)
 CONFIG_G = conv_geometry(CONFIG["x"], CONFIG["w"], CONFIG["stride"], CONFIG["padding"], 1, 1)
 CANDIDATES = {p: conv_algorithms("cpu", CONFIG_G, [p]) for p in PASSES}
-CALLS_PER_MISS = {p: len(CANDIDATES[p]) + 1 for p in PASSES}   # each candidate once, then the winner
-CALLS_PER_CONV = sum(CALLS_PER_MISS.values())
 
 
 @pytest.fixture(autouse=True)
@@ -28,14 +30,32 @@ def cache(tmp_path, monkeypatch):
     """A private cache directory and a fresh in-memory cache for each test."""
     monkeypatch.setenv("CONVKERN_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("CONVKERN_AUTOTUNE", raising=False)
-    monkeypatch.setattr(autotune, "_state", {"path": None, "entries": {}, "write_warned": False})
+    monkeypatch.setattr(autotune, "_state", {"path": None, "entries": {}, "machines": {}, "write_warned": False})
     return tmp_path / "cache" / "autotune.json"
+
+
+class _Calls(list):
+    """Launcher calls as (algorithm, pass); ``timed`` counts the timed calls per (algorithm, pass);
+    ``set_times`` changes the fake timer: a dict of seconds per algorithm (5 s for the others), or
+    a function (algorithm, its n-th timed call in this pass) -> seconds."""
+
+    def __init__(self):
+        super().__init__()
+        self.timed = {}
+        self.times = FAKE_TIMES
+
+    def set_times(self, times):
+        self.times = times
+
+    def clear(self):
+        super().clear()
+        self.timed.clear()
 
 
 @pytest.fixture
 def calls(monkeypatch):
-    """Record (algorithm, pass) of every launcher call; time each candidate as FAKE_TIMES says."""
-    log = []
+    """Record every launcher call; time each timed call as ``calls.times`` says."""
+    log = _Calls()
     for alg in ALGORITHMS:
         for pass_ in PASSES:
             real = alg.launcher(pass_)
@@ -45,10 +65,12 @@ def calls(monkeypatch):
                 return _real(*args)
             monkeypatch.setitem(alg.launchers, pass_, spy)
 
-    def fake_time(fn, device):
+    def fake_time_once(fn, device):
         fn()
-        return FAKE_TIMES.get(log[-1][0], 5.0)
-    monkeypatch.setattr(autotune, "_time", fake_time)
+        name, pass_ = log[-1]
+        n = log.timed[(name, pass_)] = log.timed.get((name, pass_), 0) + 1
+        return log.times(name, n) if callable(log.times) else log.times.get(name, 5.0)
+    monkeypatch.setattr(autotune, "_time_once", fake_time_once)
     return log
 
 
@@ -70,8 +92,16 @@ def _assert_same(a, b):
 
 def _file(path):
     data = json.loads(path.read_text())
-    assert data["format"] == autotune.FORMAT and data["convkern"] == ck.__version__
-    return data["entries"]
+    assert data["format"] == autotune.FORMAT
+    return data
+
+
+def _choices(path):
+    return {k: v["algorithm"] for k, v in _file(path)["entries"].items()}
+
+
+def _stdout(buffer):
+    return contextlib.redirect_stdout(buffer)
 
 
 def test_cache_path_follows_the_environment(monkeypatch, tmp_path):
@@ -83,24 +113,116 @@ def test_cache_path_follows_the_environment(monkeypatch, tmp_path):
     assert autotune.cache_path() == str(tmp_path / "home" / ".cache" / "convkern" / "autotune.json")
 
 
-def test_key_is_the_whole_geometry_dtype_device_and_pass():
+def test_key_is_the_machine_geometry_dtype_device_and_pass():
     g1 = conv_geometry((1, 2, 8, 8), (2, 2, 3, 3), 2, "same", 1, 1)      # pads (0, 1, 0, 1)
     g2 = conv_geometry((1, 2, 8, 8), (2, 2, 3, 3), 2, 0, 1, 1)           # same top/left, fewer rows out
-    keys = {autotune.cache_key(g, dev, dt, p) for g in (g1, g2) for dev in ("cpu", "cuda")
-            for dt in ("float32", "float64") for p in PASSES}
-    assert len(keys) == 2 * 2 * 2 * 3
+    keys = {autotune.cache_key(g, dev, dt, p, m) for g in (g1, g2) for dev in ("cpu", "cuda")
+            for dt in ("float32", "float64") for p in PASSES for m in ("machineA", "machineB")}
+    assert len(keys) == 2 * 2 * 2 * 3 * 2
 
 
-def test_miss_times_every_candidate_and_writes_the_winner(cache, calls):
+def test_machine_carries_cpu_isa_threads_and_versions():
+    info = autotune.machine("cpu")
+    assert {"cpu", "isa", "threads", "convkern", "numba", "numpy"} <= set(info)
+    assert info["threads"] == str(numba.get_num_threads()) and info["numba"] == numba.__version__
+    before = autotune.machine_id(info)
+    numba.set_num_threads(1)
+    try:
+        assert autotune.machine_id(autotune.machine("cpu")) != before     # another thread count: another key
+    finally:
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    assert autotune.machine_id(dict(info, cpu="another CPU")) != before
+
+
+def test_miss_times_every_candidate_interleaved_and_writes_the_winner(cache, calls):
     result = _conv()
-    assert len(calls) == CALLS_PER_CONV
     for pass_ in PASSES:
-        timed = [name for name, p in calls if p == pass_]
-        assert set(timed) == set(CANDIDATES[pass_]) and timed[-1] == "im2col"
-    entries = _file(cache)
-    assert len(entries) == 3 and set(entries.values()) == {"im2col"}
-    assert all(k.startswith("cpu|float64|") for k in entries)
+        ran = [name for name, p in calls if p == pass_]
+        n = len(CANDIDATES[pass_])
+        # one warm-up each, then ROUNDS rounds that run every candidate once, then the winner
+        assert ran[:n] == CANDIDATES[pass_]
+        assert ran[n:n + n * autotune.ROUNDS] == CANDIDATES[pass_] * autotune.ROUNDS
+        assert ran[-1] == "im2col" and len(ran) == n * (1 + autotune.ROUNDS) + 1
+    data = _file(cache)
+    assert len(data["entries"]) == 3 and set(_choices(cache).values()) == {"im2col"}
+    here = autotune.machine_id(autotune.machine("cpu"))
+    assert all(k.startswith(f"{here}|cpu|float64|") for k in data["entries"])
+    assert data["machines"][here] == autotune.machine("cpu")
+    entry = next(iter(data["entries"].values()))
+    assert entry["median_ms"]["im2col"] == 1000.0 and entry["geometry"]["kernel"] == [3, 3]
     _assert_same(result, _conv("im2col"))
+
+
+def test_median_ignores_an_outlier_round(calls, cache):
+    """im2col is fastest but one of its rounds is 100x slow: the median still picks it."""
+    calls.set_times(lambda name, n: {"im2col": 100.0 if n == 2 else 1.0, "direct": 1.5}.get(name, 5.0))
+    _conv()
+    assert set(_choices(cache).values()) == {"im2col"}
+
+
+def test_a_close_call_is_rechecked_with_more_rounds(calls, cache):
+    """direct leads implicit_gemm by 5 % over the first rounds; the re-check rounds show
+    implicit_gemm twice as fast, and the medians over all rounds pick it."""
+    def times(name, n):
+        if name == "direct":
+            return 1.0
+        if name == "implicit_gemm":
+            return 1.05 if n <= autotune.ROUNDS else 0.5
+        return 5.0
+    calls.set_times(times)
+    _conv()
+    assert set(_choices(cache).values()) == {"implicit_gemm"}
+    for pass_ in PASSES:
+        for name in CANDIDATES[pass_]:
+            rechecked = name in ("direct", "implicit_gemm")
+            assert calls.timed[(name, pass_)] == autotune.ROUNDS + (autotune.RECHECK_ROUNDS if rechecked else 0)
+
+
+def test_a_clear_winner_is_not_rechecked(calls, cache):
+    _conv()
+    assert all(calls.timed[(n, p)] == autotune.ROUNDS for p in PASSES for n in CANDIDATES[p])
+
+
+def test_a_choice_from_another_machine_is_never_used(calls, cache):
+    """A cache written on another CPU (or thread count, or Numba version) is kept but not trusted."""
+    key = autotune.cache_key(CONFIG_G, "cpu", "float64", "fwd", "0123456789ab")
+    cache.parent.mkdir(parents=True)
+    cache.write_text(json.dumps({"format": autotune.FORMAT, "machines": {"0123456789ab": {"cpu": "other"}},
+                                 "entries": {key: {"algorithm": "direct", "pass": "fwd"}}}))
+    _conv()
+    assert ("im2col", "fwd") in calls                       # timed again here
+    choices = _choices(cache)
+    assert choices[key] == "direct" and list(choices.values()).count("im2col") == 3
+    prov = autotune.provenance()
+    assert prov["0123456789ab"] == {"machine": {"cpu": "other"}, "entries": 1, "current": False}
+    here = autotune.machine_id(autotune.machine("cpu"))
+    assert prov[here]["entries"] == 3 and prov[here]["current"]
+    out = io.StringIO()
+    with _stdout(out):
+        assert cli.main(["info"]) == 0
+    text = out.getvalue()
+    assert f"autotune   {here} (this machine): 3 choices" in text and "0123456789ab: 1 choices; cpu other" in text
+
+
+def test_retune_replaces_choices_that_no_longer_win(calls, cache):
+    _conv()
+    assert set(_choices(cache).values()) == {"im2col"}
+    calls.set_times({"direct": 3.0, "im2col": 4.0, "implicit_gemm": 2.0})       # the machine changed its mind
+    out = io.StringIO()
+    with _stdout(out):
+        assert cli.main(["tune"]) == 0
+    assert set(_choices(cache).values()) == {"implicit_gemm"}
+    assert "re-timed 3 cached choices on cpu; 3 changed" in out.getvalue()
+    assert out.getvalue().count("im2col -> implicit_gemm  (changed)") == 3
+    calls.clear()
+    _conv()
+    assert [n for n, _ in calls] == ["implicit_gemm"] * 3   # the re-validated choice is used, nothing timed
+
+
+def test_retune_with_autotuning_off_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("CONVKERN_AUTOTUNE", "0")
+    with pytest.raises(RuntimeError, match="autotuning is off"):
+        autotune.retune("cpu")
 
 
 def test_hit_times_nothing_and_a_fresh_memory_cache_reloads_the_file(cache, calls):
@@ -132,7 +254,7 @@ def test_only_supporting_algorithms_are_timed(monkeypatch, cache, calls):
     monkeypatch.setattr(im2col, "_limits", lambda g, device, pass_: (pass_ != "fwd", "im2col: refused for the test"))
     y = _conv()[0]
     assert ("im2col", "fwd") not in calls
-    assert "implicit_gemm" in _file(cache).values()       # fwd: next fastest after the refused im2col
+    assert "implicit_gemm" in _choices(cache).values()    # fwd: next fastest after the refused im2col
     _assert_same([y], [_conv("direct")[0]])
     with pytest.raises(ValueError, match="algorithm 'im2col' cannot run the fwd pass .*refused for the test"):
         _conv("im2col")
@@ -145,18 +267,17 @@ def test_corrupt_file_warns_and_is_rewritten(cache, calls, content):
     with pytest.warns(UserWarning, match=r"autotune\.json.*corrupt"):
         result = _conv()
     _assert_same(result, _conv("im2col"))
-    assert len(_file(cache)) == 3
+    assert len(_file(cache)["entries"]) == 3
 
 
-def test_stale_version_is_ignored_with_a_warning(cache, calls):
-    g = conv_geometry(CONFIG["x"], CONFIG["w"], 1, 1, 1, 1)
-    key = autotune.cache_key(g, "cpu", "float64", "fwd")
+def test_stale_format_is_ignored_with_a_warning(cache, calls):
+    key = autotune.cache_key(CONFIG_G, "cpu", "float64", "fwd")
     cache.parent.mkdir(parents=True)
-    cache.write_text(json.dumps({"format": autotune.FORMAT, "convkern": "0.0.0-old", "entries": {key: "direct"}}))
+    cache.write_text(json.dumps({"format": autotune.FORMAT - 1, "entries": {key: "direct"}}))
     with pytest.warns(UserWarning, match=r"autotune\.json.*stale"):
         _conv()
-    assert len(calls) == CALLS_PER_CONV              # retuned, the old entry was not used
-    assert _file(cache)[key] == "im2col"
+    assert ("im2col", "fwd") in calls                # retuned, the old entry was not used
+    assert _choices(cache)[key] == "im2col"
 
 
 def test_unwritable_cache_dir_only_warns(monkeypatch, tmp_path, calls):
@@ -198,8 +319,8 @@ def test_auto_matches_the_named_algorithms_with_real_timing(cache, config, dtype
     result = _conv(config=config, dtype=dtype)
     g = conv_geometry(config["x"], config["w"], config["stride"], config["padding"],
                       config.get("dilation", 1), config.get("groups", 1))
-    entries = _file(cache)
-    winners = [entries[autotune.cache_key(g, "cpu", dtype, p)] for p in PASSES]
+    choices = _choices(cache)
+    winners = [choices[autotune.cache_key(g, "cpu", dtype, p)] for p in PASSES]
     rtol, atol = tolerance(dtype)
     for name in conv_algorithms("cpu", g):
         named = _conv(name, config=config, dtype=dtype)
