@@ -4,6 +4,7 @@ import csv
 import importlib.util
 import io
 import json
+import subprocess
 import sys
 
 import numpy as np
@@ -194,7 +195,7 @@ def test_absent_peers_are_skipped_with_a_note(tmp_path, monkeypatch, no_peak):
     monkeypatch.setitem(sys.modules, "tensorflow", None)
     log = io.StringIO()
     records = bench.run_bench(_suite_file(tmp_path, TINY_SUITE), "cpu", algorithms=["direct"], passes=["fwd"],
-                              peers=True, min_seconds=0.0, log=log)
+                              peers=True, min_seconds=0.0, log=log, peer_process=False)   # sees the patched modules
     notes = log.getvalue()
     assert "torch skipped: PyTorch is not installed" in notes
     assert "tensorflow skipped: TensorFlow is not installed" in notes
@@ -213,7 +214,9 @@ def test_torch_peer_on_cpu_and_tensorflow_absent(tmp_path, monkeypatch, no_peak)
     records = bench.run_bench(_suite_file(tmp_path, PEER_SUITE), "cpu", algorithms=["im2col"],
                               passes=["fwd", "bwd_data", "bwd_filter"], peers=True, min_seconds=0.0, log=log)
     assert "PyTorch" in log.getvalue() and "tensorflow skipped: TensorFlow is not installed" in log.getvalue()
+    assert "# peers: timed in a separate worker process (pid" in log.getvalue()
     assert all(r["correct"] for r in records)
+    assert all(r["peer_timing"].startswith("in a separate worker process") for r in records)
     torch_rows = {(r["layer"], r["pass"]): r for r in records if r["algorithm"] == "torch"}
     assert len(torch_rows) == 9
     for r in records:
@@ -226,6 +229,19 @@ def test_torch_peer_on_cpu_and_tensorflow_absent(tmp_path, monkeypatch, no_peak)
     assert "x torch" in head and "x tensorflow" not in head
 
 
+def test_peers_in_their_own_process_leave_this_one_without_torch(tmp_path):
+    """The worker imports PyTorch; the benchmarking process never does (one OpenMP pool each)."""
+    pytest.importorskip("torch")
+    suite = _suite_file(tmp_path, TINY_SUITE)
+    code = ("import sys; from convkern import bench; "
+            f"r = bench.run_bench({str(suite)!r}, 'cpu', algorithms=['direct'], passes=['fwd'], peers=True, "
+            "min_seconds=0.0, log=None); "
+            "assert [x['algorithm'] for x in r] == ['torch', 'direct'], r; "
+            "assert 'torch' not in sys.modules; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
 def test_tensorflow_peer_through_a_stand_in(tmp_path, monkeypatch, no_peak):
     torch = pytest.importorskip("torch")
     tf32_seen = []
@@ -233,7 +249,8 @@ def test_tensorflow_peer_through_a_stand_in(tmp_path, monkeypatch, no_peak):
     monkeypatch.setitem(sys.modules, "tensorflow", fake)
     log = io.StringIO()
     records = bench.run_bench(_suite_file(tmp_path, PEER_SUITE), "cpu", algorithms=["direct"],
-                              passes=["fwd", "bwd_data", "bwd_filter"], peers=True, min_seconds=0.0, log=log)
+                              passes=["fwd", "bwd_data", "bwd_filter"], peers=True, min_seconds=0.0, log=log,
+                              peer_process=False)       # the stand-in lives in this process
     notes = log.getvalue()
     assert "TensorFlow stand-in on cpu" in notes
     assert "tensorflow skipped on grouped bwd_data: TensorFlow has no CPU gradients for grouped" in notes
