@@ -197,6 +197,12 @@ def write_plot(records, path):
 
 
 def add_arguments(p):
+    p.add_argument("--model", default=None, metavar="NAME",
+                   help="profile a whole reference CNN layer by layer instead of a layer suite "
+                        "(" + ", ".join(_model_names()) + ")")
+    p.add_argument("--batch-size", type=int, default=None, help="with --model: the batch (default 32)")
+    p.add_argument("--input-size", default=None, metavar="H[xW]",
+                   help="with --model: the input's spatial size instead of the model's own (e.g. 64)")
     p.add_argument("--suite", default="reference", help="reference | deepbench | convnet | PATH.json")
     p.add_argument("--layers", default=None, metavar="PATTERNS",
                    help="comma list of layer names or shell patterns (e.g. 'vgg16.*,resnet34.layer?'); default all")
@@ -213,7 +219,47 @@ def add_arguments(p):
     p.add_argument("--plot", metavar="PATH.png", help="grouped bar chart of GFLOP/s (needs matplotlib)")
 
 
+def _model_names():
+    from convkern import models
+    return list(models.REGISTRY)
+
+
+def _run_model(args):
+    from convkern.bench.model import format_profile, profile_model
+    for flag, value in (("--layers", args.layers), ("--algorithms", args.algorithms), ("--csv", args.csv),
+                        ("--plot", args.plot), ("--quick", args.quick)):
+        if value:
+            raise ValueError(f"{flag} does not apply to --model (the model's own layers and 'auto' are timed)")
+    _check_writable(args.json)
+    size = None
+    if args.input_size is not None:
+        try:
+            size = tuple(int(v) for v in args.input_size.lower().split("x"))
+        except ValueError:
+            raise ValueError(f"--input-size must be H or HxW, got {args.input_size!r}") from None
+        size = size * 2 if len(size) == 1 else size
+    profile = profile_model(args.model, 32 if args.batch_size is None else args.batch_size, args.device, args.dtype,
+                            peers=args.peers, input_size=size)
+    print(format_profile(profile))
+    if args.json:
+        write_json(profile, args.json)
+    return 0
+
+
+def _check_writable(path):
+    """Refuse an output path that cannot be written before any work starts."""
+    if path is None:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        raise ValueError(f"--json: cannot write {path!r} (not a file in an existing, writable directory)")
+
+
 def run(args):
+    if args.model is not None:
+        return _run_model(args)
+    if args.batch_size is not None or args.input_size is not None:
+        raise ValueError("--batch-size and --input-size apply to --model only (a suite fixes each layer's shape)")
     records = run_bench(suite=args.suite, device=args.device,
                         algorithms=args.algorithms.split(",") if args.algorithms else None,
                         passes=args.passes.split(","), dtype=args.dtype, quick_mode=args.quick, peers=args.peers,
