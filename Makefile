@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: test bench kernels clean
+.PHONY: test bench kernels gpu-check clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,12 @@ bench: $(VENV)/.installed
 
 kernels: $(VENV)/.installed
 	$(VENV)/bin/convkern kernels
+
+# On a GPU machine whose Python already has numba, numba-cuda, PyTorch and pytest (no network, no
+# venv): install in place, test on the device, sanitize, benchmark, report into $(GPU_CHECK_DIR).
+GPU_CHECK_DIR ?= gpu-check
+gpu-check:
+	PYTHON=$(PYTHON) bash bench/gpu_check.sh $(GPU_CHECK_DIR)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,11 +1,13 @@
 """Where arrays live and how they move: "cpu" holds NumPy arrays, "cuda" holds Numba CUDA
 device arrays (a real GPU, or Numba's CUDA simulator when ``NUMBA_ENABLE_CUDASIM=1`` was set
-before Numba was imported)."""
+before Numba was imported). Device memory comes from convkern's caching allocator and every
+copy is queued on the device's one stream (``convkern.cuda``)."""
 import ctypes
 
 import numpy as np
 from numba import cuda
 
+from convkern import cuda as runtime
 from convkern.kernels import elementwise
 from convkern.kernels.cuda_util import SIMULATOR, is_device_array
 
@@ -52,17 +54,19 @@ def to_device(array, device):
         return array
     if device == "cuda":
         check_device("cuda")
-        return cuda.to_device(np.ascontiguousarray(array))
-    return array.copy_to_host()
+        return runtime.upload(array)
+    return runtime.to_host(array)
 
 
 def to_numpy(array):
-    return array.copy_to_host() if is_device_array(array) else array
+    """A NumPy array of ``array``: itself on the CPU, a host copy (``convkern.cuda.to_host``) of a
+    device array."""
+    return runtime.to_host(array) if is_device_array(array) else array
 
 
 def empty(shape, dtype, device):
     if device == "cuda":
-        return cuda.device_array(tuple(shape), dtype=np.dtype(dtype))
+        return runtime.empty(tuple(shape), np.dtype(dtype))
     return np.empty(tuple(shape), dtype=np.dtype(dtype))
 
 

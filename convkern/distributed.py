@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from convkern import backend
+from convkern import cuda as runtime
 from convkern import functional as F
 from convkern.autograd import Function, Tensor
 from convkern.kernels import batchnorm, elementwise
@@ -361,7 +362,7 @@ def _reduce_device(array, op, name):
             elementwise.scalar("mul", backend.flat(out), 1.0 / _world.size, backend.flat(out))
         return out
     host = _pinned(array.shape, array.dtype)
-    array.copy_to_host(host)
+    runtime.to_host(array, host)
     _reduce_host(host, op)
     return backend.to_device(host, "cuda")
 
@@ -459,7 +460,7 @@ def _broadcast_array(array, root):
         _world.comm.Bcast(backend.flat(array), root=root)
         return array
     host = _pinned(array.shape, array.dtype)
-    array.copy_to_host(host)
+    runtime.to_host(array, host)
     _world.comm.Bcast(host.reshape(-1), root=root)
     array.copy_to_device(host)
     return array
@@ -573,7 +574,7 @@ class DistributedOptimizer:
             elif _world.cuda_aware:
                 buffer[lo:hi].copy_to_device(g)
             else:
-                g.copy_to_host(buffer[lo:hi])
+                runtime.to_host(g, buffer[lo:hi])
         if device == "cuda" and _world.cuda_aware:
             from numba import cuda
             cuda.synchronize()

@@ -13,7 +13,14 @@ BatchNorm normalises with each rank's own batch statistics unless ``sync_bn`` (S
 running statistics are averaged over the ranks after every epoch. Evaluation is sharded and its
 counts summed. Rank 0 alone logs and writes checkpoints; nothing in one depends on the world
 size (it is recorded, not checked), so a run resumes at any world size that divides the batch.
+
+A training step reads nothing back from the device: the epoch's loss sum and correct count are
+accumulated where the model runs and copied to the host only when the progress bar refreshes
+(every REFRESH_SECONDS) and at the end of the epoch. With ``cuda_graph`` (``--cuda-graph``) the
+forward, loss and backward of a batch are captured once as a CUDA graph and replayed
+(``_GraphedSteps``).
 """
+import argparse
 import json
 import sys
 import time
@@ -21,11 +28,15 @@ import time
 import numpy as np
 
 import convkern as ck
+from convkern import backend
+from convkern import cli_args
+from convkern import cuda as runtime
 from convkern import data as ck_data
 from convkern import distributed
 from convkern import functional as F
 from convkern import models, nn, optim
 from convkern import random as ck_random
+from convkern.kernels import elementwise, softmax as softmax_kernels
 
 # Per-model defaults: data set, input padding, epochs, batch size, optimizer, learning rate, its
 # per-epoch decay (ExponentialLR's gamma) and random translation of training images (pixels).
@@ -45,6 +56,7 @@ MODELS = tuple(DEFAULTS)
 RESULT_KEYS = ("model", "dataset", "epochs", "train_seconds", "images_per_second", "test_accuracy", "world_size",
                "final_train_loss")
 EVAL_BATCH = 256  # per rank
+REFRESH_SECONDS = 0.5   # the progress bar reads the running loss and accuracy from the device this often
 
 
 def build_model(name, in_channels, num_classes):
@@ -100,6 +112,104 @@ def _progress(total, desc, enabled):
     return tqdm(total=total, desc=desc, unit="batch", disable=None if enabled else True, leave=False)
 
 
+class _EpochTotals:
+    """An epoch's loss sum (loss x batch size) and count of correct predictions, accumulated in one
+    (2,) array where the model runs, so that a step needs no host read; ``read()`` copies both at
+    once (in the model's dtype: float32 counts are exact up to 2**24 images)."""
+
+    def __init__(self, device, dtype):
+        self.device, self.dtype = device, dtype
+        self.sums = backend.zeros((2,), dtype, device)
+        self.seen = 0
+
+    def add(self, logits, target, loss):
+        n = target.shape[0]
+        scaled = backend.empty((1,), self.dtype, self.device)
+        elementwise.scalar("mul", loss.data.reshape((1,)), float(n), scaled)
+        hits = backend.empty((n,), self.dtype, self.device)
+        softmax_kernels.argmax_hits(logits.data, target.data, hits)
+        correct = backend.empty((1,), self.dtype, self.device)
+        elementwise.sum_all(hits, correct)
+        for i, term in enumerate((scaled, correct)):
+            elementwise.binary("add", self.sums[i:i + 1], term, self.sums[i:i + 1])
+        self.seen += n
+
+    def read(self):
+        """(loss sum, correct, images seen) so far."""
+        loss_sum, correct = backend.to_numpy(self.sums)
+        return float(loss_sum), int(round(float(correct))), self.seen
+
+
+def _eager_step(net, step_opt, images, labels, weight, device):
+    """One training step; returns (logits, loss, target) cut from the graph, so that the step's
+    graph and buffers go back to the allocator as soon as the caller drops them."""
+    # Gradients dropped before the forward pass, not after it: every step then holds the same
+    # arrays at every point, so from the second step on the allocator serves all of them from
+    # its cache (the last step's gradients alive through the forward would need more blocks).
+    step_opt.zero_grad()
+    target = ck.tensor(labels, device=device)
+    logits = net(ck.tensor(images, device=device))
+    loss = F.cross_entropy(logits, target)
+    # Each rank's loss is its share's mean; weighting it by share/average share makes the
+    # mean over ranks of the gradients the gradient of the global batch's mean loss.
+    (loss if weight == 1 else loss * weight).backward()
+    step_opt.step()
+    return logits.detach(), loss.detach(), target
+
+
+class _GraphedSteps:
+    """Training steps replayed from a CUDA graph (``--cuda-graph``). The first batch runs eagerly
+    (autotuning, compiling, filling the allocator's cache), the second of its shape is captured
+    into static input tensors, and every later one is copied into them and replayed. Forward,
+    loss and backward are in the graph; the optimizer step runs after it, outside, because its
+    scalars (the learning rate, Adam's step count) change from step to step. A batch of another
+    shape or weight (a smaller last batch) runs eagerly: one graph, one copy of the activations."""
+
+    def __init__(self, net, step_opt, device):
+        if device != "cuda":
+            raise ValueError(f"train: --cuda-graph needs --device cuda, got --device {device}")
+        runtime.check_graphs("train --cuda-graph")
+        dropout = [m for m in net.modules() if isinstance(m, nn.Dropout) and m.p > 0]
+        if dropout:
+            raise ValueError("train: --cuda-graph replays the captured step exactly, so every step would "
+                             "draw the same dropout masks; this model has dropout: train it without --cuda-graph")
+        self.net, self.step_opt, self.device = net, step_opt, device
+        self.params = [p for group in step_opt.param_groups for p in group["params"]]
+        self.key = self.graph = None
+        self.warm = False
+
+    def step(self, images, labels, weight):
+        key = (images.shape, labels.shape, weight)
+        if self.key is None:
+            self.key = key
+        if key != self.key or (self.graph is None and not self.warm):
+            self.warm = self.warm or key == self.key
+            return _eager_step(self.net, self.step_opt, images, labels, weight, self.device)
+        if self.graph is None:
+            self._capture(images, labels, weight)
+        runtime.upload(images, out=self.images.data)
+        runtime.upload(labels, out=self.target.data)
+        self.graph.replay()
+        for p, g in zip(self.params, self.grads):     # an eager step in between dropped them
+            p.grad = g
+        self.step_opt.step()
+        logits, loss = self.graph.outputs
+        return logits, loss, self.target
+
+    def _capture(self, images, labels, weight):
+        self.images = ck.tensor(images, device=self.device)
+        self.target = ck.tensor(labels, device=self.device)
+
+        def forward_backward():
+            logits = self.net(self.images)
+            loss = F.cross_entropy(logits, self.target)
+            self.step_opt.zero_grad()
+            (loss if weight == 1 else loss * weight).backward()
+            return logits.detach(), loss.detach()
+        self.graph = runtime.capture(forward_backward)
+        self.grads = [p.grad for p in self.params]
+
+
 def _seed_rank_generator(seed, epoch, rank):
     """At world size > 1 each rank draws dropout masks from its own stream, seeded by (seed, epoch,
     rank) at the start of every epoch, so ranks never share masks and a resumed run is exact."""
@@ -115,11 +225,13 @@ def _select_gpu(device):
 
 def train(model="lenet5", data=None, epochs=None, batch_size=None, lr=None, optimizer=None, lr_decay=None,
           device="cpu", seed=0,
-          checkpoint=None, resume=None, train_size=None, test_size=None, progress=True, log=print, sync_bn=False):
+          checkpoint=None, resume=None, train_size=None, test_size=None, progress=True, log=print, sync_bn=False,
+          cuda_graph=False):
     """Train ``model`` and return ``{"model", "dataset", "epochs", "train_seconds", "images_per_second",
     "test_accuracy", "world_size", "final_train_loss", "history"}``; ``train_size``/``test_size`` use
     the first samples only (quick runs). Data-parallel over the ranks of ``convkern.distributed``
-    (see the module docstring); ``sync_bn`` turns every BatchNorm into a SyncBatchNorm."""
+    (see the module docstring); ``sync_bn`` turns every BatchNorm into a SyncBatchNorm;
+    ``cuda_graph`` replays each step's forward and backward from a CUDA graph (a real GPU only)."""
     if model not in DEFAULTS:
         raise ValueError(f"train: model must be one of {', '.join(MODELS)}, got {model!r}")
     cfg = dict(DEFAULTS[model])
@@ -130,14 +242,17 @@ def train(model="lenet5", data=None, epochs=None, batch_size=None, lr=None, opti
     if cfg["data"] is None:
         raise ValueError(f"train: {model} has no embedded data set; pass --data PATH (a directory with the "
                          "CIFAR-10 binary batches)")
-    if isinstance(cfg["epochs"], bool) or not isinstance(cfg["epochs"], int) or cfg["epochs"] < 1:
-        raise ValueError(f"train: epochs must be a positive int, got {cfg['epochs']!r}")
+    _check_settings(cfg, train_size, test_size, seed)
     ck.backend.check_device(device)
     world, rank = distributed.size(), distributed.rank()
     if cfg["batch_size"] % world:
         raise ValueError(f"train: --batch-size {cfg['batch_size']} is the global batch and must be divisible by the "
                          f"world size {world} (each of the {world} processes takes batch_size / {world} images)")
     lead = rank == 0
+    if lead and checkpoint is not None:  # only rank 0's host writes checkpoints and reads the one to resume
+        cli_args.output_path(checkpoint, "train: checkpoint")
+    if lead and resume is not None:
+        cli_args.input_file(resume, "train: resume")
     log = log if lead else None
     _select_gpu(device)
 
@@ -162,6 +277,7 @@ def train(model="lenet5", data=None, epochs=None, batch_size=None, lr=None, opti
     opt = make_optimizer(cfg["optimizer"], net.parameters(), cfg["lr"])
     scheduler = optim.lr_scheduler.ExponentialLR(opt, cfg["lr_decay"])
     step_opt = distributed.DistributedOptimizer(opt)
+    graphed = _GraphedSteps(net, step_opt, device) if cuda_graph else None
     start_epoch, history, train_seconds, images_seen = 0, [], 0.0, 0
     if resume is not None:
         state = distributed.broadcast_object(ck.load(resume) if lead else None, root=0)
@@ -177,29 +293,30 @@ def train(model="lenet5", data=None, epochs=None, batch_size=None, lr=None, opti
         if world > 1:
             _seed_rank_generator(seed, epoch, rank)
         bar = _progress(len(train_loader), f"epoch {epoch + 1}/{cfg['epochs']}", progress and lead)
-        t0, loss_sum, correct, seen = time.perf_counter(), 0.0, 0, 0
+        t0 = refreshed = time.perf_counter()
+        totals = _EpochTotals(device, _net_dtype(net))
         for b, (images, labels) in enumerate(train_loader.iter_epoch(epoch)):
             in_batch = train_loader.global_size(b)
             if in_batch < world:  # a last batch too small to give every rank an image is skipped by all
                 continue
-            logits = net(ck.tensor(images, device=device))
-            loss = F.cross_entropy(logits, ck.tensor(labels, device=device))
-            # Each rank's loss is its share's mean; weighting it by share/average share makes the
-            # mean over ranks of the gradients the gradient of the global batch's mean loss.
             weight = len(labels) * world / in_batch
-            step_opt.zero_grad()
-            (loss if weight == 1 else loss * weight).backward()
-            step_opt.step()
-            loss_sum += loss.item() * len(labels)
-            correct += int((logits.numpy().argmax(axis=1) == labels).sum())
-            seen += len(labels)
+            if graphed is not None:
+                logits, loss, target = graphed.step(images, labels, weight)
+            else:
+                logits, loss, target = _eager_step(net, step_opt, images, labels, weight, device)
+            totals.add(logits, target, loss)
+            del logits, loss, target
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}",
-                                img_s=f"{seen * world / (time.perf_counter() - t0):.0f}")
+                if time.perf_counter() - refreshed >= REFRESH_SECONDS:
+                    loss_sum, correct, seen = totals.read()
+                    refreshed = time.perf_counter()
+                    bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}",
+                                    img_s=f"{seen * world / (refreshed - t0):.0f}")
         if bar is not None:
             bar.close()
         scheduler.step()
+        loss_sum, correct, seen = totals.read()
         loss_sum, correct, seen = distributed.allreduce(np.array([loss_sum, correct, seen], np.float64))
         correct, seen = int(correct), int(seen)
         epoch_seconds = time.perf_counter() - t0
@@ -222,6 +339,33 @@ def train(model="lenet5", data=None, epochs=None, batch_size=None, lr=None, opti
             "final_train_loss": history[-1]["loss"] if history else None, "history": history}
 
 
+def _check_settings(cfg, train_size, test_size, seed):
+    """Every setting of a run, checked before any work (the CLI checks the same while parsing)."""
+    for key in ("epochs", "batch_size"):
+        cli_args.positive_int(cfg[key], f"train: {key}")
+    if cfg["optimizer"] not in ("sgd", "adam"):
+        raise ValueError(f"train: optimizer must be 'sgd' or 'adam', got {cfg['optimizer']!r}")
+    for key in ("lr", "lr_decay"):
+        cli_args.finite_positive_float(cfg[key], f"train: {key}")
+    for key, value in (("train_size", train_size), ("test_size", test_size)):
+        if value is not None:
+            cli_args.positive_int(value, f"train: {key}")
+    cli_args.nonneg_int(seed, "train: seed")
+
+
+def _rank0_path(check):
+    """``check`` for a path only rank 0 uses: applied while parsing unless an MPI launcher started
+    this process, whose rank is not known yet (then ``train`` applies it on rank 0)."""
+    def checked(value, name):
+        return value if distributed.launched_by_mpi() else check(value, name)
+    return checked
+
+
+def _net_dtype(net):
+    """The dtype of the model's parameters (the dtype its logits come in)."""
+    return next(iter(net.parameters())).dtype
+
+
 def _save(path, model, cfg, net, opt, scheduler, epochs_done, history, train_seconds, images_seen, world):
     ck.save({"model_name": model, "config": {k: v for k, v in cfg.items() if v is not None}, "world_size": world,
              "model": dict(net.state_dict()), "optimizer": opt.state_dict(), "scheduler": scheduler.state_dict(),
@@ -230,9 +374,21 @@ def _save(path, model, cfg, net, opt, scheduler, epochs_done, history, train_sec
              "random_state": json.dumps(ck_random.generator().bit_generator.state)}, path)
 
 
+# What a checkpoint written by ``_save`` holds: key -> the type its value must have.
+CHECKPOINT_KEYS = {"model_name": str, "config": dict, "model": dict, "optimizer": dict, "scheduler": dict,
+                   "epochs_done": int, "history": str, "train_seconds": (int, float), "images_seen": int,
+                   "random_state": str}
+
+
 def _restore(state, path, model, cfg, net, opt, scheduler):
     if not isinstance(state, dict) or "model_name" not in state:
         raise ValueError(f"train: {path} is not a convkern train checkpoint")
+    damaged = f"train: checkpoint {path} is damaged"
+    for key, kind in CHECKPOINT_KEYS.items():
+        if key not in state:
+            raise ValueError(f"{damaged}: it has no {key!r} entry")
+        if isinstance(state[key], bool) or not isinstance(state[key], kind):
+            raise ValueError(f"{damaged}: {key!r} is a {type(state[key]).__name__}")
     if state["model_name"] != model:
         raise ValueError(f"train: checkpoint {path} is for model {state['model_name']!r}, not {model!r}")
     saved = state["config"]
@@ -240,33 +396,71 @@ def _restore(state, path, model, cfg, net, opt, scheduler):
         if str(saved.get(key)) != str(cfg.get(key)):
             raise ValueError(f"train: checkpoint {path} was trained with {key}={saved.get(key)!r}, this run asks "
                              f"for {cfg[key]!r}; resume with the same settings")
-    net.load_state_dict(state["model"])
-    opt.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    ck_random.generator().bit_generator.state = json.loads(state["random_state"])
-    return state["epochs_done"], json.loads(state["history"]), state["train_seconds"], state["images_seen"]
+    try:
+        history, random_state = json.loads(state["history"]), json.loads(state["random_state"])
+        if not isinstance(history, list) or not isinstance(random_state, dict):
+            raise ValueError("its history must be a JSON list and its random state a JSON object")
+        net.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        ck_random.generator().bit_generator.state = random_state
+    except (ValueError, TypeError, KeyError, RuntimeError) as e:  # KeyError: NumPy's check of a generator state
+        raise ValueError(f"{damaged}: {e}") from e
+    return state["epochs_done"], history, state["train_seconds"], state["images_seen"]
+
+
+def _defaults_table():
+    """The per-model defaults as the text table that ``convkern train --help`` ends with."""
+    cols = [("model", None), ("data", "data"), ("epochs", "epochs"), ("batch", "batch_size"),
+            ("optimizer", "optimizer"), ("lr", "lr"), ("lr-decay", "lr_decay")]
+    rows = [[head for head, _ in cols]]
+    for name, cfg in DEFAULTS.items():
+        rows.append([name] + [("--data needed" if cfg[key] is None else str(cfg[key])) for _, key in cols[1:]])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(cols))]
+    lines = ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    return ("defaults per model (what a bare `convkern train MODEL` uses; sgd has momentum 0.9):\n"
+            + "\n".join(lines))
 
 
 def add_arguments(parser):
-    parser.add_argument("model", choices=MODELS)
+    """The options of ``convkern train``, each checked as it is parsed (``convkern.cli_args``)."""
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = _defaults_table()
+    check = dict(action=cli_args.Checked)
+    per_model = "default: per model, see below"
+    parser.add_argument("model", choices=MODELS, metavar="MODEL", help=", ".join(MODELS))
     parser.add_argument("--data", help="default (embedded MNIST t10k split), fashion-mnist, or a directory "
-                                       "(idx files or CIFAR-10 binary batches)")
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--lr", type=float)
-    parser.add_argument("--optimizer", choices=("sgd", "adam"))
-    parser.add_argument("--lr-decay", type=float, help="multiply the learning rate by this after every epoch")
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--checkpoint", help="write a checkpoint here after every epoch (atomically)")
-    parser.add_argument("--resume", help="continue from this checkpoint")
-    parser.add_argument("--train-size", type=int, help="use only the first N training images")
-    parser.add_argument("--test-size", type=int, help="use only the first N test images")
+                                       "(idx files or CIFAR-10 binary batches); " + per_model)
+    parser.add_argument("--epochs", **check, check=cli_args.positive_int, metavar="N", help=per_model)
+    parser.add_argument("--batch-size", **check, check=cli_args.positive_int, metavar="B",
+                        help="the global batch; " + per_model)
+    parser.add_argument("--lr", **check, check=cli_args.finite_positive_float,
+                        metavar="LR", help="the learning rate; " + per_model)
+    parser.add_argument("--optimizer", choices=("sgd", "adam"),
+                        help=per_model)
+    parser.add_argument("--lr-decay", **check, check=cli_args.finite_positive_float,
+                        metavar="GAMMA",
+                        help="multiply the learning rate by this after every epoch; " + per_model)
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="default: %(default)s")
+    parser.add_argument("--seed", **check, check=cli_args.nonneg_int, default=0, metavar="S",
+                        help="default: %(default)s")
+    parser.add_argument("--checkpoint", **check, check=_rank0_path(cli_args.output_path), metavar="PATH",
+                        help="write a checkpoint here after every epoch (atomically)")
+    parser.add_argument("--resume", **check, check=_rank0_path(cli_args.input_file), metavar="PATH",
+                        help="continue from this checkpoint")
+    parser.add_argument("--train-size", **check, check=cli_args.positive_int, metavar="N",
+                        help="use only the first N training images (default: all)")
+    parser.add_argument("--test-size", **check, check=cli_args.positive_int, metavar="N",
+                        help="use only the first N test images (default: all)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
-    parser.add_argument("--nproc", type=int, help="start N local processes (mpiexec -n N) and train data-parallel; "
-                                                  "--batch-size stays the global batch")
+    parser.add_argument("--nproc", **check, check=cli_args.positive_int, metavar="N",
+                        help="start N local processes (mpiexec -n N) and train data-parallel; "
+                             "--batch-size stays the global batch")
     parser.add_argument("--sync-bn", action="store_true", help="BatchNorm statistics over the global batch "
                                                                "(SyncBatchNorm) instead of each process's share")
+    parser.add_argument("--cuda-graph", action="store_true",
+                        help="capture each step's forward and backward once as a CUDA graph and replay it "
+                             "(--device cuda on a real GPU; not for models with dropout)")
 
 
 def run(args):
@@ -274,8 +468,6 @@ def run(args):
     ``mpiexec`` (``args.argv``, set by the CLI); a rank (started by any MPI launcher) runs under
     ``distributed.supervise`` so that its death is reported with its number."""
     if args.nproc is not None and not distributed.launched_by_mpi():
-        if args.nproc < 1:
-            raise ValueError(f"train: --nproc must be a positive int, got {args.nproc}")
         return distributed.launch(args.nproc, [sys.executable, "-m", "convkern.cli", *args.argv])
     if distributed.launched_by_mpi():
         distributed.supervise()
@@ -285,7 +477,7 @@ def run(args):
     result = train(args.model, data=args.data, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                    optimizer=args.optimizer, lr_decay=args.lr_decay, device=args.device, seed=args.seed,
                    checkpoint=args.checkpoint, resume=args.resume, train_size=args.train_size, test_size=args.test_size,
-                   sync_bn=args.sync_bn)
+                   sync_bn=args.sync_bn, cuda_graph=args.cuda_graph)
     if distributed.rank() != 0:
         return 0
     summary = {k: result[k] for k in RESULT_KEYS}

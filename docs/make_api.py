@@ -1,11 +1,20 @@
 """Regenerate docs/api.md from the code: every public name, its signature and the first
 paragraph of its docstring. Run: python docs/make_api.py > docs/api.md"""
 import importlib
+import importlib.util
 import inspect
 import re
 
 MODULES = ["convkern", "convkern.functional", "convkern.nn", "convkern.optim", "convkern.optim.lr_scheduler",
-           "convkern.data", "convkern.models", "convkern.distributed"]
+           "convkern.data", "convkern.models", "convkern.distributed", "convkern.cuda", "convkern.torch"]
+OPTIONAL = {"convkern.torch": "torch"}  # module: the library it needs, which convkern does not install
+
+
+def import_module(name):
+    """The module, or None when it is optional and its library is not installed."""
+    if name in OPTIONAL and importlib.util.find_spec(OPTIONAL[name]) is None:
+        return None
+    return importlib.import_module(name)
 
 
 def public_names(mod):
@@ -36,8 +45,11 @@ def main():
     print("Every public name, generated from the code by `python docs/make_api.py > docs/api.md`;")
     print("semantics and formulas are in docs/ops.md, data in docs/data.md.")
     for name in MODULES:
-        mod = importlib.import_module(name)
+        mod = import_module(name)
         print(f"\n## `{name}`\n")
+        if mod is None:
+            print(f"Needs `{OPTIONAL[name]}`, which was not installed when this file was generated.")
+            continue
         print("| name | signature | what it does |\n|---|---|---|")
         for n in public_names(mod):
             obj = getattr(mod, n)

@@ -23,7 +23,7 @@ import math
 import numpy as np
 from numba import cuda, int64, njit, prange
 
-from .cuda_util import SIMULATOR, array1, blocks, per_dtype
+from .cuda_util import SIMULATOR, array1, blocks, per_dtype, stream
 from .elementwise import op_code, flat_operands
 
 THREADS = 32 if SIMULATOR else 256
@@ -41,7 +41,7 @@ Q0, Q2, Q4, Q6 = (np.float32(c) for c in (
 
 
 # one thread per element i
-@per_dtype(lambda dt: (int64, array1(dt), array1(dt)))
+@per_dtype(lambda dt: (int64, array1(dt), array1(dt)), threads=THREADS)
 def activation_fwd_cuda(dt):
     @cuda.jit
     def kernel(op, x, y):
@@ -87,7 +87,7 @@ def activation_fwd_cpu(op, x, y):
 
 
 # one thread per element i
-@per_dtype(lambda dt: (int64, array1(dt), array1(dt), array1(dt)))
+@per_dtype(lambda dt: (int64, array1(dt), array1(dt), array1(dt)), threads=THREADS)
 def activation_bwd_cuda(dt):
     @cuda.jit
     def kernel(op, y, dy, dx):
@@ -124,7 +124,7 @@ def activation_fwd(op, x, y):
     code = op_code(ACTIVATIONS, op, "activation_fwd")
     (x1, y1), on_device = flat_operands(x, y)
     if on_device:
-        activation_fwd_cuda[y.dtype][blocks(y.size, THREADS), THREADS](code, x1, y1)
+        activation_fwd_cuda[y.dtype][blocks(y.size, THREADS), THREADS, stream()](code, x1, y1)
     else:
         activation_fwd_cpu(TANH_RATIONAL if code == TANH and y.dtype == np.float32 else code, x1, y1)
 
@@ -134,6 +134,6 @@ def activation_bwd(op, y, dy, dx):
     code = op_code(ACTIVATIONS, op, "activation_bwd")
     (y1, dy1, dx1), on_device = flat_operands(y, dy, dx)
     if on_device:
-        activation_bwd_cuda[dx.dtype][blocks(dx.size, THREADS), THREADS](code, y1, dy1, dx1)
+        activation_bwd_cuda[dx.dtype][blocks(dx.size, THREADS), THREADS, stream()](code, y1, dy1, dx1)
     else:
         activation_bwd_cpu(code, y1, dy1, dx1)

@@ -15,62 +15,96 @@ M = N*L values ``x[n, c, l]``.
   training: ``dx = weight*invstd/M * (M*dy - sum_dy - xhat*sum_dy_xhat)``;
   eval (running statistics are constants): ``dx = dy * weight * invstd``.
 
-Every reduction is deterministic: on the GPU one block per channel, each thread summing a
-fixed strided subset, then a shared-memory tree; on the CPU one ``prange`` iteration per
-channel summing its N contiguous planes in order. No atomics.
+Every reduction is deterministic, with no atomics. On the GPU each channel's M values are cut
+into a fixed number of splits (as many as fill whole waves of the device's resident blocks,
+``cuda_util.wave_splits``: 64 channels alone would leave most of a 132-SM GPU idle); a block
+per (split, channel) sums its split, each thread a fixed strided subset, then a shared-memory
+tree, and a second kernel adds each channel's split sums in order. The split count depends on
+the device (its SM count), so results are bitwise reproducible on one device. On the CPU one
+``prange`` iteration per channel sums its N contiguous planes in order.
 """
 import math
 
 import numpy as np
 from numba import cuda, int64, njit, prange
 
-from .cuda_util import SIMULATOR, array1, blocks, is_device_array, per_dtype
+from .cuda_util import (SIMULATOR, array1, block_sum, blocks, device_constant, device_empty, is_device_array,
+                        per_dtype, resident_blocks, stream, wave_splits)
 
 THREADS = 32 if SIMULATOR else 256               # elementwise block size
-REDUCE_THREADS = 16 if SIMULATOR else 256        # threads per channel block, a power of two
+REDUCE_THREADS = 16 if SIMULATOR else 256        # threads per reduction block, a power of two
+MIN_PER_THREAD = 4                               # values each thread of a split sums at least
+
+# What the reduction kernels sum per channel c over its N*L values: x; (x - mean[c])^2; dy and
+# dy * (x - mean[c]).
+SUM, SQUARES, DOT = range(3)
 
 
-@cuda.jit(device=True, inline="always")
-def _block_sum(buf, value):
-    """Sum of ``value`` over the block (every thread gets the total); ``buf`` is reusable after."""
-    t = cuda.threadIdx.x
-    buf[t] = value
-    cuda.syncthreads()
-    half = REDUCE_THREADS // 2
-    while half > 0:
-        if t < half:
-            buf[t] += buf[t + half]
-        cuda.syncthreads()
-        half //= 2
-    total = buf[0]
-    cuda.syncthreads()
-    return total
+def _partials3(dt):
+    return dt[:, :, ::1]
 
 
-# one block per channel c; thread t reduces elements t, t + REDUCE_THREADS, ... of the N planes of c
-@per_dtype(lambda dt: (array1(dt), array1(dt), array1(dt), int64, int64))
-def batchnorm_stats_cuda(dt):
+# one block per (split s, channel c): thread t sums the values lo + t, lo + t + REDUCE_THREADS, ...
+# below hi of channel c, [lo, hi) being split s of its N*L values; the block's sums go to partials[c, s]
+@per_dtype(lambda dt: (array1(dt), array1(dt), array1(dt), int64, _partials3(dt), int64, int64, int64),
+           threads=REDUCE_THREADS)
+def batchnorm_partials_cuda(dt):
     @cuda.jit
-    def kernel(x, mean, var, n_images, plane):
+    def kernel(x, dy, mean, mode, partials, n_images, plane, chunk):
         buf = cuda.shared.array(REDUCE_THREADS, dt)
-        c = cuda.blockIdx.x
-        C = mean.shape[0]
+        s = cuda.blockIdx.x
+        c = cuda.blockIdx.y
+        C = partials.shape[0]
         t = cuda.threadIdx.x
-        m = n_images * plane
-        acc = dt(0)
-        for e in range(t, m, REDUCE_THREADS):
-            n = e // plane
-            acc += x[(n * C + c) * plane + e - n * plane]
-        mu = _block_sum(buf, acc) / dt(m)
-        acc = dt(0)
-        for e in range(t, m, REDUCE_THREADS):
-            n = e // plane
-            d = x[(n * C + c) * plane + e - n * plane] - mu
-            acc += d * d
-        v = _block_sum(buf, acc) / dt(m)
+        lo = s * chunk
+        hi = min(n_images * plane, lo + chunk)
+        acc0 = dt(0)
+        acc1 = dt(0)
+        if mode == SUM:
+            for e in range(lo + t, hi, REDUCE_THREADS):
+                n = e // plane
+                acc0 += x[(n * C + c) * plane + e - n * plane]
+        elif mode == SQUARES:
+            mu = mean[c]
+            for e in range(lo + t, hi, REDUCE_THREADS):
+                n = e // plane
+                d = x[(n * C + c) * plane + e - n * plane] - mu
+                acc0 += d * d
+        else:
+            mu = mean[c]
+            for e in range(lo + t, hi, REDUCE_THREADS):
+                n = e // plane
+                i = (n * C + c) * plane + e - n * plane
+                g = dy[i]
+                acc0 += g
+                acc1 += g * (x[i] - mu)
+        acc0 = block_sum(buf, acc0)
+        if mode == DOT:
+            acc1 = block_sum(buf, acc1)
         if t == 0:
-            mean[c] = mu
-            var[c] = v
+            partials[c, s, 0] = acc0
+            partials[c, s, 1] = acc1
+    return kernel
+
+
+# one thread per channel c: adds its splits' sums in split order; SUM and SQUARES give sum / count
+# (mean, variance) in out0, DOT gives sum dy in out0 and sum dy * xhat in out1
+@per_dtype(lambda dt: (_partials3(dt), int64, dt, array1(dt), dt, array1(dt), array1(dt)), threads=THREADS)
+def batchnorm_finish_cuda(dt):
+    @cuda.jit
+    def kernel(partials, mode, count, var, eps, out0, out1):
+        c = cuda.grid(1)
+        if c < partials.shape[0]:
+            t0 = dt(0)
+            t1 = dt(0)
+            for s in range(partials.shape[1]):
+                t0 += partials[c, s, 0]
+                t1 += partials[c, s, 1]
+            if mode == DOT:
+                out0[c] = t0
+                out1[c] = t1 * (dt(1) / math.sqrt(var[c] + eps))
+            else:
+                out0[c] = t0 / count
     return kernel
 
 
@@ -96,7 +130,7 @@ def batchnorm_stats_cpu(x, mean, var, n_images, plane):
 
 
 # one thread per element i of y, channel c = (i // plane) % C
-@per_dtype(lambda dt: (array1(dt), array1(dt), array1(dt), array1(dt), array1(dt), dt, array1(dt), int64))
+@per_dtype(lambda dt: (array1(dt), array1(dt), array1(dt), array1(dt), array1(dt), dt, array1(dt), int64), threads=THREADS)
 def batchnorm_fwd_cuda(dt):
     @cuda.jit
     def kernel(x, mean, var, weight, bias, eps, y, plane):
@@ -131,7 +165,7 @@ def batchnorm_fwd_cpu(x, mean, var, weight, bias, eps, y, n_images, plane):
 
 
 # one thread per channel c
-@per_dtype(lambda dt: (array1(dt), array1(dt), array1(dt), array1(dt), dt, dt))
+@per_dtype(lambda dt: (array1(dt), array1(dt), array1(dt), array1(dt), dt, dt), threads=THREADS)
 def batchnorm_update_running_cuda(dt):
     @cuda.jit
     def kernel(running_mean, running_var, mean, var, momentum, unbias):
@@ -149,32 +183,6 @@ def batchnorm_update_running_cpu(running_mean, running_var, mean, var, momentum,
     for c in range(mean.shape[0]):
         running_mean[c] = keep * running_mean[c] + momentum * mean[c]
         running_var[c] = keep * running_var[c] + momentum * (var[c] * unbias)
-
-
-# one block per channel c; thread t reduces elements t, t + REDUCE_THREADS, ... of the N planes of c
-@per_dtype(lambda dt: (array1(dt), array1(dt), array1(dt), array1(dt), dt, array1(dt), array1(dt), int64, int64))
-def batchnorm_bwd_reduce_cuda(dt):
-    @cuda.jit
-    def kernel(x, dy, mean, var, eps, sum_dy, sum_dy_xhat, n_images, plane):
-        buf = cuda.shared.array(REDUCE_THREADS, dt)
-        c = cuda.blockIdx.x
-        C = mean.shape[0]
-        t = cuda.threadIdx.x
-        mu = mean[c]
-        acc_dy = dt(0)
-        acc_dyx = dt(0)
-        for e in range(t, n_images * plane, REDUCE_THREADS):
-            n = e // plane
-            i = (n * C + c) * plane + e - n * plane
-            g = dy[i]
-            acc_dy += g
-            acc_dyx += g * (x[i] - mu)
-        total_dy = _block_sum(buf, acc_dy)
-        total_dyx = _block_sum(buf, acc_dyx)
-        if t == 0:
-            sum_dy[c] = total_dy
-            sum_dy_xhat[c] = total_dyx * (dt(1) / math.sqrt(var[c] + eps))
-    return kernel
 
 
 @njit(parallel=True, cache=True, error_model="numpy", fastmath={"reassoc"})
@@ -196,7 +204,7 @@ def batchnorm_bwd_reduce_cpu(x, dy, mean, var, eps, sum_dy, sum_dy_xhat, n_image
 
 # one thread per element i of dx, channel c = (i // plane) % C
 @per_dtype(lambda dt: (array1(dt), array1(dt), array1(dt), array1(dt), array1(dt), array1(dt), array1(dt),
-                       dt, dt, array1(dt), int64))
+                       dt, dt, array1(dt), int64), threads=THREADS)
 def batchnorm_bwd_data_cuda(dt):
     @cuda.jit
     def kernel(x, dy, mean, var, weight, sum_dy, sum_dy_xhat, eps, inv_m, dx, plane):
@@ -237,6 +245,19 @@ def batchnorm_bwd_data_cpu(x, dy, mean, var, weight, sum_dy, sum_dy_xhat, eps, i
             dxs[j] = scale * (gs[j] - k_dy - (xs[j] - mu) * k_x)
 
 
+def _reduce_cuda(mode, x1, dy1, mean, var, eps, out0, out1, n_images, plane):
+    """The per-channel sums of ``mode`` over flat device arrays into ``out0`` (and ``out1``)."""
+    C, m, dt = out0.shape[0], n_images * plane, x1.dtype.type
+    kernel = batchnorm_partials_cuda[x1.dtype]
+    splits = wave_splits(C, blocks(m, REDUCE_THREADS * MIN_PER_THREAD), resident_blocks(kernel, REDUCE_THREADS))
+    chunk = blocks(blocks(m, splits), REDUCE_THREADS) * REDUCE_THREADS
+    splits = blocks(m, chunk)
+    partials = device_empty((C, splits, 2), x1.dtype)
+    kernel[(splits, C), REDUCE_THREADS, stream()](x1, dy1, mean, mode, partials, n_images, plane, chunk)
+    batchnorm_finish_cuda[x1.dtype][blocks(C, THREADS), THREADS, stream()](partials, mode, dt(m), var, dt(eps),
+                                                                          out0, out1)
+
+
 def _check(name, x, per_channel, full):
     """Check a 3-D (N, C, L) array, its (C,) per-channel arrays and its same-shape arrays.
 
@@ -265,15 +286,17 @@ def _check(name, x, per_channel, full):
 
 def _constant(value, C, dtype, on_device):
     """A (C,) array of ``value``: the stand-in for an absent weight, bias or gradient sum."""
-    a = np.full(C, value, dtype)
-    return cuda.to_device(a) if on_device else a
+    if on_device:
+        return device_constant(("batchnorm", float(value), C, np.dtype(dtype).str), lambda: np.full(C, value, dtype))
+    return np.full(C, value, dtype)
 
 
 def batchnorm_stats(x, mean, var):
     """``mean[c]``, ``var[c]``: mean and biased variance of channel c of ``x`` (N, C, L); deterministic."""
     (x1,), N, L, on_device = _check("batchnorm_stats", x, dict(mean=mean, var=var), {})
     if on_device:
-        batchnorm_stats_cuda[x.dtype][x.shape[1], REDUCE_THREADS](x1, mean, var, N, L)
+        _reduce_cuda(SUM, x1, x1, mean, mean, 0.0, mean, mean, N, L)
+        _reduce_cuda(SQUARES, x1, x1, mean, mean, 0.0, var, var, N, L)
     else:
         batchnorm_stats_cpu(x1, mean, var, N, L)
 
@@ -289,7 +312,7 @@ def batchnorm_fwd(x, mean, var, weight, bias, eps, y):
                                        dict(y=y))
     eps = x.dtype.type(eps)
     if on_device:
-        batchnorm_fwd_cuda[x.dtype][blocks(y1.size, THREADS), THREADS](x1, mean, var, weight, bias, eps, y1, L)
+        batchnorm_fwd_cuda[x.dtype][blocks(y1.size, THREADS), THREADS, stream()](x1, mean, var, weight, bias, eps, y1, L)
     else:
         batchnorm_fwd_cpu(x1, mean, var, weight, bias, eps, y1, N, L)
 
@@ -308,7 +331,7 @@ def batchnorm_update_running(running_mean, running_var, mean, var, momentum, unb
     momentum, unbias = mean.dtype.type(momentum), mean.dtype.type(unbias)
     if on_device:
         kernel = batchnorm_update_running_cuda[mean.dtype]
-        kernel[blocks(mean.size, THREADS), THREADS](running_mean, running_var, mean, var, momentum, unbias)
+        kernel[blocks(mean.size, THREADS), THREADS, stream()](running_mean, running_var, mean, var, momentum, unbias)
     else:
         batchnorm_update_running_cpu(running_mean, running_var, mean, var, momentum, unbias)
 
@@ -321,8 +344,7 @@ def batchnorm_bwd_reduce(x, dy, mean, var, eps, sum_dy, sum_dy_xhat):
                                         dict(dy=dy))
     eps = x.dtype.type(eps)
     if on_device:
-        batchnorm_bwd_reduce_cuda[x.dtype][x.shape[1], REDUCE_THREADS](x1, dy1, mean, var, eps, sum_dy,
-                                                                       sum_dy_xhat, N, L)
+        _reduce_cuda(DOT, x1, dy1, mean, var, eps, sum_dy, sum_dy_xhat, N, L)
     else:
         batchnorm_bwd_reduce_cpu(x1, dy1, mean, var, eps, sum_dy, sum_dy_xhat, N, L)
 
@@ -346,7 +368,7 @@ def batchnorm_bwd_data(x, dy, mean, var, weight, sum_dy, sum_dy_xhat, eps, train
     eps = x.dtype.type(eps)
     inv_m = x.dtype.type(1.0 / (N * L) if training else 0.0)
     if on_device:
-        batchnorm_bwd_data_cuda[x.dtype][blocks(dx1.size, THREADS), THREADS](
+        batchnorm_bwd_data_cuda[x.dtype][blocks(dx1.size, THREADS), THREADS, stream()](
             x1, dy1, mean, var, weight, sum_dy, sum_dy_xhat, eps, inv_m, dx1, L)
     else:
         batchnorm_bwd_data_cpu(x1, dy1, mean, var, weight, sum_dy, sum_dy_xhat, eps, inv_m, dx1, N, L)

@@ -13,14 +13,14 @@ along dimension 0 (a single row) is still copied in parallel.
 """
 from numba import cuda, int64, njit, prange
 
-from .cuda_util import SIMULATOR, array2, blocks, is_device_array, per_dtype
+from .cuda_util import SIMULATOR, array2, blocks, is_device_array, per_dtype, stream
 
 THREADS = 32 if SIMULATOR else 256               # elementwise block size
 CPU_CHUNK = 1 << 14                              # columns per parallel CPU task
 
 
 # one thread per element (o, j) of src
-@per_dtype(lambda dt: (array2(dt), array2(dt), int64))
+@per_dtype(lambda dt: (array2(dt), array2(dt), int64), threads=THREADS)
 def concat_fwd_cuda(dt):
     @cuda.jit
     def kernel(src, dst, offset):
@@ -48,7 +48,7 @@ def concat_fwd_cpu(src, dst, offset):
 
 
 # one thread per element (o, j) of dst
-@per_dtype(lambda dt: (array2(dt), array2(dt), int64))
+@per_dtype(lambda dt: (array2(dt), array2(dt), int64), threads=THREADS)
 def concat_bwd_cuda(dt):
     @cuda.jit
     def kernel(src, dst, offset):
@@ -100,7 +100,7 @@ def concat_fwd(src, dst, offset):
     if src.size == 0:
         return
     if on_device:
-        concat_fwd_cuda[src.dtype][blocks(src.size, THREADS), THREADS](src, dst, offset)
+        concat_fwd_cuda[src.dtype][blocks(src.size, THREADS), THREADS, stream()](src, dst, offset)
     else:
         concat_fwd_cpu(src, dst, offset)
 
@@ -111,6 +111,6 @@ def concat_bwd(src, dst, offset):
     if dst.size == 0:
         return
     if on_device:
-        concat_bwd_cuda[dst.dtype][blocks(dst.size, THREADS), THREADS](src, dst, offset)
+        concat_bwd_cuda[dst.dtype][blocks(dst.size, THREADS), THREADS, stream()](src, dst, offset)
     else:
         concat_bwd_cpu(src, dst, offset)

@@ -43,10 +43,10 @@ import numpy as np
 from numba import cuda, int32, int64, njit, prange, types
 
 from .conv_algorithm import check_conv_arrays
-from .conv_direct import (BWD_TILE, CHUNK, FILTER_BLOCKS, FILTER_SMEM, FILTER_TAPS, FILTER_THREADS, FWD_KT,
+from .conv_direct import (BWD_TILE, CHUNK, FILTER_SMEM, FILTER_TAPS, FILTER_THREADS, FWD_KT,
                           FWD_SMEM_IN, FWD_TAPS, FWD_TILES, KB, SMEM_W, TB, VEC, _gather, _round_up,
-                          _shift_sum1, _shift_sum4, conv2d_bwd_filter_direct_cpu)
-from .cuda_util import blocks, is_device_array, per_dtype
+                          _shift_sum1, _shift_sum4, conv2d_bwd_filter_direct_cpu, filter_chunks)
+from .cuda_util import blocks, is_device_array, per_dtype, resident_blocks, stream
 
 
 def array5(dt):
@@ -115,7 +115,7 @@ def _signature(dt):
 
 
 # one thread per output pixel (n, o, p, q) of a blockDim.y x blockDim.x tile of plane o, for FWD_KT channels k
-@per_dtype(_signature)
+@per_dtype(_signature, threads=FWD_TILES[0][0] * FWD_TILES[0][1])
 def conv3d_fwd_direct_cuda(dt):
     @cuda.jit
     def kernel(x, w, y, stride, pad, dil, groups):
@@ -218,16 +218,14 @@ def conv3d_fwd_direct_cuda(dt):
 
 
 @njit(parallel=True, cache=True)
-def conv3d_fwd_direct_cpu(xs, wt, toff, y, group_stride, hq, wq, rows):
-    """y[n, gi*Kg + k, o, p, q] = sum_t wt[gi, k, t] * xs[n, gi*group_stride + toff[t] + (o*hq + p)*wq + q],
-    t running over the taps (c, t, r, s) of group gi (wt is zero past Kg rows and past the real
-    taps). Computed on the flattened rows u = o*hq + p, ``rows`` at a time, keeping p < P and
+def conv3d_fwd_direct_cpu(xs, wt, toff, ntap, y, group_stride, hq, wq, rows):
+    """y[n, gi*Kg + k, o, p, q] = sum_{t < ntap} wt[gi, k, t] * xs[n, gi*group_stride + toff[t] + (o*hq + p)*wq + q],
+    t running over the ntap real taps (c, t, r, s) of group gi (wt is zero past Kg rows). Computed on the flattened rows u = o*hq + p, ``rows`` at a time, keeping p < P and
     q < Q; one iteration per (n, group, block of KB channels)."""
     n_, k_, o_, p_, q_ = y.shape
     groups = wt.shape[0]
     kg = k_ // groups
     nkb = (kg + KB - 1) // KB
-    ntap = toff.shape[0]
     nrows = (o_ - 1) * hq + p_
     for item in prange(n_ * groups * nkb):
         n = item // (groups * nkb)
@@ -263,7 +261,7 @@ def conv3d_fwd_direct_cpu(xs, wt, toff, y, group_stride, hq, wq, rows):
 # ---------------------------------------------------------------------------------------------
 
 # one thread per input-gradient element (n, c, d, h, w) of a blockDim.y x blockDim.x tile of plane d
-@per_dtype(_signature)
+@per_dtype(_signature, threads=BWD_TILE[0] * BWD_TILE[1])
 def conv3d_bwd_data_direct_cuda(dt):
     @cuda.jit
     def kernel(dy, w, dx, stride, pad, dil, groups):
@@ -378,7 +376,7 @@ def conv3d_bwd_data_direct_cpu(dyz, wtd, tofd, ntap, dx, group_stride, pad, stri
 
 # one block per (k, c, chunk of taps (t, r, s)); each thread sums its share of the (o, p, q) volume
 # over n for every tap of the chunk, then each tap's partial sums are added in thread order
-@per_dtype(_signature)
+@per_dtype(_signature, threads=FILTER_THREADS)
 def conv3d_bwd_filter_direct_cuda(dt):
     @cuda.jit
     def kernel(dy, x, dweight, stride, pad, dil, groups):
@@ -451,7 +449,7 @@ class _CpuPlan(NamedTuple):
     dy_front: int            # backward-data: zeros ahead of each dy volume
     dy_plane: int            # backward-data: stride of the dy volumes
     tofd: np.ndarray         # backward-data: (phases, taps) offsets of the taps (k, t, r, s)
-    ntap: np.ndarray         # backward-data: taps per phase, padded to TB
+    ntap: np.ndarray         # backward-data: taps per phase
     data_index: np.ndarray   # backward-data: (groups, phases, Cg up to KB, taps) into w.ravel()
     dy_row: int              # backward-filter: ((O-1)*hq + P)*wq rounded up to VEC
 
@@ -484,7 +482,7 @@ def _data_taps(g, plane, front, phase, offset):
     kg, cg, taps = g.K // g.groups, g.C // g.groups, math.prod(g.kernel)
     phases = math.prod(g.stride)
     counts = np.bincount(phase, minlength=phases) * kg
-    ntap = np.array([_round_up(n, TB) for n in counts], np.int64)
+    ntap = counts.astype(np.int64)     # the real taps: a zero-weight pad tap would turn an inf into NaN
     tofd = np.full((phases, max(1, ntap.max())), front, np.int64)
     data_index = np.full((g.groups, phases, _round_up(cg, KB), tofd.shape[1]), g.K * cg * taps)
     group = np.arange(g.groups)[:, None, None, None]
@@ -549,11 +547,12 @@ def conv3d_fwd_direct(x, w, y, g):
         tp, tq = _fwd_tile(g)
         o_, p_, q_ = g.out_size
         grid = (o_ * blocks(p_, tp) * blocks(q_, tq), g.groups * blocks(g.K // g.groups, FWD_KT), g.N)
-        conv3d_fwd_direct_cuda[x.dtype][grid, (tq, tp)](x, w, y, *_cuda_args(g))
+        conv3d_fwd_direct_cuda[x.dtype][grid, (tq, tp), stream()](x, w, y, *_cuda_args(g))
         return
     plan = _cpu_plan(g)
     xs = _phase_split(x, g, plan)
-    conv3d_fwd_direct_cpu(xs, _gather(w, plan.fwd_index), plan.toff, y, plan.x_group, plan.hq, plan.wq, plan.rows)
+    conv3d_fwd_direct_cpu(xs, _gather(w, plan.fwd_index), plan.toff, g.C // g.groups * math.prod(g.kernel), y,
+                          plan.x_group, plan.hq, plan.wq, plan.rows)
 
 
 def conv3d_bwd_data_direct(dy, w, dx, g):
@@ -566,7 +565,7 @@ def conv3d_bwd_data_direct(dy, w, dx, g):
         th, tw = BWD_TILE
         d_, h_, w_ = g.in_size
         grid = (d_ * blocks(h_, th) * blocks(w_, tw), g.C, g.N)
-        conv3d_bwd_data_direct_cuda[dy.dtype][grid, (tw, th)](dy, w, dx, *_cuda_args(g))
+        conv3d_bwd_data_direct_cuda[dy.dtype][grid, (tw, th), stream()](dy, w, dx, *_cuda_args(g))
         return
     plan = _cpu_plan(g)
     dyz = _flat_dy(dy, g, plan, plan.dy_front, plan.dy_plane, VEC)
@@ -582,12 +581,10 @@ def conv3d_bwd_filter_direct(dy, x, dw, g):
     Each element of dw has one owner that sums in a fixed order."""
     check_conv_arrays("direct", g, "bwd_filter", dy, x, dw)
     if is_device_array(dy):
-        taps, pairs = math.prod(g.kernel), g.K * (g.C // g.groups)
-        # at most FILTER_TAPS taps a block, fewer while the (k, c) pairs give few blocks; the
-        # second line drops chunks that would be left empty
-        chunks = min(taps, max(blocks(taps, FILTER_TAPS), blocks(FILTER_BLOCKS, pairs)))
-        chunks = blocks(taps, blocks(taps, chunks))
-        conv3d_bwd_filter_direct_cuda[dy.dtype][pairs * chunks, FILTER_THREADS](dy, x, dw, *_cuda_args(g))
+        pairs = g.K * (g.C // g.groups)
+        kernel = conv3d_bwd_filter_direct_cuda[dy.dtype]
+        chunks = filter_chunks(math.prod(g.kernel), pairs, resident_blocks(kernel, FILTER_THREADS))
+        kernel[pairs * chunks, FILTER_THREADS, stream()](dy, x, dw, *_cuda_args(g))
         return
     plan = _cpu_plan(g)
     xs = _phase_split(x, g, plan)

@@ -36,7 +36,7 @@ import numpy as np
 from numba import cuda, int32, int64, njit, prange
 
 from .conv_algorithm import ConvAlgorithm, by_rank, check_conv_arrays
-from .cuda_util import SIMULATOR, array4, blocks, is_device_array, per_dtype
+from .cuda_util import SIMULATOR, array4, blocks, is_device_array, per_dtype, resident_blocks, stream, wave_splits
 
 # CUDA forward: output channels per thread, and (rows, cols) output tiles in order of preference;
 # the launcher takes the first whose input footprint fits in FWD_SMEM_IN elements.
@@ -50,10 +50,9 @@ FWD_TAPS = SMEM_W // FWD_KT
 # CUDA backward-data: (rows, cols) of input elements per block.
 BWD_TILE = (4, 8) if SIMULATOR else (8, 32)
 # CUDA backward-filter: threads per block, and most filter taps per block; the launcher splits
-# the taps further while there are fewer than FILTER_BLOCKS blocks.
+# the taps further while that fills the device's resident blocks better (filter_chunks).
 FILTER_THREADS = 4 if SIMULATOR else 128
 FILTER_TAPS = 16 if SIMULATOR else 32
-FILTER_BLOCKS = 1 if SIMULATOR else 264
 FILTER_SMEM = FILTER_THREADS * FILTER_TAPS
 
 # CPU: output channels per register block and taps per inner-loop pass (both written out in the
@@ -115,9 +114,10 @@ def _shift_sum4(acc, src, toff, wt, row, ntap, m):
     a1 = acc[1]
     a2 = acc[2]
     a3 = acc[3]
+    full = ntap - ntap % TB
     # shifted slices, not src[toff[t] + j]: LLVM vectorises only loops whose indices it can
     # prove non-negative
-    for t in range(0, ntap, TB):
+    for t in range(0, full, TB):
         w00 = wt[row, t]
         w01 = wt[row, t + 1]
         w02 = wt[row, t + 2]
@@ -141,12 +141,27 @@ def _shift_sum4(acc, src, toff, wt, row, ntap, m):
             a1[j] += w10 * x0 + w11 * x1 + w12 * x2
             a2[j] += w20 * x0 + w21 * x1 + w22 * x2
             a3[j] += w30 * x0 + w31 * x1 + w32 * x2
+    # the last taps one at a time: a zero-weight tap padding the triple would turn an inf
+    # input into NaN (0 * inf)
+    for t in range(full, ntap):
+        w0 = wt[row, t]
+        w1 = wt[row + 1, t]
+        w2 = wt[row + 2, t]
+        w3 = wt[row + 3, t]
+        s0 = src[toff[t]:]
+        for j in range(m):
+            x0 = s0[j]
+            a0[j] += w0 * x0
+            a1[j] += w1 * x0
+            a2[j] += w2 * x0
+            a3[j] += w3 * x0
 
 
 @njit(fastmath=FASTMATH, cache=True)
 def _shift_sum1(a0, src, toff, wt, row, ntap, m):
     """a0[j] += sum_{t < ntap} wt[row, t] * src[toff[t] + j] for j < m."""
-    for t in range(0, ntap, TB):
+    full = ntap - ntap % TB
+    for t in range(0, full, TB):
         w0 = wt[row, t]
         w1 = wt[row, t + 1]
         w2 = wt[row, t + 2]
@@ -155,6 +170,11 @@ def _shift_sum1(a0, src, toff, wt, row, ntap, m):
         s2 = src[toff[t + 2]:]
         for j in range(m):
             a0[j] += w0 * s0[j] + w1 * s1[j] + w2 * s2[j]
+    for t in range(full, ntap):  # one at a time, as in _shift_sum4
+        w0 = wt[row, t]
+        s0 = src[toff[t]:]
+        for j in range(m):
+            a0[j] += w0 * s0[j]
 
 
 @njit(fastmath=FASTMATH, cache=True)
@@ -236,7 +256,7 @@ def _signature(dt):
 
 
 # one thread per output pixel (n, p, q) of a blockDim.y x blockDim.x tile, for FWD_KT channels k
-@per_dtype(_signature)
+@per_dtype(_signature, threads=FWD_TILES[0][0] * FWD_TILES[0][1])
 def conv2d_fwd_direct_cuda(dt):
     @cuda.jit
     def kernel(x, w, y, sh, sw, ph, pw, dh, dw, groups):
@@ -324,15 +344,14 @@ def conv2d_fwd_direct_cuda(dt):
 
 
 @njit(parallel=True, cache=True)
-def conv2d_fwd_direct_cpu(xs, wt, toff, y, group_stride, wq, rows):
-    """y[n, gi*Kg + k, p, q] = sum_t wt[gi, k, t] * xs[n, gi*group_stride + toff[t] + p*wq + q],
-    t running over the taps (c, r, s) of group gi (wt is zero past Kg rows and past the real
-    taps); one iteration per (n, group, block of KB channels)."""
+def conv2d_fwd_direct_cpu(xs, wt, toff, ntap, y, group_stride, wq, rows):
+    """y[n, gi*Kg + k, p, q] = sum_{t < ntap} wt[gi, k, t] * xs[n, gi*group_stride + toff[t] + p*wq + q],
+    t running over the taps (c, r, s) of group gi (wt is zero past Kg rows); one iteration per
+    (n, group, block of KB channels)."""
     n_, k_, p_, q_ = y.shape
     groups = wt.shape[0]
     kg = k_ // groups
     nkb = (kg + KB - 1) // KB
-    ntap = toff.shape[0]
     for item in prange(n_ * groups * nkb):
         n = item // (groups * nkb)
         gi = item // nkb % groups
@@ -364,7 +383,7 @@ def conv2d_fwd_direct_cpu(xs, wt, toff, y, group_stride, wq, rows):
 # ---------------------------------------------------------------------------------------------
 
 # one thread per input element (n, c, h, w) of a blockDim.y x blockDim.x tile
-@per_dtype(_signature)
+@per_dtype(_signature, threads=BWD_TILE[0] * BWD_TILE[1])
 def conv2d_bwd_data_direct_cuda(dt):
     @cuda.jit
     def kernel(dy, w, dx, sh, sw, ph, pw, dh, dw, groups):
@@ -462,7 +481,7 @@ def conv2d_bwd_data_direct_cpu(dyz, wtd, tofd, ntap, dx, group_stride, pad_h, pa
 
 # one block per (k, c, chunk of taps (r, s)); each thread sums its share of the (p, q) plane over n
 # for every tap of the chunk, then each tap's partial sums are added in thread order
-@per_dtype(_signature)
+@per_dtype(_signature, threads=FILTER_THREADS)
 def conv2d_bwd_filter_direct_cuda(dt):
     @cuda.jit
     def kernel(dy, x, dweight, sh, sw, ph, pw, dh, dw, groups):
@@ -552,7 +571,7 @@ class _CpuPlan(NamedTuple):
     dy_front: int            # backward-data: zeros ahead of each dy plane
     dy_plane: int            # backward-data: stride of the dy planes
     tofd: np.ndarray         # backward-data: (phases, taps) offsets of the taps (k, r, s)
-    ntap: np.ndarray         # backward-data: taps per phase, padded to TB
+    ntap: np.ndarray         # backward-data: taps per phase
     data_index: np.ndarray   # backward-data: (groups, phases, Cg up to KB, taps) into w.ravel()
     dy_row: int              # backward-filter: P*wq rounded up to VEC
 
@@ -587,8 +606,7 @@ def _data_taps(g, plane, front, phase, offset):
     """tofd, ntap and data_index of _CpuPlan: phase ab's taps are its (k, r, s), k-major."""
     kg, cg, rs = g.K // g.groups, g.C // g.groups, g.R * g.S
     phases = g.stride_h * g.stride_w
-    counts = np.bincount(phase, minlength=phases) * kg
-    ntap = np.array([_round_up(n, TB) for n in counts], np.int64)
+    ntap = np.bincount(phase, minlength=phases).astype(np.int64) * kg
     tofd = np.full((phases, max(1, ntap.max())), front, np.int64)
     data_index = np.full((g.groups, phases, _round_up(cg, KB), tofd.shape[1]), g.K * cg * rs)
     group = np.arange(g.groups)[:, None, None, None]
@@ -596,9 +614,9 @@ def _data_taps(g, plane, front, phase, offset):
     k = np.arange(kg)[None, None, :, None]
     for ab in range(phases):
         taps = np.flatnonzero(phase == ab)
-        tofd[ab, :counts[ab]] = (np.arange(kg)[:, None] * plane + front - offset[taps]).ravel()
+        tofd[ab, :ntap[ab]] = (np.arange(kg)[:, None] * plane + front - offset[taps]).ravel()
         index = ((group * kg + k) * cg + c) * rs + taps
-        data_index[:, ab, :cg, :counts[ab]] = index.reshape(g.groups, cg, counts[ab])
+        data_index[:, ab, :cg, :ntap[ab]] = index.reshape(g.groups, cg, ntap[ab])
     return tofd, ntap, data_index
 
 
@@ -651,6 +669,14 @@ def _fwd_tile(g):
     return FWD_TILES[-1]
 
 
+def filter_chunks(taps, pairs, slots):
+    """Chunks of the ``taps`` filter taps per (k, c) pair for the backward-filter grid of
+    ``pairs * chunks`` blocks: at most FILTER_TAPS taps a block, more chunks while that fills
+    the device's ``slots`` resident blocks better (``wave_splits``), none left empty."""
+    chunks = max(blocks(taps, FILTER_TAPS), wave_splits(pairs, taps, slots))
+    return blocks(taps, blocks(taps, chunks))
+
+
 def conv2d_fwd_direct(x, w, y, g):
     """Forward convolution into ``y`` (overwritten):
     ``y[n,k,p,q] = sum_{c,r,s} x[n, gi*Cg+c, p*sh-ph+r*dh, q*sw-pw+s*dw] * w[k,c,r,s]``
@@ -660,11 +686,12 @@ def conv2d_fwd_direct(x, w, y, g):
     if is_device_array(x):
         tp, tq = _fwd_tile(g)
         grid = (blocks(g.P, tp) * blocks(g.Q, tq), g.groups * blocks(g.K // g.groups, FWD_KT), g.N)
-        conv2d_fwd_direct_cuda[x.dtype][grid, (tq, tp)](x, w, y, *_cuda_args(g))
+        conv2d_fwd_direct_cuda[x.dtype][grid, (tq, tp), stream()](x, w, y, *_cuda_args(g))
         return
     plan = _cpu_plan(g)
     xs = _phase_split(x, g, plan)
-    conv2d_fwd_direct_cpu(xs, _gather(w, plan.fwd_index), plan.toff, y, plan.x_group, plan.wq, plan.rows)
+    conv2d_fwd_direct_cpu(xs, _gather(w, plan.fwd_index), plan.toff, g.C // g.groups * g.R * g.S, y, plan.x_group,
+                          plan.wq, plan.rows)
 
 
 def conv2d_bwd_data_direct(dy, w, dx, g):
@@ -675,7 +702,7 @@ def conv2d_bwd_data_direct(dy, w, dx, g):
     if is_device_array(dy):
         th, tw = BWD_TILE
         grid = (blocks(g.H, th) * blocks(g.W, tw), g.C, g.N)
-        conv2d_bwd_data_direct_cuda[dy.dtype][grid, (tw, th)](dy, w, dx, *_cuda_args(g))
+        conv2d_bwd_data_direct_cuda[dy.dtype][grid, (tw, th), stream()](dy, w, dx, *_cuda_args(g))
         return
     plan = _cpu_plan(g)
     dyz = _flat_dy(dy, g, plan.dy_front, plan.dy_plane, plan.wq, VEC)
@@ -691,12 +718,9 @@ def conv2d_bwd_filter_direct(dy, x, dw, g):
     Each element of dw has one owner that sums in a fixed order."""
     check_conv_arrays("direct", g, "bwd_filter", dy, x, dw)
     if is_device_array(dy):
-        rs, pairs = g.R * g.S, g.K * (g.C // g.groups)
-        # at most FILTER_TAPS taps a block, fewer while the (k, c) pairs give few blocks; the
-        # second line drops chunks that would be left empty
-        chunks = min(rs, max(blocks(rs, FILTER_TAPS), blocks(FILTER_BLOCKS, pairs)))
-        chunks = blocks(rs, blocks(rs, chunks))
-        conv2d_bwd_filter_direct_cuda[dy.dtype][pairs * chunks, FILTER_THREADS](dy, x, dw, *_cuda_args(g))
+        kernel = conv2d_bwd_filter_direct_cuda[dy.dtype]
+        chunks = filter_chunks(g.R * g.S, g.K * (g.C // g.groups), resident_blocks(kernel, FILTER_THREADS))
+        kernel[g.K * (g.C // g.groups) * chunks, FILTER_THREADS, stream()](dy, x, dw, *_cuda_args(g))
         return
     plan = _cpu_plan(g)
     xs = _phase_split(x, g, plan)

@@ -44,7 +44,7 @@ import numpy as np
 from numba import cuda, float32, int64
 
 from .conv_algorithm import ConvAlgorithm, check_conv_arrays
-from .cuda_util import SIMULATOR, array2, array4, blocks, is_device_array, per_dtype
+from .cuda_util import SIMULATOR, array2, array4, blocks, device_constant, device_empty, is_device_array, per_dtype, stream
 from .gemm import matmul_cpu
 
 # CUDA: the tile side (a power of two), its Hermitian half and the block size of the FFT kernels
@@ -178,7 +178,7 @@ def _fft_tiles_signature(dt):
 # one block per TILES_PER_BLOCK consecutive planes (c, t) of spec (channel c, tile t of the chunk):
 # the TILE x TILE window of src at (a*step_h + off_h, b*step_w + off_w), its first lim_h x lim_w
 # entries kept, transformed to spec[:, :, c, t]
-@per_dtype(_fft_tiles_signature)
+@per_dtype(_fft_tiles_signature, threads=FFT_THREADS)
 def fft_tiles_cuda(dt):
     @cuda.jit
     def kernel(src, spec, tw, n0, tiles_h, tiles_w, step_h, step_w, off_h, off_w, lim_h, lim_w):
@@ -218,7 +218,7 @@ def _fft_filter_signature(dt):
 # one block per TILES_PER_BLOCK consecutive planes (row, col) of spec: the filter plane
 # w[row, col] (rotate == 0; spec rows K, cols Cg) or w[gi*Kg + col, c] rotated by 180 degrees
 # (rotate == 1; row = gi*Cg + c, cols Kg), zero-padded to TILE x TILE and transformed
-@per_dtype(_fft_filter_signature)
+@per_dtype(_fft_filter_signature, threads=FFT_THREADS)
 def fft_filter_cuda(dt):
     @cuda.jit
     def kernel(w, spec, tw, groups, rotate):
@@ -261,7 +261,7 @@ def _ifft_tiles_signature(dt):
 # one block per TILES_PER_BLOCK consecutive planes (k, t) of spec (channel k, tile t of the chunk):
 # the inverse transform, its first step_h x step_w entries (the valid outputs) to out[n, k] at
 # (a*step_h, b*step_w), cut at the edge of out
-@per_dtype(_ifft_tiles_signature)
+@per_dtype(_ifft_tiles_signature, threads=FFT_THREADS)
 def ifft_tiles_cuda(dt):
     @cuda.jit
     def kernel(spec, out, tw, n0, tiles_h, tiles_w, step_h, step_w):
@@ -298,7 +298,7 @@ def _ifft_filter_signature(dt):
 
 # one block per TILES_PER_BLOCK consecutive filter planes (k, c) of spec: the inverse transform,
 # lags [0,R) x [0,S) to dw[k, c]
-@per_dtype(_ifft_filter_signature)
+@per_dtype(_ifft_filter_signature, threads=FFT_THREADS)
 def ifft_filter_cuda(dt):
     @cuda.jit
     def kernel(spec, dw, tw):
@@ -343,7 +343,7 @@ def _cgemm_signature(dt):
 # one block per (GBM x GBN tile of c, group g, FREQS_PER_BLOCK frequencies), grid x =
 # (frequency block*groups + g)*col_tiles + col tile; thread (tx, ty, tz) owns complex rows
 # ty + i*GTY and columns tx + j*GTX of the tile at frequency (frequency block)*FREQS_PER_BLOCK + tz
-@per_dtype(_cgemm_signature)
+@per_dtype(_cgemm_signature, threads=GTX * GTY * FREQS_PER_BLOCK)
 def cgemm_cuda(dt):
     @cuda.jit(**_cgemm_jit_options(dt))
     def kernel(a, b, c, groups, trans_b, accumulate):
@@ -629,8 +629,10 @@ def _bwd_filter_cpu(dy, x, dw, g):
 
 def _twiddles(dtype):
     """Device table ``(cos, sin)(2 pi t / TILE)`` for ``t < TILE/2``, rounded once from float64."""
-    t = 2 * np.pi * np.arange(TILE // 2) / TILE
-    return cuda.to_device(np.stack([np.cos(t), np.sin(t)]).astype(dtype))
+    def table():
+        t = 2 * np.pi * np.arange(TILE // 2) / TILE
+        return np.stack([np.cos(t), np.sin(t)]).astype(dtype)
+    return device_constant(("fft_twiddles", TILE, np.dtype(dtype).str), table)
 
 
 def _spectra(buf, rows, cols):
@@ -648,7 +650,7 @@ def _cgemm(a, b, c, groups, trans_b, accumulate):
     ``op(b)[l, n]`` is ``b[f, g*L + l, n]``, or ``b[f, g*N + n, l]`` with ``trans_b``."""
     M, N = a.shape[2] // groups, c.shape[3]
     grid = (blocks(FREQS, FREQS_PER_BLOCK) * groups * blocks(N, GBN), blocks(M, GBM))
-    cgemm_cuda[c.dtype][grid, (GTX, GTY, FREQS_PER_BLOCK)](a, b, c, groups, int(trans_b), int(accumulate))
+    cgemm_cuda[c.dtype][grid, (GTX, GTY, FREQS_PER_BLOCK), stream()](a, b, c, groups, int(trans_b), int(accumulate))
 
 
 def _tiling(out_h, out_w, R, S):
@@ -669,21 +671,21 @@ def correlate_cuda(src, wspec, out, groups, off, R, S):
     K, P, Q = out.shape[1], out.shape[2], out.shape[3]
     vh, vw, th, tw = _tiling(P, Q, R, S)
     nb = _image_chunk(N, C + K, th * tw, src.dtype.itemsize)
-    xbuf = cuda.device_array(2 * FREQS * C * nb * th * tw, src.dtype)
-    ybuf = cuda.device_array(2 * FREQS * K * nb * th * tw, src.dtype)
+    xbuf = device_empty(2 * FREQS * C * nb * th * tw, src.dtype)
+    ybuf = device_empty(2 * FREQS * K * nb * th * tw, src.dtype)
     table = _twiddles(src.dtype)
     for n0 in range(0, N, nb):
         cols = min(nb, N - n0) * th * tw
         xs, ys = _spectra(xbuf, C, cols), _spectra(ybuf, K, cols)
-        fft_tiles_cuda[src.dtype][_fft_grid(xs), FFT_THREADS](src, xs, table, n0, th, tw, vh, vw,
+        fft_tiles_cuda[src.dtype][_fft_grid(xs), FFT_THREADS, stream()](src, xs, table, n0, th, tw, vh, vw,
                                                               off[0], off[1], TILE, TILE)
         _cgemm(wspec, xs, ys, groups, False, False)
-        ifft_tiles_cuda[src.dtype][_fft_grid(ys), FFT_THREADS](ys, out, table, n0, th, tw, vh, vw)
+        ifft_tiles_cuda[src.dtype][_fft_grid(ys), FFT_THREADS, stream()](ys, out, table, n0, th, tw, vh, vw)
 
 
 def _filter_spectra_cuda(w, rows, cols, groups, rotate):
-    spec = cuda.device_array((2, FREQS, rows, cols), w.dtype)
-    fft_filter_cuda[w.dtype][_fft_grid(spec), FFT_THREADS](w, spec, _twiddles(w.dtype), groups, int(rotate))
+    spec = device_empty((2, FREQS, rows, cols), w.dtype)
+    fft_filter_cuda[w.dtype][_fft_grid(spec), FFT_THREADS, stream()](w, spec, _twiddles(w.dtype), groups, int(rotate))
     return spec
 
 
@@ -702,18 +704,18 @@ def _bwd_filter_cuda(dy, x, dw, g):
     (image, tile) of conj(DY) * X`` per frequency with chunks added in order, then the lags."""
     vh, vw, th, tw = _tiling(g.P, g.Q, g.R, g.S)
     nb = _image_chunk(g.N, g.C + g.K, th * tw, x.dtype.itemsize)
-    xbuf = cuda.device_array(2 * FREQS * g.C * nb * th * tw, x.dtype)
-    dbuf = cuda.device_array(2 * FREQS * g.K * nb * th * tw, x.dtype)
-    dws = cuda.device_array((2, FREQS, g.K, g.C // g.groups), x.dtype)
+    xbuf = device_empty(2 * FREQS * g.C * nb * th * tw, x.dtype)
+    dbuf = device_empty(2 * FREQS * g.K * nb * th * tw, x.dtype)
+    dws = device_empty((2, FREQS, g.K, g.C // g.groups), x.dtype)
     table = _twiddles(x.dtype)
     for n0 in range(0, g.N, nb):
         cols = min(nb, g.N - n0) * th * tw
         xs, ds = _spectra(xbuf, g.C, cols), _spectra(dbuf, g.K, cols)
-        fft_tiles_cuda[x.dtype][_fft_grid(xs), FFT_THREADS](x, xs, table, n0, th, tw, vh, vw,
+        fft_tiles_cuda[x.dtype][_fft_grid(xs), FFT_THREADS, stream()](x, xs, table, n0, th, tw, vh, vw,
                                                             -g.pad_h, -g.pad_w, TILE, TILE)
-        fft_tiles_cuda[x.dtype][_fft_grid(ds), FFT_THREADS](dy, ds, table, n0, th, tw, vh, vw, 0, 0, vh, vw)
+        fft_tiles_cuda[x.dtype][_fft_grid(ds), FFT_THREADS, stream()](dy, ds, table, n0, th, tw, vh, vw, 0, 0, vh, vw)
         _cgemm(ds, xs, dws, g.groups, True, n0 > 0)
-    ifft_filter_cuda[x.dtype][_fft_grid(dws), FFT_THREADS](dws, dw, table)
+    ifft_filter_cuda[x.dtype][_fft_grid(dws), FFT_THREADS, stream()](dws, dw, table)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -44,7 +44,7 @@ import numpy as np
 from numba import cuda, int64, njit, prange, uint64
 
 from .conv_algorithm import ConvAlgorithm, check_conv_arrays
-from .cuda_util import SIMULATOR, array4, blocks, is_device_array, per_dtype
+from .cuda_util import SIMULATOR, array4, blocks, device_empty, is_device_array, per_dtype, stream
 from .gemm import gemm_batched
 
 TILES = (2, 4)
@@ -235,7 +235,7 @@ def _filter_signature(dt):
 
 
 # one thread per filter (k, c): u[xi*a + xj, k, c] = (G g G^T)[xi, xj]
-@per_dtype(_filter_signature)
+@per_dtype(_filter_signature, threads=THREADS)
 def winograd_filter_transform_cuda(dt):
     @cuda.jit
     def kernel(w, u, m, flip):
@@ -273,7 +273,7 @@ def _tiles_signature(dt):
 
 
 # one thread per (channel c, tile t of the chunk): v[xi*a + xj, c, t] = (B^T d B)[xi, xj]
-@per_dtype(_tiles_signature)
+@per_dtype(_tiles_signature, threads=THREADS)
 def winograd_input_transform_cuda(dt):
     @cuda.jit
     def kernel(src, v, m, row0, TH, TW, ph, pw):
@@ -317,7 +317,7 @@ def _grad_signature(dt):
 
 
 # one thread per (output-gradient channel k, tile t of the chunk): v[xi*a + xj, k, t] = (A dY A^T)[xi, xj]
-@per_dtype(_grad_signature)
+@per_dtype(_grad_signature, threads=THREADS)
 def winograd_grad_output_transform_cuda(dt):
     @cuda.jit
     def kernel(dy, v, m, row0, TH, TW):
@@ -357,7 +357,7 @@ def _output_signature(dt):
 
 
 # one thread per (output channel k, tile t of the chunk): its m x m tile of A^T M A, clipped to P x Q
-@per_dtype(_output_signature)
+@per_dtype(_output_signature, threads=THREADS)
 def winograd_output_transform_cuda(dt):
     @cuda.jit
     def kernel(mm, dst, m, row0, TH, TW):
@@ -405,7 +405,7 @@ def _filter_grad_signature(dt):
 
 
 # one thread per filter (k, c): dw[k, c] = G^T S G with S[xi, xj] = s[xi*a + xj, k, c]
-@per_dtype(_filter_grad_signature)
+@per_dtype(_filter_grad_signature, threads=THREADS)
 def winograd_filter_grad_transform_cuda(dt):
     @cuda.jit
     def kernel(s, dw, m):
@@ -1021,16 +1021,16 @@ def _correlate_cuda(src, u, dst, groups, ph, pw, m, trans_a):
     cout, P, Q = dst.shape[1], dst.shape[2], dst.shape[3]
     a2 = (m + 2) ** 2
     tl = _Tiling(N, P, Q, m, cin + cout, src.dtype.itemsize, CUDA_WORKSPACE, 1)
-    vbuf, mbuf = cuda.device_array(tl.size(cin), src.dtype), cuda.device_array(tl.size(cout), src.dtype)
+    vbuf, mbuf = device_empty(tl.size(cin), src.dtype), device_empty(tl.size(cout), src.dtype)
     u3 = u.reshape(a2 * groups, u.shape[1] // groups, u.shape[2])
     for row0, nr in tl.chunks():
         v, mm = tl.view(vbuf, cin, nr), tl.view(mbuf, cout, nr)
         nt = nr * tl.TW
-        winograd_input_transform_cuda[src.dtype][blocks(cin * nt, THREADS), THREADS](
+        winograd_input_transform_cuda[src.dtype][blocks(cin * nt, THREADS), THREADS, stream()](
             src, v, m, row0, tl.TH, tl.TW, ph, pw)
         gemm_batched(u3, v.reshape(a2 * groups, cin // groups, nt), mm.reshape(a2 * groups, cout // groups, nt),
                      trans_a=trans_a)
-        winograd_output_transform_cuda[src.dtype][blocks(cout * nt, THREADS), THREADS](
+        winograd_output_transform_cuda[src.dtype][blocks(cout * nt, THREADS), THREADS, stream()](
             mm, dst, m, row0, tl.TH, tl.TW)
 
 
@@ -1039,8 +1039,8 @@ def _filter_transform(w, m, flip, device):
     K, Cg = w.shape[0], w.shape[1]
     shape = ((m + 2) ** 2, K, Cg)
     if device:
-        u = cuda.device_array(shape, w.dtype)
-        winograd_filter_transform_cuda[w.dtype][blocks(K * Cg, THREADS), THREADS](w, u, m, int(flip))
+        u = device_empty(shape, w.dtype)
+        winograd_filter_transform_cuda[w.dtype][blocks(K * Cg, THREADS), THREADS, stream()](w, u, m, int(flip))
     else:
         u = np.empty(shape, w.dtype)
         runs = _runs(K)
@@ -1077,19 +1077,19 @@ def _filter_grad_cuda(dy, x, dw, g, m):
     a2 = (m + 2) ** 2
     K, C = g.K, g.C
     tl = _Tiling(g.N, g.P, g.Q, m, C + K, x.dtype.itemsize, CUDA_WORKSPACE, 1)
-    vbuf, zbuf = cuda.device_array(tl.size(C), x.dtype), cuda.device_array(tl.size(K), x.dtype)
-    s = cuda.device_array((a2, K, C // g.groups), x.dtype)
+    vbuf, zbuf = device_empty(tl.size(C), x.dtype), device_empty(tl.size(K), x.dtype)
+    s = device_empty((a2, K, C // g.groups), x.dtype)
     s3 = s.reshape(a2 * g.groups, K // g.groups, C // g.groups)
     for row0, nr in tl.chunks():
         v, z = tl.view(vbuf, C, nr), tl.view(zbuf, K, nr)
         nt = nr * tl.TW
-        winograd_input_transform_cuda[x.dtype][blocks(C * nt, THREADS), THREADS](
+        winograd_input_transform_cuda[x.dtype][blocks(C * nt, THREADS), THREADS, stream()](
             x, v, m, row0, tl.TH, tl.TW, g.pad_h, g.pad_w)
-        winograd_grad_output_transform_cuda[x.dtype][blocks(K * nt, THREADS), THREADS](
+        winograd_grad_output_transform_cuda[x.dtype][blocks(K * nt, THREADS), THREADS, stream()](
             dy, z, m, row0, tl.TH, tl.TW)
         gemm_batched(z.reshape(a2 * g.groups, K // g.groups, nt), v.reshape(a2 * g.groups, C // g.groups, nt),
                      s3, trans_b=True, beta=0 if row0 == 0 else 1)
-    winograd_filter_grad_transform_cuda[x.dtype][blocks(K * (C // g.groups), THREADS), THREADS](s, dw, m)
+    winograd_filter_grad_transform_cuda[x.dtype][blocks(K * (C // g.groups), THREADS), THREADS, stream()](s, dw, m)
 
 
 def _check_tile(tile):

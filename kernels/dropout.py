@@ -20,7 +20,7 @@ overflows: compiled code does not care, but the CUDA simulator runs the kernel o
 import numpy as np
 from numba import cuda, njit, prange, uint64
 
-from .cuda_util import SIMULATOR, array1, blocks, per_dtype
+from .cuda_util import SIMULATOR, array1, blocks, per_dtype, stream
 from .elementwise import flat_operands
 
 THREADS = 32 if SIMULATOR else 256
@@ -58,7 +58,7 @@ _mix64_cpu = njit(inline="always")(_mix64_with(njit(inline="always")(_mul64)))
 
 
 # one thread per element i
-@per_dtype(lambda dt: (array1(dt), array1(dt), uint64, uint64, dt))
+@per_dtype(lambda dt: (array1(dt), array1(dt), uint64, uint64, dt), threads=THREADS)
 def dropout_cuda(dt):
     @cuda.jit
     def kernel(x, out, key, threshold, scale):
@@ -104,6 +104,6 @@ def dropout(x, out, seed, p):
     threshold = np.uint64(dropout_threshold(p))
     scale = out.dtype.type(1 / (1 - p))
     if on_device:
-        dropout_cuda[out.dtype][blocks(out.size, THREADS), THREADS](x1, out1, key, threshold, scale)
+        dropout_cuda[out.dtype][blocks(out.size, THREADS), THREADS, stream()](x1, out1, key, threshold, scale)
     else:
         dropout_cpu(x1, out1, key, threshold, scale)

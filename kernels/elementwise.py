@@ -14,7 +14,9 @@ to it first). Every op name maps to a small int code and each family is one kern
 branches on it per element (on the CPU, LLVM hoists that loop-invariant branch out of the
 loop and vectorises each arm). Both reductions are deterministic: a fixed split of the data into blocks,
 summed in a fixed order (a shared-memory tree on the GPU), never atomics, so repeated runs
-give bitwise-identical sums.
+give bitwise-identical sums. The bias gradient cuts each channel into as many splits as fill
+whole waves of the device's resident blocks (one block per channel leaves most SMs idle), so
+its sums are reproducible on one device.
 
 The CPU loops index slices from 0 rather than a big array at ``base + j``: Numba then knows
 the index is non-negative, drops its negative-index wraparound and LLVM vectorises the loop
@@ -25,12 +27,14 @@ import math
 import numpy as np
 from numba import cuda, int64, njit, prange
 
-from .cuda_util import SIMULATOR, array1, blocks, is_device_array, per_dtype
+from .cuda_util import (SIMULATOR, array1, array2, block_sum, blocks, device_empty, is_device_array, per_dtype,
+                        resident_blocks, stream, wave_splits)
 
 THREADS = 32 if SIMULATOR else 256               # elementwise block size
 REDUCE_THREADS = 16 if SIMULATOR else 256        # tree-reduction block size, a power of two
 SUM_MAX_BLOCKS = 8 if SIMULATOR else 1024        # partial sums of sum_all's first pass
 CPU_SUM_CHUNK = 1 << 14                          # elements per partial sum on the CPU
+MIN_PER_THREAD = 4                               # values each thread of a bias-gradient split sums at least
 
 ADD, SUB, MUL, DIV, RSUB, RDIV, POW = range(7)
 NEG, EXP, LOG, SQRT = range(4)
@@ -40,7 +44,7 @@ UNARY_OPS = {"neg": NEG, "exp": EXP, "log": LOG, "sqrt": SQRT}
 
 
 # one thread per element i
-@per_dtype(lambda dt: (int64, array1(dt), array1(dt), array1(dt)))
+@per_dtype(lambda dt: (int64, array1(dt), array1(dt), array1(dt)), threads=THREADS)
 def binary_cuda(dt):
     @cuda.jit
     def kernel(op, a, b, out):
@@ -75,7 +79,7 @@ def binary_cpu(op, a, b, out):
 
 
 # one thread per element i
-@per_dtype(lambda dt: (int64, array1(dt), dt, array1(dt)))
+@per_dtype(lambda dt: (int64, array1(dt), dt, array1(dt)), threads=THREADS)
 def scalar_cuda(dt):
     @cuda.jit
     def kernel(op, a, value, out):
@@ -120,7 +124,7 @@ def scalar_cpu(op, a, value, out):
 
 
 # one thread per element i
-@per_dtype(lambda dt: (int64, array1(dt), array1(dt)))
+@per_dtype(lambda dt: (int64, array1(dt), array1(dt)), threads=THREADS)
 def unary_cuda(dt):
     @cuda.jit
     def kernel(op, a, out):
@@ -153,7 +157,7 @@ def unary_cpu(op, a, out):
 
 
 # one thread per element i
-@per_dtype(lambda dt: (array1(dt), dt))
+@per_dtype(lambda dt: (array1(dt), dt), threads=THREADS)
 def fill_cuda(dt):
     @cuda.jit
     def kernel(out, value):
@@ -170,7 +174,7 @@ def fill_cpu(out, value):
 
 
 # one thread per element i of out
-@per_dtype(lambda dt: (array1(dt), array1(dt)))
+@per_dtype(lambda dt: (array1(dt), array1(dt)), threads=THREADS)
 def broadcast_scalar_cuda(dt):
     @cuda.jit
     def kernel(a, out):
@@ -188,7 +192,7 @@ def broadcast_scalar_cpu(a, out):
 
 
 # one block per partial sum partials[blockIdx.x]; thread t sums a[blockIdx.x*blockDim.x + t :: gridDim.x*blockDim.x]
-@per_dtype(lambda dt: (array1(dt), array1(dt)))
+@per_dtype(lambda dt: (array1(dt), array1(dt)), threads=REDUCE_THREADS)
 def sum_blocks_cuda(dt):
     @cuda.jit
     def kernel(a, partials):
@@ -222,7 +226,7 @@ def sum_blocks_cpu(a, partials):
 
 
 # one thread per element i of y, channel k = (i // plane) % K
-@per_dtype(lambda dt: (array1(dt), array1(dt), int64))
+@per_dtype(lambda dt: (array1(dt), array1(dt), int64), threads=THREADS)
 def bias_add_nchw_cuda(dt):
     @cuda.jit
     def kernel(y, b, plane):
@@ -242,29 +246,40 @@ def bias_add_nchw_cpu(y, b, n_images, plane):
             yk[j] += bk
 
 
-# one block per channel k; thread t sums elements t, t + REDUCE_THREADS, ... of the N planes of k
-@per_dtype(lambda dt: (array1(dt), array1(dt), int64, int64))
-def bias_grad_nchw_cuda(dt):
+# one block per (split s, channel k): thread t sums the values lo + t, lo + t + REDUCE_THREADS, ... below
+# hi of channel k, [lo, hi) being split s of its N*P*Q values; the block's sum goes to partials[s, k]
+@per_dtype(lambda dt: (array1(dt), array2(dt), int64, int64, int64), threads=REDUCE_THREADS)
+def bias_grad_partials_cuda(dt):
     @cuda.jit
-    def kernel(dy, db, n_images, plane):
+    def kernel(dy, partials, n_images, plane, chunk):
         buf = cuda.shared.array(REDUCE_THREADS, dt)
-        k = cuda.blockIdx.x
-        K = db.shape[0]
+        s = cuda.blockIdx.x
+        k = cuda.blockIdx.y
+        K = partials.shape[1]
         t = cuda.threadIdx.x
+        lo = s * chunk
+        hi = min(n_images * plane, lo + chunk)
         acc = dt(0)
-        for e in range(t, n_images * plane, REDUCE_THREADS):
+        for e in range(lo + t, hi, REDUCE_THREADS):
             n = e // plane
             acc += dy[(n * K + k) * plane + e - n * plane]
-        buf[t] = acc
-        cuda.syncthreads()
-        half = REDUCE_THREADS // 2
-        while half > 0:
-            if t < half:
-                buf[t] += buf[t + half]
-            cuda.syncthreads()
-            half //= 2
+        total = block_sum(buf, acc)
         if t == 0:
-            db[k] = buf[0]
+            partials[s, k] = total
+    return kernel
+
+
+# one thread per column k: out[k] = the sum of partials[:, k] in row order
+@per_dtype(lambda dt: (array2(dt), array1(dt)), threads=THREADS)
+def sum_rows_cuda(dt):
+    @cuda.jit
+    def kernel(partials, out):
+        k = cuda.grid(1)
+        if k < out.shape[0]:
+            acc = dt(0)
+            for s in range(partials.shape[0]):
+                acc += partials[s, k]
+            out[k] = acc
     return kernel
 
 
@@ -325,7 +340,7 @@ def binary(op, a, b, out):
     code = op_code(BINARY_OPS, op, "binary")
     (a1, b1, out1), on_device = flat_operands(a, b, out)
     if on_device:
-        binary_cuda[out.dtype][blocks(out.size, THREADS), THREADS](code, a1, b1, out1)
+        binary_cuda[out.dtype][blocks(out.size, THREADS), THREADS, stream()](code, a1, b1, out1)
     else:
         binary_cpu(code, a1, b1, out1)
 
@@ -336,7 +351,7 @@ def scalar(op, a, value, out):
     (a1, out1), on_device = flat_operands(a, out)
     value = out.dtype.type(value)
     if on_device:
-        scalar_cuda[out.dtype][blocks(out.size, THREADS), THREADS](code, a1, value, out1)
+        scalar_cuda[out.dtype][blocks(out.size, THREADS), THREADS, stream()](code, a1, value, out1)
     else:
         scalar_cpu(code, a1, value, out1)
 
@@ -346,7 +361,7 @@ def unary(op, a, out):
     code = op_code(UNARY_OPS, op, "unary")
     (a1, out1), on_device = flat_operands(a, out)
     if on_device:
-        unary_cuda[out.dtype][blocks(out.size, THREADS), THREADS](code, a1, out1)
+        unary_cuda[out.dtype][blocks(out.size, THREADS), THREADS, stream()](code, a1, out1)
     else:
         unary_cpu(code, a1, out1)
 
@@ -356,7 +371,7 @@ def fill(out, value):
     (out1,), on_device = flat_operands(out)
     value = out.dtype.type(value)
     if on_device:
-        fill_cuda[out.dtype][blocks(out.size, THREADS), THREADS](out1, value)
+        fill_cuda[out.dtype][blocks(out.size, THREADS), THREADS, stream()](out1, value)
     else:
         fill_cpu(out1, value)
 
@@ -368,7 +383,7 @@ def broadcast_scalar(a, out):
         raise ValueError(f"broadcast_scalar: a must have shape (1,), got {a.shape}")
     _match("broadcast_scalar", "a", a, out, on_device)
     if on_device:
-        broadcast_scalar_cuda[out.dtype][blocks(out.size, THREADS), THREADS](a, out1)
+        broadcast_scalar_cuda[out.dtype][blocks(out.size, THREADS), THREADS, stream()](a, out1)
     else:
         broadcast_scalar_cpu(a, out1)
 
@@ -386,9 +401,9 @@ def sum_all(a, out):
     if on_device:
         kernel = sum_blocks_cuda[a.dtype]
         n_partials = min(blocks(a.size, REDUCE_THREADS), SUM_MAX_BLOCKS)
-        partials = cuda.device_array(n_partials, a.dtype)
-        kernel[n_partials, REDUCE_THREADS](a1, partials)
-        kernel[1, REDUCE_THREADS](partials, out)
+        partials = device_empty(n_partials, a.dtype)
+        kernel[n_partials, REDUCE_THREADS, stream()](a1, partials)
+        kernel[1, REDUCE_THREADS, stream()](partials, out)
     else:
         partials = np.empty(blocks(a.size, CPU_SUM_CHUNK), a.dtype)
         sum_blocks_cpu(a1, partials)
@@ -400,7 +415,7 @@ def bias_add_nchw(y, b):
     y1, on_device = _bias_operands(y, b, "bias_add_nchw")
     N, _, P, Q = y.shape
     if on_device:
-        bias_add_nchw_cuda[y.dtype][blocks(y.size, THREADS), THREADS](y1, b, P * Q)
+        bias_add_nchw_cuda[y.dtype][blocks(y.size, THREADS), THREADS, stream()](y1, b, P * Q)
     else:
         bias_add_nchw_cpu(y1, b, N, P * Q)
 
@@ -410,6 +425,14 @@ def bias_grad_nchw(dy, db):
     dy1, on_device = _bias_operands(dy, db, "bias_grad_nchw")
     N, K, P, Q = dy.shape
     if on_device:
-        bias_grad_nchw_cuda[dy.dtype][K, REDUCE_THREADS](dy1, db, N, P * Q)
+        # several blocks per channel, as many as fill whole waves of the device's resident blocks
+        m = N * P * Q
+        kernel = bias_grad_partials_cuda[dy.dtype]
+        splits = wave_splits(K, blocks(m, REDUCE_THREADS * MIN_PER_THREAD), resident_blocks(kernel, REDUCE_THREADS))
+        chunk = blocks(blocks(m, splits), REDUCE_THREADS) * REDUCE_THREADS
+        splits = blocks(m, chunk)
+        partials = device_empty((splits, K), dy.dtype)
+        kernel[(splits, K), REDUCE_THREADS, stream()](dy1, partials, N, P * Q, chunk)
+        sum_rows_cuda[dy.dtype][blocks(K, THREADS), THREADS, stream()](partials, db)
     else:
         bias_grad_nchw_cpu(dy1, db, N, P * Q)

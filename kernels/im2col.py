@@ -24,7 +24,7 @@ import numpy as np
 from numba import cuda, int64, njit, prange, uint64
 
 from .conv_algorithm import ConvAlgorithm, check_conv_arrays
-from .cuda_util import SIMULATOR, array2, array4, blocks, is_device_array, per_dtype
+from .cuda_util import SIMULATOR, array2, array4, blocks, device_empty, is_device_array, per_dtype, stream
 from .gemm import gemm_batched
 
 THREADS = 32 if SIMULATOR else 256
@@ -38,7 +38,7 @@ def _im2col_signature(dt):
 
 
 # one thread per column-matrix element (row (c, r, s), column (n, p, q)), grid-stride
-@per_dtype(_im2col_signature)
+@per_dtype(_im2col_signature, threads=THREADS)
 def im2col_cuda(dt):
     @cuda.jit
     def kernel(x, col, n0, R, S, P, Q, sh, sw, ph, pw, dh, dw):
@@ -110,7 +110,7 @@ def _col2im_signature(dt):
 
 # one thread per image element (n, c, h, w) of the chunk, grid-stride; it gathers the column
 # entries im2col read from it
-@per_dtype(_col2im_signature)
+@per_dtype(_col2im_signature, threads=THREADS)
 def col2im_cuda(dt):
     @cuda.jit
     def kernel(dcol, dx, n0, nb, R, S, P, Q, sh, sw, ph, pw, dh, dw):
@@ -162,7 +162,7 @@ def _swap01_signature(dt):
 
 
 # one thread per destination element (b, a, l), grid-stride
-@per_dtype(_swap01_signature)
+@per_dtype(_swap01_signature, threads=THREADS)
 def swap01_cuda(dt):
     @cuda.jit
     def kernel(src, dst):
@@ -197,7 +197,7 @@ def im2col(x, col, n0, g):
     """Fill ``col`` (C*R*S, nb*P*Q) from images [n0, n0+nb) of ``x`` (layout in the module
     docstring) on the array's device."""
     if is_device_array(x):
-        im2col_cuda[x.dtype][_grid(col.size), THREADS](x, col, n0, *_geometry_args(g))
+        im2col_cuda[x.dtype][_grid(col.size), THREADS, stream()](x, col, n0, *_geometry_args(g))
     else:
         im2col_cpu(x, col, n0, *_geometry_args(g))
 
@@ -206,14 +206,14 @@ def col2im(dcol, dx, n0, nb, g):
     """Overwrite images [n0, n0+nb) of ``dx`` with the adjoint of ``im2col`` applied to ``dcol``."""
     if is_device_array(dx):
         size = nb * g.C * g.H * g.W
-        col2im_cuda[dx.dtype][_grid(size), THREADS](dcol, dx, n0, nb, *_geometry_args(g))
+        col2im_cuda[dx.dtype][_grid(size), THREADS, stream()](dcol, dx, n0, nb, *_geometry_args(g))
     else:
         col2im_cpu(dcol, dx, n0, nb, *_geometry_args(g))
 
 
 def _swap01(src, dst):
     if is_device_array(dst):
-        swap01_cuda[dst.dtype][_grid(dst.size), THREADS](src, dst)
+        swap01_cuda[dst.dtype][_grid(dst.size), THREADS, stream()](src, dst)
     else:
         swap01_cpu(src, dst)
 
@@ -234,7 +234,7 @@ class _Plan:
         self.rows = g.C * g.R * g.S
         self.pq = g.P * g.Q
         self.nb = max(1, min(g.N, max_workspace // ((self.rows + g.K) * self.pq * like.dtype.itemsize)))
-        empty = cuda.device_array if is_device_array(like) else np.empty
+        empty = device_empty if is_device_array(like) else np.empty
         self.col_buf = empty(self.rows * self.nb * self.pq, like.dtype)
         self.kmat_buf = empty(g.K * self.nb * self.pq, like.dtype) if self.nb > 1 else None
 

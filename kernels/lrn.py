@@ -19,10 +19,13 @@ every term that ever passed through the window: once a large term has left, the 
 ones now in the window can be off by thousands of ulps. Each update is therefore a TwoSum:
 the exact rounding error of every addition is carried in a second accumulator ``comp``, and
 ``acc + comp`` is as accurate as summing the window directly. The sums also restart from scratch
-every ``max(lo + hi + 1, RESUM)`` channels, which keeps an inf or NaN input from spoiling all
-the channels after it. On the GPU each term is rounded on its own by ``cuda.fma(a, b, 0)``
-(``fma.rn``, which ptxas never fuses with the additions around it), so a term rounds the same
-way when it enters and when it leaves.
+every ``max(lo + hi + 1, RESUM)`` channels. A running sum cannot take an inf or NaN term back
+out (inf - inf is NaN), so a pixel whose running sum is not finite has its window summed
+directly instead: an inf or NaN input, or a finite one whose square overflows, reaches exactly
+the channels whose window holds it, as in PyTorch. While the sum is inf, ``comp`` is NaN (the
+TwoSum error terms of inf), so the window sum is ``acc`` alone then. On the GPU each term is
+rounded on its own by ``cuda.fma(a, b, 0)`` (``fma.rn``, which ptxas never fuses with the
+additions around it), so a term rounds the same way when it enters and when it leaves.
 
 When a backward will follow, the forward also writes ``sb = s^-beta`` and ``sb1 = s^(-beta-1)``,
 so that the backward needs only multiplications and additions: on the CPU a square root or a
@@ -43,7 +46,7 @@ import numba
 import numpy as np
 from numba import cuda, int64, njit, prange
 
-from .cuda_util import SIMULATOR, blocks, is_device_array, per_dtype
+from .cuda_util import SIMULATOR, blocks, is_device_array, per_dtype, stream
 
 THREADS = 32 if SIMULATOR else 128     # CUDA threads per block, one per (n, p)
 CPU_CHUNK = 4096                       # CPU pixels per loop iteration at most (a power of two)
@@ -84,10 +87,17 @@ def _two_sum(acc, comp, v):
     return s, comp + ((acc - (s - z)) + (v - z))
 
 
+def _total(acc, comp):
+    """The window sum ``acc + comp``; ``acc`` itself when it is inf or NaN (comp is NaN then)."""
+    return acc + comp if acc - acc == 0 else acc
+
+
 inv_pow_cuda = cuda.jit(device=True, inline="always")(_inv_pow)
 inv_pow_cpu = njit(inline="always", cache=True, error_model="numpy")(_inv_pow)
 two_sum_cuda = cuda.jit(device=True, inline="always")(_two_sum)
 two_sum_cpu = njit(inline="always", cache=True, error_model="numpy")(_two_sum)
+total_cuda = cuda.jit(device=True, inline="always")(_total)
+total_cpu = njit(inline="always", cache=True, error_model="numpy")(_total)
 
 
 def array3(dt):
@@ -95,7 +105,7 @@ def array3(dt):
 
 
 # one thread per (n, p), walking the channels c
-@per_dtype(lambda dt: (array3(dt), array3(dt), array3(dt), array3(dt), int64, int64, dt, dt, dt, int64, int64))
+@per_dtype(lambda dt: (array3(dt), array3(dt), array3(dt), array3(dt), int64, int64, dt, dt, dt, int64, int64), threads=THREADS)
 def lrn_fwd_cuda(dt):
     @cuda.jit
     def kernel(x, y, sb, sb1, lo, hi, alpha, beta, k, mode, save):
@@ -110,22 +120,24 @@ def lrn_fwd_cuda(dt):
         acc = dt(0)
         comp = dt(0)
         for c in range(C):
-            if since == period:
-                since = 0
-                acc = dt(0)
-                comp = dt(0)
-                for j in range(max(0, c - lo), min(C, c + hi + 1)):
-                    v = x[n, j, p]
-                    acc, comp = two_sum_cuda(acc, comp, cuda.fma(v, v, dt(0)))
-            else:
+            restart = since == period
+            if not restart:
                 if c + hi < C:
                     v = x[n, c + hi, p]
                     acc, comp = two_sum_cuda(acc, comp, cuda.fma(v, v, dt(0)))
                 if c > lo:
                     v = x[n, c - lo - 1, p]
                     acc, comp = two_sum_cuda(acc, comp, -cuda.fma(v, v, dt(0)))
+                restart = not (acc - acc == dt(0))
+            if restart:
+                since = 0
+                acc = dt(0)
+                comp = dt(0)
+                for j in range(max(0, c - lo), min(C, c + hi + 1)):
+                    v = x[n, j, p]
+                    acc, comp = two_sum_cuda(acc, comp, cuda.fma(v, v, dt(0)))
             since += 1
-            inv, inv1 = inv_pow_cuda(k + alpha * (acc + comp), beta, mode, dt(1))
+            inv, inv1 = inv_pow_cuda(k + alpha * total_cuda(acc, comp), beta, mode, dt(1))
             y[n, c, p] = x[n, c, p] * inv
             if save:
                 sb[n, c, p] = inv
@@ -135,29 +147,55 @@ def lrn_fwd_cuda(dt):
 
 @njit(cache=True, error_model="numpy")
 def _add_squares(acc, comp, xj, sign, m):
+    """Add sign * xj^2 to the running sums; returns how many of them are no longer finite."""
+    bad = 0
     for t in range(m):
-        acc[t], comp[t] = two_sum_cpu(acc[t], comp[t], sign * (xj[t] * xj[t]))
+        a, e = two_sum_cpu(acc[t], comp[t], sign * (xj[t] * xj[t]))
+        acc[t] = a
+        comp[t] = e
+        bad += 0 if a - a == 0 else 1
+    return bad
 
 
 @njit(cache=True, error_model="numpy")
 def _slide_squares(acc, comp, x_in, x_out, m):
+    """Add x_in^2 and take x_out^2 from the running sums; returns how many are not finite."""
+    bad = 0
     for t in range(m):
         a, e = two_sum_cpu(acc[t], comp[t], x_in[t] * x_in[t])
-        acc[t], comp[t] = two_sum_cpu(a, e, -(x_out[t] * x_out[t]))
+        a, e = two_sum_cpu(a, e, -(x_out[t] * x_out[t]))
+        acc[t] = a
+        comp[t] = e
+        bad += 0 if a - a == 0 else 1
+    return bad
+
+
+@njit(cache=True, error_model="numpy")
+def _resum_squares(acc, comp, x, n, j0, j1, p0, m):
+    """The sums that are not finite, summed directly over channels [j0, j1) instead."""
+    zero = acc.dtype.type(0)
+    for t in range(m):
+        if not (acc[t] - acc[t] == 0):
+            a = e = zero
+            for j in range(j0, j1):
+                v = x[n, j, p0 + t]
+                a, e = two_sum_cpu(a, e, v * v)
+            acc[t] = a
+            comp[t] = e
 
 
 @njit(cache=True, error_model="numpy")
 def _fwd_pixels(acc, comp, xc, yc, k, alpha, beta, mode, m):
     one = xc.dtype.type(1)
     for t in range(m):
-        yc[t] = xc[t] * inv_pow_cpu(k + alpha * (acc[t] + comp[t]), beta, mode, one)[0]
+        yc[t] = xc[t] * inv_pow_cpu(k + alpha * total_cpu(acc[t], comp[t]), beta, mode, one)[0]
 
 
 @njit(cache=True, error_model="numpy")
 def _fwd_pixels_save(acc, comp, xc, yc, bc, b1c, k, alpha, beta, mode, m):
     one = xc.dtype.type(1)
     for t in range(m):  # s goes through bc: two loops over few arrays vectorise, one over all six does not
-        bc[t] = k + alpha * (acc[t] + comp[t])
+        bc[t] = k + alpha * total_cpu(acc[t], comp[t])
     for t in range(m):
         inv, inv1 = inv_pow_cpu(bc[t], beta, mode, one)
         yc[t] = xc[t] * inv
@@ -178,17 +216,20 @@ def lrn_fwd_cpu(x, y, sb, sb1, work, lo, hi, alpha, beta, k, mode, save, chunk):
         acc = work[0, n, p0:p0 + m]
         comp = work[1, n, p0:p0 + m]
         for c in range(C):
+            bad = 0
             if c % period == 0:
                 acc[:] = 0
                 comp[:] = 0
                 for j in range(max(0, c - lo), min(C, c + hi + 1)):
                     _add_squares(acc, comp, x[n, j, p0:], one, m)
             elif c + hi < C and c > lo:
-                _slide_squares(acc, comp, x[n, c + hi, p0:], x[n, c - lo - 1, p0:], m)
+                bad = _slide_squares(acc, comp, x[n, c + hi, p0:], x[n, c - lo - 1, p0:], m)
             elif c + hi < C:
-                _add_squares(acc, comp, x[n, c + hi, p0:], one, m)
+                bad = _add_squares(acc, comp, x[n, c + hi, p0:], one, m)
             elif c > lo:
-                _add_squares(acc, comp, x[n, c - lo - 1, p0:], -one, m)
+                bad = _add_squares(acc, comp, x[n, c - lo - 1, p0:], -one, m)
+            if bad:
+                _resum_squares(acc, comp, x, n, max(0, c - lo), min(C, c + hi + 1), p0, m)
             if save:
                 _fwd_pixels_save(acc, comp, x[n, c, p0:], y[n, c, p0:], sb[n, c, p0:], sb1[n, c, p0:],
                                  k, alpha, beta, mode, m)
@@ -197,7 +238,7 @@ def lrn_fwd_cpu(x, y, sb, sb1, work, lo, hi, alpha, beta, k, mode, save, chunk):
 
 
 # one thread per (n, p), walking the channels c
-@per_dtype(lambda dt: (array3(dt), array3(dt), array3(dt), array3(dt), array3(dt), int64, int64, dt))
+@per_dtype(lambda dt: (array3(dt), array3(dt), array3(dt), array3(dt), array3(dt), int64, int64, dt), threads=THREADS)
 def lrn_bwd_cuda(dt):
     @cuda.jit
     def kernel(x, sb, sb1, dy, dx, lo, hi, two_alpha_beta):
@@ -212,42 +253,69 @@ def lrn_bwd_cuda(dt):
         acc = dt(0)
         comp = dt(0)
         for c in range(C):
-            if since == period:
-                since = 0
-                acc = dt(0)
-                comp = dt(0)
-                for j in range(max(0, c - hi), min(C, c + lo + 1)):
-                    g = dy[n, j, p] * x[n, j, p]
-                    acc, comp = two_sum_cuda(acc, comp, cuda.fma(g, sb1[n, j, p], dt(0)))
-            else:
+            restart = since == period
+            if not restart:
                 if c + lo < C:
                     g = dy[n, c + lo, p] * x[n, c + lo, p]
                     acc, comp = two_sum_cuda(acc, comp, cuda.fma(g, sb1[n, c + lo, p], dt(0)))
                 if c > hi:
                     g = dy[n, c - hi - 1, p] * x[n, c - hi - 1, p]
                     acc, comp = two_sum_cuda(acc, comp, -cuda.fma(g, sb1[n, c - hi - 1, p], dt(0)))
+                restart = not (acc - acc == dt(0))
+            if restart:
+                since = 0
+                acc = dt(0)
+                comp = dt(0)
+                for j in range(max(0, c - hi), min(C, c + lo + 1)):
+                    g = dy[n, j, p] * x[n, j, p]
+                    acc, comp = two_sum_cuda(acc, comp, cuda.fma(g, sb1[n, j, p], dt(0)))
             since += 1
-            dx[n, c, p] = dy[n, c, p] * sb[n, c, p] - two_alpha_beta * x[n, c, p] * (acc + comp)
+            dx[n, c, p] = dy[n, c, p] * sb[n, c, p] - two_alpha_beta * x[n, c, p] * total_cuda(acc, comp)
     return kernel
 
 
 @njit(cache=True, error_model="numpy")
 def _add_terms(acc, comp, gj, xj, b1j, sign, m):
+    """Add sign * gj*xj*b1j to the running sums; returns how many are no longer finite."""
+    bad = 0
     for t in range(m):
-        acc[t], comp[t] = two_sum_cpu(acc[t], comp[t], sign * (gj[t] * xj[t] * b1j[t]))
+        a, e = two_sum_cpu(acc[t], comp[t], sign * (gj[t] * xj[t] * b1j[t]))
+        acc[t] = a
+        comp[t] = e
+        bad += 0 if a - a == 0 else 1
+    return bad
 
 
 @njit(cache=True, error_model="numpy")
 def _slide_terms(acc, comp, g_in, x_in, b1_in, g_out, x_out, b1_out, m):
+    """Add the entering channel's term, take the leaving one's; returns how many are not finite."""
+    bad = 0
     for t in range(m):
         a, e = two_sum_cpu(acc[t], comp[t], g_in[t] * x_in[t] * b1_in[t])
-        acc[t], comp[t] = two_sum_cpu(a, e, -(g_out[t] * x_out[t] * b1_out[t]))
+        a, e = two_sum_cpu(a, e, -(g_out[t] * x_out[t] * b1_out[t]))
+        acc[t] = a
+        comp[t] = e
+        bad += 0 if a - a == 0 else 1
+    return bad
+
+
+@njit(cache=True, error_model="numpy")
+def _resum_terms(acc, comp, dy, x, sb1, n, j0, j1, p0, m):
+    """The sums that are not finite, summed directly over channels [j0, j1) instead."""
+    zero = acc.dtype.type(0)
+    for t in range(m):
+        if not (acc[t] - acc[t] == 0):
+            a = e = zero
+            for j in range(j0, j1):
+                a, e = two_sum_cpu(a, e, dy[n, j, p0 + t] * x[n, j, p0 + t] * sb1[n, j, p0 + t])
+            acc[t] = a
+            comp[t] = e
 
 
 @njit(cache=True, error_model="numpy")
 def _bwd_pixels(acc, comp, xc, gc, bc, dxc, two_alpha_beta, m):
     for t in range(m):
-        dxc[t] = gc[t] * bc[t] - two_alpha_beta * xc[t] * (acc[t] + comp[t])
+        dxc[t] = gc[t] * bc[t] - two_alpha_beta * xc[t] * total_cpu(acc[t], comp[t])
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
@@ -263,6 +331,7 @@ def lrn_bwd_cpu(x, sb, sb1, dy, dx, work, lo, hi, two_alpha_beta, chunk):
         acc = work[0, n, p0:p0 + m]
         comp = work[1, n, p0:p0 + m]
         for c in range(C):
+            bad = 0
             if c % period == 0:
                 acc[:] = 0
                 comp[:] = 0
@@ -270,14 +339,16 @@ def lrn_bwd_cpu(x, sb, sb1, dy, dx, work, lo, hi, two_alpha_beta, chunk):
                     _add_terms(acc, comp, dy[n, j, p0:], x[n, j, p0:], sb1[n, j, p0:], one, m)
             elif c + lo < C and c > hi:
                 i, j = c + lo, c - hi - 1
-                _slide_terms(acc, comp, dy[n, i, p0:], x[n, i, p0:], sb1[n, i, p0:],
-                             dy[n, j, p0:], x[n, j, p0:], sb1[n, j, p0:], m)
+                bad = _slide_terms(acc, comp, dy[n, i, p0:], x[n, i, p0:], sb1[n, i, p0:],
+                                   dy[n, j, p0:], x[n, j, p0:], sb1[n, j, p0:], m)
             elif c + lo < C:
                 j = c + lo
-                _add_terms(acc, comp, dy[n, j, p0:], x[n, j, p0:], sb1[n, j, p0:], one, m)
+                bad = _add_terms(acc, comp, dy[n, j, p0:], x[n, j, p0:], sb1[n, j, p0:], one, m)
             elif c > hi:
                 j = c - hi - 1
-                _add_terms(acc, comp, dy[n, j, p0:], x[n, j, p0:], sb1[n, j, p0:], -one, m)
+                bad = _add_terms(acc, comp, dy[n, j, p0:], x[n, j, p0:], sb1[n, j, p0:], -one, m)
+            if bad:
+                _resum_terms(acc, comp, dy, x, sb1, n, max(0, c - hi), min(C, c + lo + 1), p0, m)
             _bwd_pixels(acc, comp, x[n, c, p0:], dy[n, c, p0:], sb[n, c, p0:], dx[n, c, p0:],
                         two_alpha_beta, m)
 
@@ -333,7 +404,7 @@ def lrn_fwd(x, y, lo, hi, alpha, beta, k, sb=None, sb1=None):
     dt = x3.dtype.type
     args = (int(lo), int(hi), dt(alpha), dt(beta), dt(k), beta_mode(beta), int(save))
     if on_device:
-        lrn_fwd_cuda[x3.dtype][blocks(N * P, THREADS), THREADS](x3, y3, b3, b13, *args)
+        lrn_fwd_cuda[x3.dtype][blocks(N * P, THREADS), THREADS, stream()](x3, y3, b3, b13, *args)
     else:
         lrn_fwd_cpu(x3, y3, b3, b13, np.empty((2, N, P), x3.dtype), *args, _cpu_chunk(N, P))
 
@@ -347,6 +418,6 @@ def lrn_bwd(x, sb, sb1, dy, dx, lo, hi, alpha, beta):
         return
     args = (int(lo), int(hi), x3.dtype.type(2 * alpha * beta))
     if on_device:
-        lrn_bwd_cuda[x3.dtype][blocks(N * P, THREADS), THREADS](x3, b3, b13, dy3, dx3, *args)
+        lrn_bwd_cuda[x3.dtype][blocks(N * P, THREADS), THREADS, stream()](x3, b3, b13, dy3, dx3, *args)
     else:
         lrn_bwd_cpu(x3, b3, b13, dy3, dx3, np.empty((2, N, P), x3.dtype), *args, _cpu_chunk(N, P))

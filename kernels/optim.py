@@ -15,13 +15,13 @@ import math
 
 from numba import boolean, cuda, njit, prange
 
-from .cuda_util import array1, blocks, is_device_array, per_dtype, SIMULATOR
+from .cuda_util import SIMULATOR, array1, blocks, is_device_array, per_dtype, stream
 
 THREADS = 32 if SIMULATOR else 256
 
 
 # one thread per parameter element i
-@per_dtype(lambda dt: (array1(dt), array1(dt), array1(dt), dt, dt, dt, dt, boolean, boolean))
+@per_dtype(lambda dt: (array1(dt), array1(dt), array1(dt), dt, dt, dt, dt, boolean, boolean), threads=THREADS)
 def sgd_step_cuda(dt):
     @cuda.jit
     def kernel(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first):
@@ -49,7 +49,7 @@ def sgd_step_cpu(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, fir
 
 
 # one thread per parameter element i
-@per_dtype(lambda dt: (array1(dt), array1(dt), array1(dt), array1(dt), dt, dt, dt, dt, dt, dt))
+@per_dtype(lambda dt: (array1(dt), array1(dt), array1(dt), array1(dt), dt, dt, dt, dt, dt, dt), threads=THREADS)
 def adam_step_cuda(dt):
     @cuda.jit
     def kernel(p, g, m, v, step_size, beta1, beta2, eps, weight_decay, sqrt_bc2):
@@ -91,7 +91,7 @@ def sgd_step(p, g, buf, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, neste
     t = p.dtype.type
     args = (p, g, buf, t(lr), t(momentum), t(dampening), t(weight_decay), bool(nesterov), bool(first))
     if on_device:
-        sgd_step_cuda[p.dtype][blocks(p.size, THREADS), THREADS](*args)
+        sgd_step_cuda[p.dtype][blocks(p.size, THREADS), THREADS, stream()](*args)
     else:
         sgd_step_cpu(*args)
 
@@ -104,6 +104,6 @@ def adam_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step):
     sqrt_bc2 = math.sqrt(1.0 - beta2 ** step)
     args = (p, g, m, v, t(step_size), t(beta1), t(beta2), t(eps), t(weight_decay), t(sqrt_bc2))
     if on_device:
-        adam_step_cuda[p.dtype][blocks(p.size, THREADS), THREADS](*args)
+        adam_step_cuda[p.dtype][blocks(p.size, THREADS), THREADS, stream()](*args)
     else:
         adam_step_cpu(*args)

@@ -49,11 +49,13 @@ import numba
 import numpy as np
 from numba import cuda, int64, njit, prange, types, uint64
 
-from .cuda_util import SIMULATOR, array1, array4, blocks, is_device_array, per_dtype
+from .cuda_util import (SIMULATOR, array1, array4, blocks, check_flag, device_check, device_empty, is_device_array,
+                        per_dtype, stream)
 
 THREADS = 32 if SIMULATOR else 256
 # CPU: volumes per prange iteration are grouped so that each group allocates its scratch once
 CHUNKS_PER_THREAD = 4
+UNPOOL_CHECKS = {True: device_check("maxunpool2d_fwd"), False: device_check("maxunpool2d_bwd")}
 TRIPLE = types.UniTuple(int64, 3)
 
 
@@ -89,7 +91,7 @@ def _avg_extent_cuda(o, size, window, stride, pad, pad_after, count_include_pad)
 # ---------------------------------------------------------------------------------------------
 
 # one thread per output element (n, c, o, p, q)
-@per_dtype(lambda dt: (array1(dt), array1(dt), array1(int64)) + (TRIPLE,) * 6 + (int64,))
+@per_dtype(lambda dt: (array1(dt), array1(dt), array1(int64)) + (TRIPLE,) * 6 + (int64,), threads=THREADS)
 def maxpool_fwd_cuda(dt):
     @cuda.jit
     def kernel(x, y, idx, size, out, window, stride, pad, dil, global_index):
@@ -266,7 +268,7 @@ def maxpool_fwd_cpu(x1, y1, i1, planes, n_chunks, size, out, stride, pad, dd, T,
 
 
 # one thread per input element (n, c, z, h, w)
-@per_dtype(lambda dt: (array1(dt), array1(int64), array1(dt)) + (TRIPLE,) * 6 + (int64,))
+@per_dtype(lambda dt: (array1(dt), array1(int64), array1(dt)) + (TRIPLE,) * 6 + (int64,), threads=THREADS)
 def maxpool_bwd_cuda(dt):
     @cuda.jit
     def kernel(dy, idx, dx, size, out, window, stride, pad, dil, global_index):
@@ -315,7 +317,7 @@ def maxpool_bwd_cpu(dy1, i1, dx1, planes, vol_in, vol_out, global_index):
 # ---------------------------------------------------------------------------------------------
 
 # one thread per output element (n, c, o, p, q)
-@per_dtype(lambda dt: (array1(dt), array1(dt)) + (TRIPLE,) * 6 + (int64,))
+@per_dtype(lambda dt: (array1(dt), array1(dt)) + (TRIPLE,) * 6 + (int64,), threads=THREADS)
 def avgpool_fwd_cuda(dt):
     @cuda.jit
     def kernel(x, y, size, out, window, stride, pad, pad_after, count_include_pad):
@@ -393,7 +395,7 @@ def avgpool_fwd_cpu(x1, y1, planes, n_chunks, size, out, stride, pad, T, hq, wq,
 
 
 # one thread per input element (n, c, z, h, w)
-@per_dtype(lambda dt: (array1(dt), array1(dt)) + (TRIPLE,) * 6 + (int64,))
+@per_dtype(lambda dt: (array1(dt), array1(dt)) + (TRIPLE,) * 6 + (int64,), threads=THREADS)
 def avgpool_bwd_cuda(dt):
     @cuda.jit
     def kernel(dy, dx, size, out, window, stride, pad, pad_after, count_include_pad):
@@ -485,7 +487,7 @@ def avgpool_bwd_cpu(dy1, dx1, planes, n_chunks, size, out, stride, pad, T, hq, w
 # ---------------------------------------------------------------------------------------------
 
 # one thread per output element (n, c, o, p, q)
-@per_dtype(lambda dt: (array1(dt), array1(dt), TRIPLE, TRIPLE))
+@per_dtype(lambda dt: (array1(dt), array1(dt), TRIPLE, TRIPLE), threads=THREADS)
 def adaptive_avgpool_fwd_cuda(dt):
     @cuda.jit
     def kernel(x, y, size, out):
@@ -535,7 +537,7 @@ def adaptive_avgpool_fwd_cpu(x1, y1, planes, size, out, zs, ze, hs, he, ws, we):
 
 
 # one thread per input element (n, c, z, h, w)
-@per_dtype(lambda dt: (array1(dt), array1(dt), TRIPLE, TRIPLE))
+@per_dtype(lambda dt: (array1(dt), array1(dt), TRIPLE, TRIPLE), threads=THREADS)
 def adaptive_avgpool_bwd_cuda(dt):
     @cuda.jit
     def kernel(dy, dx, size, out):
@@ -588,7 +590,7 @@ def adaptive_avgpool_bwd_cpu(dy1, dx1, planes, size, out, zs, ze, hs, he, ws, we
 # ---------------------------------------------------------------------------------------------
 
 # one thread per output element: owner = -1 (no input element lands there yet)
-@per_dtype(lambda dt: (array1(int64),))
+@per_dtype(lambda dt: (array1(int64),), threads=THREADS)
 def maxunpool2d_clear_cuda(dt):
     @cuda.jit
     def kernel(owner):
@@ -601,7 +603,7 @@ def maxunpool2d_clear_cuda(dt):
 # one thread per input element (n, c, p, q): owner[n, c, k] = the largest p*Q + q whose index is k.
 # An integer atomic max does not depend on the order the threads run in, so duplicate indices
 # resolve as the sequential CPU loop does (the last one wins) and the result is deterministic.
-@per_dtype(lambda dt: (array4(int64), array1(int64), array1(int64)))
+@per_dtype(lambda dt: (array4(int64), array1(int64), array1(int64)), threads=THREADS)
 def maxunpool2d_owner_cuda(dt):
     @cuda.jit
     def kernel(idx, owner, bad):
@@ -620,7 +622,7 @@ def maxunpool2d_owner_cuda(dt):
 
 
 # one thread per output element (n, c, k): gathers the input element that owns it, else 0
-@per_dtype(lambda dt: (array1(dt), array1(int64), array1(dt), int64))
+@per_dtype(lambda dt: (array1(dt), array1(int64), array1(dt), int64), threads=THREADS)
 def maxunpool2d_fwd_cuda(dt):
     @cuda.jit
     def kernel(x1, owner, out1, PQ):
@@ -652,7 +654,7 @@ def maxunpool2d_fwd_cpu(x1, i1, out1, planes, PQ, HW):
 
 
 # one thread per input element (n, c, p, q)
-@per_dtype(lambda dt: (array4(dt), array4(int64), array4(dt), array1(int64)))
+@per_dtype(lambda dt: (array4(dt), array4(int64), array4(dt), array1(int64)), threads=THREADS)
 def maxunpool2d_bwd_cuda(dt):
     @cuda.jit
     def kernel(dy, idx, dx, bad):
@@ -765,7 +767,7 @@ def maxpool_fwd(x, y, indices, g, global_index=False):
     on_device = _check("maxpool_fwd", (x, y), (g.x_shape, g.y_shape, g.y_shape), indices)
     g3 = g.as_3d()
     if on_device:
-        maxpool_fwd_cuda[x.dtype][blocks(y.size, THREADS), THREADS](
+        maxpool_fwd_cuda[x.dtype][blocks(y.size, THREADS), THREADS, stream()](
             _flat(x), _flat(y), _flat(indices), *_cuda_geometry(g3), int(bool(global_index)))
         return
     D, H, W = g3.in_size
@@ -786,7 +788,7 @@ def maxpool_bwd(dy, indices, dx, g, global_index=False):
     """dx = the gradient dy routed to each output's saved argmax (summed where windows share
     one); ``indices`` and ``global_index`` as maxpool_fwd gave them."""
     if _check("maxpool_bwd", (dy, dx), (g.y_shape, g.x_shape, g.y_shape), indices):
-        maxpool_bwd_cuda[dy.dtype][blocks(dx.size, THREADS), THREADS](
+        maxpool_bwd_cuda[dy.dtype][blocks(dx.size, THREADS), THREADS, stream()](
             _flat(dy), _flat(indices), _flat(dx), *_cuda_geometry(g.as_3d()), int(bool(global_index)))
     else:
         maxpool_bwd_cpu(_flat(dy), _flat(indices), _flat(dx), g.N * g.C, math.prod(g.in_size), math.prod(g.out_size),
@@ -807,7 +809,7 @@ def avgpool_fwd(x, y, g, count_include_pad=True):
     on_device = _check("avgpool_fwd", (x, y), (g.x_shape, g.y_shape))
     g3, args = _avg_args("avgpool_fwd", g, count_include_pad)
     if on_device:
-        avgpool_fwd_cuda[x.dtype][blocks(y.size, THREADS), THREADS](_flat(x), _flat(y), *args)
+        avgpool_fwd_cuda[x.dtype][blocks(y.size, THREADS), THREADS, stream()](_flat(x), _flat(y), *args)
     else:
         hq, wq, toff = _phase_plan(g3)[:3]
         avgpool_fwd_cpu(_flat(x), _flat(y), g.N * g.C, _chunks(g), g3.in_size, g3.out_size, g3.stride, g3.pad_before,
@@ -819,7 +821,7 @@ def avgpool_bwd(dy, dx, g, count_include_pad=True):
     on_device = _check("avgpool_bwd", (dy, dx), (g.y_shape, g.x_shape))
     g3, args = _avg_args("avgpool_bwd", g, count_include_pad)
     if on_device:
-        avgpool_bwd_cuda[dy.dtype][blocks(dx.size, THREADS), THREADS](_flat(dy), _flat(dx), *args)
+        avgpool_bwd_cuda[dy.dtype][blocks(dx.size, THREADS), THREADS, stream()](_flat(dy), _flat(dx), *args)
     else:
         hq, wq, toff = _phase_plan(g3)[:3]
         avgpool_bwd_cpu(_flat(dy), _flat(dx), g.N * g.C, _chunks(g), g3.in_size, g3.out_size, g3.stride, g3.pad_before,
@@ -840,7 +842,7 @@ def _adaptive(name, src, dst, src_is_input, cuda_kernel, cpu_kernel):
     pad = (1,) * (5 - len(x.shape))
     size, out = pad + tuple(x.shape[2:]), pad + tuple(y.shape[2:])
     if _check(name, (src, dst), (src.shape, dst.shape)):
-        cuda_kernel[src.dtype][blocks(dst.size, THREADS), THREADS](_flat(src), _flat(dst), size, out)
+        cuda_kernel[src.dtype][blocks(dst.size, THREADS), THREADS, stream()](_flat(src), _flat(dst), size, out)
     else:
         windows = [w for i, o in zip(size, out) for w in adaptive_windows(i, o)]
         cpu_kernel(_flat(src), _flat(dst), x.shape[0] * x.shape[1], size, out, *windows)
@@ -862,29 +864,31 @@ def _unpool(name, small, indices, big, cuda_kernel, cpu_kernel, zero_big):
                          f"and {tuple(big.shape)}")
     N, C, P, Q = small.shape
     Ho, Wo = big.shape[2:]
+    message = f"{name}: indices must lie in [0, {Ho * Wo}) (flat positions in the {Ho}x{Wo} output plane)"
     if _check(name, (small, big), (small.shape, big.shape, small.shape), indices):
-        bad = cuda.to_device(np.zeros(1, np.int64))
+        # no host round-trip: the kernels flag a bad index and the next host read reports it
+        bad = check_flag(UNPOOL_CHECKS[zero_big], message)
         if zero_big:
-            owner = cuda.device_array(big.size, np.int64)
-            maxunpool2d_clear_cuda[small.dtype][blocks(big.size, THREADS), THREADS](owner)
-            maxunpool2d_owner_cuda[small.dtype][blocks(small.size, THREADS), THREADS](indices, owner, bad)
-            cuda_kernel[small.dtype][blocks(big.size, THREADS), THREADS](_flat(small), owner, _flat(big), P * Q)
+            owner = device_empty(big.size, np.int64)
+            maxunpool2d_clear_cuda[small.dtype][blocks(big.size, THREADS), THREADS, stream()](owner)
+            maxunpool2d_owner_cuda[small.dtype][blocks(small.size, THREADS), THREADS, stream()](indices, owner, bad)
+            cuda_kernel[small.dtype][blocks(big.size, THREADS), THREADS, stream()](_flat(small), owner, _flat(big), P * Q)
         else:
-            cuda_kernel[small.dtype][blocks(small.size, THREADS), THREADS](big, indices, small, bad)
-        n_bad = int(bad.copy_to_host()[0])
-    else:
-        args = (small, indices, big) if zero_big else (big, indices, small)
-        n_bad = cpu_kernel(*(_flat(a) for a in args), N * C, P * Q, Ho * Wo)
-    if n_bad:
-        raise ValueError(f"{name}: indices must lie in [0, {Ho * Wo}) (flat positions in the {Ho}x{Wo} "
-                         "output plane)")
+            cuda_kernel[small.dtype][blocks(small.size, THREADS), THREADS, stream()](big, indices, small, bad)
+        return
+    args = (small, indices, big) if zero_big else (big, indices, small)
+    if cpu_kernel(*(_flat(a) for a in args), N * C, P * Q, Ho * Wo):
+        raise ValueError(message)
 
 
 def maxunpool2d_fwd(x, indices, out):
-    """out (N, C, Ho, Wo) = 0 except out[n, c].flat[indices[n, c, p, q]] = x[n, c, p, q]."""
+    """out (N, C, Ho, Wo) = 0 except out[n, c].flat[indices[n, c, p, q]] = x[n, c, p, q].
+
+    An index outside [0, Ho*Wo) raises ValueError: at once on the CPU; on CUDA the kernel flags
+    it and the next host read raises ``DeviceCheckError`` (a ValueError)."""
     _unpool("maxunpool2d_fwd", x, indices, out, maxunpool2d_fwd_cuda, maxunpool2d_fwd_cpu, True)
 
 
 def maxunpool2d_bwd(dy, indices, dx):
-    """dx[n, c, p, q] = dy[n, c].flat[indices[n, c, p, q]]."""
+    """dx[n, c, p, q] = dy[n, c].flat[indices[n, c, p, q]]; bad indices as in ``maxunpool2d_fwd``."""
     _unpool("maxunpool2d_bwd", dx, indices, dy, maxunpool2d_bwd_cuda, maxunpool2d_bwd_cpu, False)

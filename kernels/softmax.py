@@ -8,13 +8,16 @@ any rank reshapes to that), max-subtracted so that no ``exp`` overflows:
   ``s = sum_c exp(x - m)`` per ``(outer, inner)`` position.
 - ``softmax_bwd(mode, y, g, dx)`` from the saved output: softmax ``dx = y (g - sum_c g y)``;
   log-softmax ``dx = g - exp(y) sum_c g``.
-- ``cross_entropy_fwd(x, labels, ignore_index, loss, stats)`` for logits ``x`` (N, C) and int64
-  labels (N,): ``loss[n] = (m - x[n, label]) + log(s)`` with ``m = max_c x[n, c]`` and
-  ``s = sum_c exp(x[n, c] - m)`` (0 where ``label == ignore_index``); ``stats[n] = (m, log s)``
-  for the backward pass. Labels must already be in ``[0, C)`` or ignored.
+- ``cross_entropy_fwd(x, labels, ignore_index, loss, stats, counted)`` for logits ``x`` (N, C)
+  and int64 labels (N,): ``loss[n] = (m - x[n, label]) + log(s)`` with ``m = max_c x[n, c]``
+  and ``s = sum_c exp(x[n, c] - m)`` (0 where ``label == ignore_index``); ``stats[n] = (m, log s)``
+  for the backward pass; ``counted[n]`` 1 where the row counts, 0 where ignored. A label
+  outside ``[0, C)`` that is not ignored raises (on CUDA at the next host read).
 - ``cross_entropy_bwd(x, stats, labels, ignore_index, g, scale, dx)``:
   ``dx[n, c] = (exp((x[n, c] - m) - log s) - [c == label]) * g[n] * scale`` (0 on ignored
   rows); ``g`` has one element per row, or a single element shared by all rows (mean, sum).
+- ``argmax_hits(x, labels, hits)``: ``hits[n] = 1`` where the first maximum of ``x[n]`` is at
+  ``labels[n]``, else 0 (a batch's correct predictions, counted without reading logits on the host).
 
 The log-sum-exp ``m + log s`` is never rounded as one number: for large logits its absolute
 rounding error (half an ulp of ``|m|``) would swamp a small loss, so ``m`` and ``log s`` are
@@ -36,7 +39,8 @@ import math
 import numpy as np
 from numba import cuda, int64, njit, prange
 
-from .cuda_util import SIMULATOR, array1, array2, blocks, is_device_array, per_dtype
+from .cuda_util import (SIMULATOR, array1, array2, blocks, check_flag, device_check, is_device_array, per_dtype,
+                        stream)
 
 ROW_THREADS = 8 if SIMULATOR else 256          # most threads per row block, a power of two
 MIN_ROW_THREADS = 2 if SIMULATOR else 32       # one warp
@@ -83,7 +87,7 @@ def _block_sum(buf, v):
 
 
 # one block per row (o, i); thread t handles c = t, t + blockDim.x, ...
-@per_dtype(lambda dt: (int64, _array3(dt), _array3(dt)))
+@per_dtype(lambda dt: (int64, _array3(dt), _array3(dt)), threads=ROW_THREADS)
 def softmax_fwd_cuda(dt):
     @cuda.jit
     def kernel(mode, x, y):
@@ -178,7 +182,7 @@ def softmax_fwd_rows_cpu(mode, x, y):
                 yr[c] = (xr[c] - m) - log_s
 
 # one block per row (o, i); thread t handles c = t, t + blockDim.x, ...
-@per_dtype(lambda dt: (int64, _array3(dt), _array3(dt), _array3(dt)))
+@per_dtype(lambda dt: (int64, _array3(dt), _array3(dt), _array3(dt)), threads=ROW_THREADS)
 def softmax_bwd_cuda(dt):
     @cuda.jit
     def kernel(mode, y, g, dx):
@@ -261,10 +265,11 @@ def softmax_bwd_rows_cpu(mode, y, g, dx):
                 dxr[c] = gr[c] - math.exp(yr[c]) * acc
 
 # one block per sample n; thread t handles c = t, t + blockDim.x, ...
-@per_dtype(lambda dt: (array2(dt), array1(int64), int64, array1(dt), array2(dt)))
+@per_dtype(lambda dt: (array2(dt), array1(int64), int64, array1(dt), array2(dt), array1(dt), array1(int64)),
+           threads=ROW_THREADS)
 def cross_entropy_fwd_cuda(dt):
     @cuda.jit
-    def kernel(x, labels, ignore_index, loss, stats):
+    def kernel(x, labels, ignore_index, loss, stats, counted, bad):
         buf = cuda.shared.array(ROW_THREADS, dt)
         n = cuda.blockIdx.x
         C = x.shape[1]
@@ -283,13 +288,24 @@ def cross_entropy_fwd_cuda(dt):
             stats[n, 0] = m
             stats[n, 1] = log_s
             label = labels[n]
-            loss[n] = dt(0) if label == ignore_index else (m - x[n, label]) + log_s
+            if label == ignore_index:
+                loss[n] = dt(0)
+                counted[n] = dt(0)
+            elif label >= 0 and label < C:
+                loss[n] = (m - x[n, label]) + log_s
+                counted[n] = dt(1)
+            else:
+                loss[n] = dt(math.nan)
+                counted[n] = dt(1)
+                bad[0] = 1
     return kernel
 
 
 @njit(parallel=True, cache=True, error_model="numpy", fastmath={"reassoc"})
-def cross_entropy_fwd_cpu(x, labels, ignore_index, loss, stats):
+def cross_entropy_fwd_cpu(x, labels, ignore_index, loss, stats, counted):
+    """Returns the number of labels outside [0, C) that are not ignore_index (their loss is NaN)."""
     C = x.shape[1]
+    bad = 0
     for n in prange(x.shape[0]):
         xn = x[n]
         m = xn[0]
@@ -302,11 +318,21 @@ def cross_entropy_fwd_cpu(x, labels, ignore_index, loss, stats):
         stats[n, 0] = m
         stats[n, 1] = log_s
         label = labels[n]
-        loss[n] = x.dtype.type(0) if label == ignore_index else (m - xn[label]) + log_s
+        if label == ignore_index:
+            loss[n] = 0
+            counted[n] = 0
+        elif label >= 0 and label < C:
+            loss[n] = (m - xn[label]) + log_s
+            counted[n] = 1
+        else:
+            loss[n] = math.nan
+            counted[n] = 1
+            bad += 1
+    return bad
 
 
 # one thread per element (n, c)
-@per_dtype(lambda dt: (array2(dt), array2(dt), array1(int64), int64, array1(dt), dt, array2(dt)))
+@per_dtype(lambda dt: (array2(dt), array2(dt), array1(int64), int64, array1(dt), dt, array2(dt)), threads=THREADS)
 def cross_entropy_bwd_cuda(dt):
     @cuda.jit
     def kernel(x, stats, labels, ignore_index, g, scale, dx):
@@ -387,7 +413,7 @@ def softmax_fwd(mode, x, y):
     outer, C, inner = _view3("softmax_fwd", (x.shape, y.shape))
     if _check("softmax_fwd", (x, y), ("float", "float")):
         if outer * inner:
-            softmax_fwd_cuda[y.dtype][outer * inner, _row_threads(C)](code, x, y)
+            softmax_fwd_cuda[y.dtype][outer * inner, _row_threads(C), stream()](code, x, y)
     elif inner == 1:
         softmax_fwd_rows_cpu(code, x.reshape((outer, C)), y.reshape((outer, C)))
     else:
@@ -400,37 +426,49 @@ def softmax_bwd(mode, y, g, dx):
     outer, C, inner = _view3("softmax_bwd", (y.shape, g.shape, dx.shape))
     if _check("softmax_bwd", (y, g, dx), ("float",) * 3):
         if outer * inner:
-            softmax_bwd_cuda[dx.dtype][outer * inner, _row_threads(C)](code, y, g, dx)
+            softmax_bwd_cuda[dx.dtype][outer * inner, _row_threads(C), stream()](code, y, g, dx)
     elif inner == 1:
         softmax_bwd_rows_cpu(code, y.reshape((outer, C)), g.reshape((outer, C)), dx.reshape((outer, C)))
     else:
         softmax_bwd_cpu(code, y, g, dx, np.empty((outer, inner), y.dtype))
 
 
-def _ce_shapes(name, x, labels, loss, stats):
+def _ce_shapes(name, x, labels, loss, stats, counted=None):
     N = x.shape[0]
     if (len(x.shape) != 2 or x.shape[1] < 1 or labels.shape != (N,) or (loss is not None and loss.shape != (N,))
-            or stats.shape != (N, 2)):
-        raise ValueError(f"{name}: expected logits (N, C) with C >= 1, labels and loss (N,) and stats (N, 2), got "
-                         f"{tuple(x.shape)}, {tuple(labels.shape)}, {None if loss is None else tuple(loss.shape)}, "
-                         f"{tuple(stats.shape)}")
+            or stats.shape != (N, 2) or (counted is not None and counted.shape != (N,))):
+        raise ValueError(f"{name}: expected logits (N, C) with C >= 1, labels, loss and counted (N,) and stats "
+                         f"(N, 2), got {tuple(x.shape)}, {tuple(labels.shape)}, "
+                         f"{None if loss is None else tuple(loss.shape)}, {tuple(stats.shape)}")
 
 
-def cross_entropy_fwd(x, labels, ignore_index, loss, stats):
-    """Per-row loss ``logsumexp(x[n]) - x[n, label]`` (0 on ignored rows) of logits (N, C), and
-    ``stats[n] = (max_c x[n, c], log sum_c exp(x[n, c] - max))`` for the backward pass.
+CE_CHECK = device_check("cross_entropy")
 
-    Labels (int64) must lie in ``[0, C)`` or equal ``ignore_index``; they are not checked here.
+
+def cross_entropy_fwd(x, labels, ignore_index, loss, stats, counted):
+    """Per-row loss ``logsumexp(x[n]) - x[n, label]`` (0 on ignored rows) of logits (N, C),
+    ``stats[n] = (max_c x[n, c], log sum_c exp(x[n, c] - max))`` for the backward pass and
+    ``counted[n]`` = 1 for the rows that count (label != ignore_index), else 0, so that a mean
+    needs no host round-trip.
+
+    Labels (int64) must lie in ``[0, C)`` or equal ``ignore_index``. A label outside gets a NaN
+    loss and raises ValueError: at once on the CPU; on CUDA the kernel flags it and the next host
+    read raises ``DeviceCheckError`` (a ValueError).
     """
-    _ce_shapes("cross_entropy_fwd", x, labels, loss, stats)
-    on_device = _check("cross_entropy_fwd", (x, labels, loss, stats), ("float", "int", "float", "float"))
+    _ce_shapes("cross_entropy_fwd", x, labels, loss, stats, counted)
+    on_device = _check("cross_entropy_fwd", (x, labels, loss, stats, counted), ("float", "int", "float", "float",
+                                                                                 "float"))
     N, C = x.shape
     if not N:
         return
+    message = (f"cross_entropy: target values must be class indices in [0, {C - 1}] (C = {C}) or "
+               f"ignore_index={ignore_index}; the CUDA kernel found one outside")
     if on_device:
-        cross_entropy_fwd_cuda[x.dtype][N, _row_threads(C)](x, labels, ignore_index, loss, stats)
-    else:
-        cross_entropy_fwd_cpu(x, labels, ignore_index, loss, stats)
+        bad = check_flag(CE_CHECK, message)
+        cross_entropy_fwd_cuda[x.dtype][N, _row_threads(C), stream()](x, labels, ignore_index, loss, stats, counted,
+                                                                       bad)
+    elif cross_entropy_fwd_cpu(x, labels, ignore_index, loss, stats, counted):
+        raise ValueError(message.replace("the CUDA kernel", "the CPU kernel"))
 
 
 def cross_entropy_bwd(x, stats, labels, ignore_index, g, scale, dx):
@@ -448,7 +486,49 @@ def cross_entropy_bwd(x, stats, labels, ignore_index, g, scale, dx):
     if not x.size:
         return
     if on_device:
-        cross_entropy_bwd_cuda[x.dtype][blocks(x.size, THREADS), THREADS](x, stats, labels, ignore_index, g,
+        cross_entropy_bwd_cuda[x.dtype][blocks(x.size, THREADS), THREADS, stream()](x, stats, labels, ignore_index, g,
                                                                            scale, dx)
     else:
         cross_entropy_bwd_cpu(x, stats, labels, ignore_index, g, scale, dx)
+
+
+# one thread per row n
+@per_dtype(lambda dt: (array2(dt), array1(int64), array1(dt)), threads=THREADS)
+def argmax_hits_cuda(dt):
+    @cuda.jit
+    def kernel(x, labels, hits):
+        n = cuda.grid(1)
+        if n < x.shape[0]:
+            best = 0
+            for c in range(1, x.shape[1]):
+                if x[n, c] > x[n, best]:
+                    best = c
+            hits[n] = dt(1) if best == labels[n] else dt(0)
+    return kernel
+
+
+@njit(parallel=True, cache=True)
+def argmax_hits_cpu(x, labels, hits):
+    for n in prange(x.shape[0]):
+        xn = x[n]
+        best = 0
+        for c in range(1, xn.shape[0]):
+            if xn[c] > xn[best]:
+                best = c
+        hits[n] = 1 if best == labels[n] else 0
+
+
+def argmax_hits(x, labels, hits):
+    """``hits[n] = 1`` where the first maximum of the logits ``x[n]`` (N, C) is at ``labels[n]``
+    (int64), else 0; ``hits`` (N,) has the logits' dtype."""
+    N = x.shape[0]
+    if len(x.shape) != 2 or x.shape[1] < 1 or labels.shape != (N,) or hits.shape != (N,):
+        raise ValueError(f"argmax_hits: expected logits (N, C) with C >= 1 and labels, hits (N,), got "
+                         f"{tuple(x.shape)}, {tuple(labels.shape)}, {tuple(hits.shape)}")
+    on_device = _check("argmax_hits", (x, labels, hits), ("float", "int", "float"))
+    if not N:
+        return
+    if on_device:
+        argmax_hits_cuda[x.dtype][blocks(N, THREADS), THREADS, stream()](x, labels, hits)
+    else:
+        argmax_hits_cpu(x, labels, hits)

@@ -1,6 +1,5 @@
 """The docs stay true to the code: docs/api.md names every public name (regenerate it with
 `python docs/make_api.py > docs/api.md`), and every doc the README points to exists."""
-import importlib
 import pathlib
 import re
 import sys
@@ -17,7 +16,9 @@ def test_api_md_lists_every_public_name():
         section = text.split(f"## `{module}`", 1)
         assert len(section) == 2, f"docs/api.md has no section for {module}"
         body = section[1].split("\n## ", 1)[0]
-        mod = importlib.import_module(module)
+        mod = make_api.import_module(module)
+        if mod is None:  # an optional module whose library is not installed here
+            continue
         for name in make_api.public_names(mod):
             if isinstance(getattr(mod, name), (str, tuple, dict)):
                 continue

@@ -246,39 +246,47 @@ def log_softmax(input, dim):
 
 class CrossEntropy(Function):
     """Per-row loss ``logsumexp(x[n]) - x[n, label]`` in one pass over the logits, then the
-    reduction; backward ``dx = (softmax(x) - onehot(label)) * g`` (scaled by 1/count for "mean")
-    from the saved logits and per-row max and log-sum."""
+    reduction; backward ``dx = (softmax(x) - onehot(label)) * g`` (divided by the count of rows
+    not ignored for "mean") from the saved logits and per-row max and log-sum. The count is
+    summed where the logits are, so a CUDA step never reads the labels on the host."""
 
     def forward(self, x):
         labels, ignore, reduction = self.params["labels"], self.params["ignore_index"], self.params["reduction"]
         N = x.shape[0]
         loss = backend.empty((N,), x.dtype, self.device)
         stats = backend.empty((N, 2), x.dtype, self.device)
-        softmax_kernels.cross_entropy_fwd(x, labels, ignore, loss, stats)
+        counted = backend.empty((N,), x.dtype, self.device)
+        softmax_kernels.cross_entropy_fwd(x, labels, ignore, loss, stats, counted)
+        count = None
+        if reduction == "mean":
+            count = backend.empty((1,), x.dtype, self.device)
+            elementwise.sum_all(counted, count)
         if self.needs_input_grad[0]:
-            self.save_for_backward(x, stats)
+            self.save_for_backward(x, stats, count)
         if reduction == "none":
             return loss
         total = backend.empty((1,), x.dtype, self.device)
         elementwise.sum_all(loss, total)
         if reduction == "mean":
-            elementwise.scalar("div", total, float(self.params["count"]), total)
+            elementwise.binary("div", total, count, total)
         return total.reshape(())
 
     def backward(self, g):
-        labels, ignore, reduction = self.params["labels"], self.params["ignore_index"], self.params["reduction"]
-        x, stats = self.saved
-        count = self.params["count"]
-        scale = 1.0 / count if reduction == "mean" and count else 1.0
+        labels, ignore = self.params["labels"], self.params["ignore_index"]
+        x, stats, count = self.saved
+        g = g.reshape(g.shape if g.ndim else (1,))
+        if count is not None:
+            scaled = backend.empty((1,), x.dtype, self.device)
+            elementwise.binary("div", g, count, scaled)
+            g = scaled
         dx = backend.empty(x.shape, x.dtype, self.device)
-        softmax_kernels.cross_entropy_bwd(x, stats, labels, ignore, g.reshape(g.shape if g.ndim else (1,)), scale,
-                                          dx)
+        softmax_kernels.cross_entropy_bwd(x, stats, labels, ignore, g, 1.0, dx)
         return (dx,)
 
 
 def _labels(target, x, ignore_index, op):
-    """The target as int64 labels on the logits' device, checked against the C classes; also
-    returns how many rows are not ignored."""
+    """The target as int64 labels on the logits' device. CPU targets are checked against the C
+    classes here; CUDA targets by the kernel, on the device (raised at the next host read)."""
     t = as_tensor(target, "target", op)
     if t.dtype.kind not in "iu":
         raise TypeError(f"{op}: target must hold integer class indices (any integer dtype), got dtype {t.dtype}; "
@@ -289,15 +297,15 @@ def _labels(target, x, ignore_index, op):
     N, C = x.shape
     if t.shape != (N,):
         raise ValueError(f"{op}: target must have shape (N,) = ({N},) for input of shape {x.shape}, got {t.shape}")
-    host = t.numpy().astype(np.int64)
-    used = host != ignore_index
-    bad = used & ((host < 0) | (host >= C))
+    if t.device == "cuda" and t.dtype == np.int64:
+        return t.data
+    host = t.numpy().astype(np.int64)       # int64 CUDA targets avoid this round trip
+    bad = (host != ignore_index) & ((host < 0) | (host >= C))
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         raise ValueError(f"{op}: target values must be class indices in [0, {C - 1}] (C = {C}) or "
                          f"ignore_index={ignore_index}; got target[{i}] = {t.numpy()[i]}")
-    labels = t.data if t.dtype == np.int64 else backend.to_device(host, x.device)
-    return labels, int(used.sum())
+    return t.data if t.dtype == np.int64 else backend.to_device(host, x.device)
 
 
 def cross_entropy(input, target, *, reduction="mean", ignore_index=-100):
@@ -312,6 +320,10 @@ def cross_entropy(input, target, *, reduction="mean", ignore_index=-100):
     ignored rows). The sums are deterministic. Gradient:
     ``dx[n, c] = (softmax(x[n])[c] - [c == target[n]]) * g``. PyTorch's (C,) and
     (N, C, d1, ...) inputs, class weights and label smoothing are not supported.
+
+    A target value outside [0, C) raises ValueError: here for CPU tensors; for CUDA tensors the
+    kernel checks it on the device and the next host read (``numpy()``, ``item()``,
+    ``convkern.cuda.synchronize()``) raises ``convkern.cuda.DeviceCheckError`` (a ValueError).
     """
     op = "cross_entropy"
     x = _float_input(input, op)
@@ -323,5 +335,5 @@ def cross_entropy(input, target, *, reduction="mean", ignore_index=-100):
         raise ValueError(f"{op}: reduction must be one of {REDUCTIONS}, got {reduction!r}")
     if not _is_int(ignore_index):
         raise TypeError(f"{op}: ignore_index must be an int, got {ignore_index!r}")
-    labels, count = _labels(target, x, int(ignore_index), op)
-    return CrossEntropy.apply(x, labels=labels, ignore_index=int(ignore_index), reduction=reduction, count=count)
+    labels = _labels(target, x, int(ignore_index), op)
+    return CrossEntropy.apply(x, labels=labels, ignore_index=int(ignore_index), reduction=reduction)

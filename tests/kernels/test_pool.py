@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from numba import cuda
 
+from convkern import cuda as runtime
 from convkern.kernels import pool
 from convkern.kernels.cuda_util import is_device_array
 from convkern.kernels.shapes import PoolGeometry
@@ -292,13 +293,16 @@ def test_maxunpool2d_duplicate_indices_last_wins(device):
 
 
 def test_maxunpool2d_rejects_indices_out_of_range(device):
+    """On the CPU at once; on CUDA the kernels flag the index and the next host read raises."""
     x = np.ones((1, 1, 2, 2), np.float32)
     idx = np.array([[[[0, 3], [4, -1]]]], np.int64)
     out = empty((1, 1, 2, 2), np.float32, device)
-    with pytest.raises(ValueError, match=r"indices must lie in \[0, 4\)"):
-        pool.maxunpool2d_fwd(put(x, device), put(idx, device), out)
-    with pytest.raises(ValueError, match=r"indices must lie in \[0, 4\)"):
-        pool.maxunpool2d_bwd(put(x, device), put(idx, device), empty((1, 1, 2, 2), np.float32, device))
+    calls = [lambda: pool.maxunpool2d_fwd(put(x, device), put(idx, device), out),
+             lambda: pool.maxunpool2d_bwd(put(x, device), put(idx, device), empty((1, 1, 2, 2), np.float32, device))]
+    for name, call in zip(("maxunpool2d_fwd", "maxunpool2d_bwd"), calls):
+        with pytest.raises(ValueError, match=rf"{name}: indices must lie in \[0, 4\)"):
+            call()
+            runtime.synchronize()
 
 
 def test_maxpool_ties_first_maximum_wins(device):

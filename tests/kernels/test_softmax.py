@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 from numba import cuda
 
+from convkern import cuda as runtime
 from convkern.kernels import softmax as sm
-from convkern.kernels.cuda_util import is_device_array
+from convkern.kernels.cuda_util import DeviceCheckError, is_device_array
 from tests.reference import tolerance
 
 DTYPES = [np.float32, np.float64]
@@ -114,12 +115,39 @@ def ce_case(rng, N, C, dtype, scale=3.0):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_cross_entropy_fwd(N, C, dtype, device, rng):
     x, labels = ce_case(rng, N, C, dtype)
-    loss, stats = garbage(N, dtype, device), garbage((N, 2), dtype, device)
-    sm.cross_entropy_fwd(put(x, device), put(labels, device), IGNORE, loss, stats)
+    loss, stats, counted = garbage(N, dtype, device), garbage((N, 2), dtype, device), garbage(N, dtype, device)
+    sm.cross_entropy_fwd(put(x, device), put(labels, device), IGNORE, loss, stats, counted)
     want_loss, want_stats = ce_ref(x, labels)
     rtol, atol = tolerance(dtype)
     np.testing.assert_allclose(host(loss), want_loss, rtol=rtol, atol=atol)
     np.testing.assert_allclose(host(stats), want_stats, rtol=rtol, atol=atol)
+    np.testing.assert_array_equal(host(counted), (labels != IGNORE).astype(dtype))
+
+
+def test_cross_entropy_bad_label_raises_on_the_cpu_at_once_and_lazily_on_cuda(device):
+    x = np.zeros((3, 4), np.float32)
+    labels = np.array([0, 4, IGNORE], np.int64)
+    loss, stats, counted = garbage(3, np.float32, device), garbage((3, 2), np.float32, device), \
+        garbage(3, np.float32, device)
+    message = r"cross_entropy: target values must be class indices in \[0, 3\] \(C = 4\) or ignore_index=-100"
+    if device == "cpu":
+        with pytest.raises(ValueError, match=message):
+            sm.cross_entropy_fwd(x, labels, IGNORE, loss, stats, counted)
+        return
+    sm.cross_entropy_fwd(put(x, device), put(labels, device), IGNORE, loss, stats, counted)  # no host read here
+    assert np.isnan(host(loss)[1])
+    with pytest.raises(DeviceCheckError, match=message + ".*reported at the first host read"):
+        runtime.synchronize()
+    runtime.synchronize()                               # reported once, then the flag is clear
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_argmax_hits(dtype, device):
+    x = np.array([[0.0, 2.0, 1.0], [3.0, 3.0, 1.0], [0.0, 0.0, 5.0], [1.0, -1.0, 0.0]], dtype)
+    labels = np.array([1, 1, 2, 2], np.int64)          # row 1 ties: the first maximum (0) wins
+    hits = garbage(4, dtype, device)
+    sm.argmax_hits(put(x, device), put(labels, device), hits)
+    np.testing.assert_array_equal(host(hits), [1, 0, 1, 0])
 
 
 @pytest.mark.parametrize("per_row", [True, False], ids=["g-per-row", "g-shared"])
@@ -146,7 +174,7 @@ def test_cross_entropy_is_stable_for_huge_logits(device):
     x = np.array([[1000.0, -1000.0, 0.0], [-1000.0, -999.0, -1000.0]], np.float32)
     labels = np.array([1, 1], np.int64)
     loss, stats = garbage(2, np.float32, device), garbage((2, 2), np.float32, device)
-    sm.cross_entropy_fwd(put(x, device), put(labels, device), IGNORE, loss, stats)
+    sm.cross_entropy_fwd(put(x, device), put(labels, device), IGNORE, loss, stats, garbage(2, np.float32, device))
     want_loss, _ = ce_ref(x, labels)                   # 2000 and 0.5514...: no cancellation in float32
     np.testing.assert_allclose(host(loss), want_loss, rtol=1e-6)
     dx = garbage(x.shape, np.float32, device)
@@ -182,9 +210,13 @@ def test_softmax_bad_arguments():
         sm.softmax_fwd("softmax", np.ones((2, 3, 2), np.float32)[:, :, :1], a)
     stats = np.ones((2, 2), np.float32)
     with pytest.raises(TypeError, match="int64"):
-        sm.cross_entropy_fwd(a[:, :, 0], labels.astype(np.int32), IGNORE, np.ones(2, np.float32), stats)
-    with pytest.raises(ValueError, match=r"labels and loss \(N,\) and stats \(N, 2\)"):
-        sm.cross_entropy_fwd(a[:, :, 0], np.zeros(3, np.int64), IGNORE, np.ones(2, np.float32), stats)
+        sm.cross_entropy_fwd(a[:, :, 0], labels.astype(np.int32), IGNORE, np.ones(2, np.float32), stats,
+                             np.ones(2, np.float32))
+    with pytest.raises(ValueError, match=r"labels, loss and counted \(N,\) and stats \(N, 2\)"):
+        sm.cross_entropy_fwd(a[:, :, 0], np.zeros(3, np.int64), IGNORE, np.ones(2, np.float32), stats,
+                             np.ones(2, np.float32))
+    with pytest.raises(ValueError, match="argmax_hits: expected logits"):
+        sm.argmax_hits(a[:, :, 0], labels, np.ones(3, np.float32))
     with pytest.raises(ValueError, match="g shape"):
         sm.cross_entropy_bwd(a[:, :, 0], stats, labels, IGNORE, np.ones(3, np.float32), 1.0,
                              np.ones((2, 3), np.float32))
