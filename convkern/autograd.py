@@ -5,6 +5,7 @@ As in micrograd, each result remembers its parents through the node that made it
 walks the graph in reverse topological order and gradients *accumulate* (``+=``), so fan-out
 is correct. The order is computed iteratively, so deep graphs never hit the recursion limit.
 """
+import math
 import threading
 
 import numpy as np
@@ -262,8 +263,8 @@ class Tensor:
         return Sum.apply(self)
 
     def mean(self):
-        """Mean of all elements (a 0-d tensor)."""
-        return self.sum() * (1.0 / self.size)
+        """Mean of all elements (a 0-d tensor); NaN for an empty tensor, as in PyTorch (0/0)."""
+        return self.sum() * (1.0 / self.size if self.size else math.nan)
 
     def _binary(self, other, op, reverse=False):
         if isinstance(other, (int, float, np.integer, np.floating)) and not isinstance(other, bool):
@@ -311,7 +312,8 @@ def tensor(data, requires_grad=False, device=None, dtype=None):
     """Make a Tensor from a NumPy array, a nested list or scalar, a Numba CUDA device array, any
     object with ``__cuda_array_interface__`` (CuPy arrays, PyTorch CUDA tensors; viewed, not
     copied) or another Tensor. ``device`` defaults to where the data already is; ``dtype`` converts
-    (CPU data only). Arrays are made C-contiguous and native-byte-order."""
+    (CPU data only). Arrays are made C-contiguous, native-byte-order and writable (a read-only
+    NumPy array is copied; any other is shared, as ``torch.from_numpy``)."""
     if dtype is not None:
         try:
             dtype = np.dtype(dtype)
@@ -342,6 +344,8 @@ def tensor(data, requires_grad=False, device=None, dtype=None):
             array = array.astype(array.dtype.newbyteorder("="))
         if not array.flags.c_contiguous:
             array = np.ascontiguousarray(array)
+        if not array.flags.writeable:  # kernels write parameters and gradients in place
+            array = array.copy()
     if device is not None:
         backend.check_device(device)
         array = backend.to_device(array, device)

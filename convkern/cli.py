@@ -5,6 +5,8 @@ import os
 import platform
 import sys
 
+from convkern import cli_args
+
 
 def _info(args):
     import numba
@@ -61,11 +63,27 @@ def _summary(args):
     from convkern.layer_summary import summary
     factory, shape = models.REGISTRY[args.model]
     model = factory()
+    if args.batch_size > 1:
+        # A batch-1 pass first: what the batch asked for would need, before allocating it.
+        forward, training = summary(model, (1,) + shape).estimate_bytes(args.batch_size)
+        cli_args.check_memory(forward, f"--batch-size {args.batch_size} with {args.model}", "its forward pass",
+                              note=f"a training step would need about {cli_args.format_bytes(training)}")
     print(summary(model, (args.batch_size,) + shape, name=args.model))
     return 0
 
 
+# Exit statuses: bad arguments or input files (argparse's own status for a bad command line),
+# a run that failed, and an interrupted one (128 + SIGINT, as the shell reports it).
+EXIT_USAGE, EXIT_FAILURE, EXIT_INTERRUPTED = 2, 1, 130
+USAGE_ERRORS = (ValueError, TypeError, FileNotFoundError)
+FAILURES = (RuntimeError, OSError, MemoryError)
+
+
 def main(argv=None):
+    """Run one ``convkern`` command and return its exit status (also for a bad command line:
+    argparse's usage error is returned as 2, not raised). Errors from bad arguments and files,
+    failures (OSError, MemoryError, RuntimeError) and Ctrl-C are reported in one line without a
+    traceback; any other exception is a bug and keeps its traceback."""
     from convkern import bench, buildcheck, models, train
     parser = argparse.ArgumentParser(prog="convkern", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -77,9 +95,10 @@ def main(argv=None):
     p.set_defaults(func=train.run)
     p = sub.add_parser("summary", help="per-layer shapes, parameters, FLOPs and memory of a reference CNN")
     p.add_argument("model", choices=tuple(models.REGISTRY))
-    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--batch-size", action=cli_args.Checked, check=cli_args.positive_int, default=1, metavar="N",
+                   help="default: %(default)s")
     p.set_defaults(func=_summary)
-    p = sub.add_parser("kernels", help="compile every CUDA kernel to SASS (sm_80, sm_90): registers, spills")
+    p = sub.add_parser("kernels", help="compile every CUDA kernel to SASS (sm_80, sm_90): registers, spills, occupancy, SASS mix")
     buildcheck.add_arguments(p)
     p.set_defaults(func=buildcheck.run)
     p = sub.add_parser("tune", help="re-time this machine's cached autotune choices and keep the new winners")
@@ -87,18 +106,32 @@ def main(argv=None):
     p.set_defaults(func=_tune)
     p = sub.add_parser("info", help="versions, devices, threads, the autotune cache's provenance")
     p.set_defaults(func=_info)
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # a usage error (already printed) or --help
+        return 0 if e.code is None else int(e.code)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # `train --nproc` starts ranks with the same line
     try:
         return args.func(args)
-    except (ValueError, RuntimeError, FileNotFoundError) as e:
-        from convkern import distributed
-        if distributed.is_initialized() and distributed.size() > 1:
-            # The other ranks may be waiting in a collective for this one: end them all.
-            print(f"convkern {args.command}: error on {distributed.where()}: {e}", file=sys.stderr)
-            distributed.abort(2)
-        print(f"convkern {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    except USAGE_ERRORS + FAILURES + (KeyboardInterrupt,) as e:
+        return _report(args.command, e)
+
+
+def _report(command, error):
+    """Print ``error`` as one line and return the exit status; under MPI end every rank."""
+    from convkern import distributed
+    if isinstance(error, KeyboardInterrupt):
+        kind, text, status = "interrupted", "", EXIT_INTERRUPTED
+    else:
+        text = str(error) or type(error).__name__
+        text = f": out of memory: {text}" if isinstance(error, MemoryError) else f": {text}"
+        kind, status = "error", EXIT_USAGE if isinstance(error, USAGE_ERRORS) else EXIT_FAILURE
+    if distributed.is_initialized() and distributed.size() > 1:
+        # The other ranks may be waiting in a collective for this one: end them all.
+        print(f"convkern {command}: {kind} on {distributed.where()}{text}", file=sys.stderr)
+        distributed.abort(status)
+    print(f"convkern {command}: {kind}{text}", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":

@@ -29,8 +29,21 @@ class Summary:
         self.params = params
         self.flops = sum(layer.flops for layer in layers)
         self.param_bytes = params * itemsize
+        self.input_bytes = input_bytes
         self.activation_bytes = sum(layer.activation_bytes for layer in layers) + input_bytes
         self.training_bytes = 2 * self.param_bytes + self.activation_bytes
+
+    def estimate_bytes(self, batch_size):
+        """(forward pass, training step) bytes at ``batch_size`` estimated from this summary, whose
+        activations scale with the batch: a training step keeps every activation
+        (``2·params + activations·B/N``); a forward pass without a graph holds about the input and,
+        at its largest layer, that layer's input, output and a workspace of the same size
+        (``params + (input + 3·largest activation)·B/N``)."""
+        scale = batch_size / self.input_shape[0]
+        largest = max((layer.activation_bytes for layer in self.layers), default=0)
+        forward = self.param_bytes + scale * (self.input_bytes + 3 * largest)
+        training = 2 * self.param_bytes + scale * self.activation_bytes
+        return int(forward), int(training)
 
     def __str__(self):
         rows = [("layer", "type", "output shape", "params", "MFLOPs", "activations")]

@@ -21,11 +21,15 @@ from convkern.ops.common import as_tensor, int_tuple
 
 
 class Parameter(Tensor):
-    """A Tensor that a Module registers as trainable (``requires_grad=True``)."""
+    """A Tensor that a Module registers as trainable (``requires_grad=True``). A read-only NumPy
+    array is copied, since optimizers update parameters in place."""
 
     def __init__(self, data, requires_grad=True):
         t = data if isinstance(data, Tensor) else tensor(data)
-        super().__init__(t.data, requires_grad=requires_grad)
+        array = t.data
+        if isinstance(array, np.ndarray) and not array.flags.writeable:
+            array = array.copy()
+        super().__init__(array, requires_grad=requires_grad)
 
     def __repr__(self):
         return "Parameter" + super().__repr__()[len("Tensor"):]

@@ -27,6 +27,32 @@ def same_padding(size, kernel, stride, dilation=1):
     return total // 2, total - total // 2
 
 
+def single_window_stride(size, kernel, stride, pad_before, pad_after, dilation=1, ceil_mode=False):
+    """``stride``, or a smaller one giving the same single output along this axis.
+
+    With one output the stride never multiplies anything (window 0 starts at ``-pad_before``),
+    but a huge one (2**40) would reach the kernels' index arithmetic and their stride-phase
+    tables. ``max(padded extent, window span)`` gives the same ``window_out_size`` of 1, floor or
+    ceil mode; any other case keeps ``stride``.
+    """
+    out = window_out_size(size, kernel, stride, pad_before, pad_after, dilation, ceil_mode)
+    cap = max(size + pad_before + pad_after, dilation * (kernel - 1) + 1, 1)
+    if out == 1 and stride > cap and window_out_size(size, kernel, cap, pad_before, pad_after, dilation,
+                                                     ceil_mode) == 1:
+        return cap
+    return stride
+
+
+def _normalised(in_size, kernel, stride, pad_before, pad_after, dilation, ceil_mode=False):
+    """(stride, dilation) per axis as the kernels see them: a single-output axis keeps a stride
+    of at most its padded extent (``single_window_stride``), a one-tap axis dilation 1; the
+    results are unchanged."""
+    stride = tuple(single_window_stride(*a, ceil_mode) for a in zip(in_size, kernel, stride, pad_before, pad_after,
+                                                                     dilation))
+    dilation = tuple(1 if k == 1 else d for k, d in zip(kernel, dilation))
+    return stride, dilation
+
+
 PASSES = ("fwd", "bwd_data", "bwd_filter")
 
 
@@ -61,16 +87,20 @@ class ConvGeometry(NamedTuple):
     def make(cls, N, C, K, in_size, kernel, stride=None, pad_before=None, pad_after=None, dilation=None,
              groups=1, output_padding=None):
         """The geometry with ``out_size`` computed; per-axis arguments default to stride 1,
-        padding 0, dilation 1 and no output padding. No validation (see ``convkern.conv_geometry``)."""
+        padding 0, dilation 1 and no output padding. Stride and dilation are stored as the
+        kernels see them (``_normalised``: a single-output axis keeps a stride of at most its
+        padded extent, a one-tap axis dilation 1). No validation (see ``convkern.conv_geometry``)."""
         rank = len(in_size)
 
         def axes(v, default):
             return tuple(int(a) for a in v) if v is not None else (default,) * rank
+        in_size, kernel = axes(in_size, 0), axes(kernel, 0)
         stride, dilation = axes(stride, 1), axes(dilation, 1)
         pad_before, pad_after, output_padding = axes(pad_before, 0), axes(pad_after, 0), axes(output_padding, 0)
         out = tuple(window_out_size(*a) for a in zip(in_size, kernel, stride, pad_before, pad_after, dilation))
-        return cls(int(N), int(C), int(K), int(groups), tuple(int(a) for a in in_size), tuple(int(a) for a in kernel),
-                   out, stride, pad_before, pad_after, dilation, output_padding)
+        stride, dilation = _normalised(in_size, kernel, stride, pad_before, pad_after, dilation)
+        return cls(int(N), int(C), int(K), int(groups), in_size, kernel, out, stride, pad_before, pad_after, dilation,
+                   output_padding)
 
     @property
     def rank(self):
@@ -169,7 +199,8 @@ class PoolGeometry(NamedTuple):
     def make(cls, N, C, in_size, kernel, stride=None, pad_before=None, pad_after=None, dilation=None,
              ceil_mode=False):
         """The geometry with ``out_size`` computed; per-axis arguments default to stride = kernel,
-        padding 0 and dilation 1. No validation (see ``convkern.ops.pool.pool_geometry``)."""
+        padding 0 and dilation 1; stride and dilation are stored as the kernels see them (as in
+        ``ConvGeometry.make``). No validation (see ``convkern.ops.pool.pool_geometry``)."""
         rank = len(in_size)
         kernel = tuple(int(a) for a in kernel)
 
@@ -181,6 +212,7 @@ class PoolGeometry(NamedTuple):
         in_size = tuple(int(a) for a in in_size)
         out = tuple(window_out_size(*a, ceil_mode) for a in zip(in_size, kernel, stride, pad_before, pad_after,
                                                                dilation))
+        stride, dilation = _normalised(in_size, kernel, stride, pad_before, pad_after, dilation, ceil_mode)
         return cls(int(N), int(C), in_size, kernel, out, stride, pad_before, pad_after, dilation)
 
     @property

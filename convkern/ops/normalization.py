@@ -24,6 +24,10 @@ class BatchNorm(Function):
         p = self.params
         need_x, need_w, _ = self.needs_input_grad
         N, C = x.shape[0], x.shape[1]
+        if x.size == 0:
+            # no values: an empty output, the running statistics untouched (PyTorch), no launch
+            self.shape3 = (N, C, 0)
+            return backend.empty(x.shape, x.dtype, self.device)
         shape3 = (N, C, x.size // (N * C))
         x3 = x.reshape(shape3)
         if p["training"]:
@@ -49,6 +53,11 @@ class BatchNorm(Function):
         p = self.params
         need_x, need_w, need_b = self.needs_input_grad
         N, C, L = self.shape3
+        if dy.size == 0:  # the sums over no values are zero
+            def zero():
+                return backend.zeros((C,), dy.dtype, self.device)
+            return (backend.empty(dy.shape, dy.dtype, self.device) if need_x else None,
+                    zero() if need_w else None, zero() if need_b else None)
         if not (need_x or need_w):
             db = backend.empty((C,), dy.dtype, self.device)
             elementwise.bias_grad_nchw(dy.reshape((N, C, L, 1)), db)
@@ -104,7 +113,8 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     when given, running_mean and running_var are updated in place,
     ``running_mean = (1-momentum)*running_mean + momentum*mean`` and
     ``running_var = (1-momentum)*running_var + momentum*var*M/(M-1)`` (the unbiased variance).
-    M must be > 1. training=False: ``mean``, ``var`` are running_mean and running_var (required).
+    M must be > 1 (an empty input gives an empty output and leaves them unchanged, as in
+    PyTorch). training=False: ``mean``, ``var`` are running_mean and running_var (required).
 
     Gradients flow to input, weight and bias (in training through the batch statistics:
     ``dx = weight*invstd/M * (M*dy - Σdy - xhat*Σ(dy*xhat))``), never to the running statistics.
@@ -115,8 +125,6 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     check_float(x, "input", op)
     if x.ndim < 2:
         raise ValueError(f"{op}: input must be at least 2-D: (N, C), (N, C, L), (N, C, H, W), ..., got shape {x.shape}")
-    if x.size == 0:
-        raise ValueError(f"{op}: input must have no zero-size dimension, got shape {x.shape}")
     rm = _running_stat(running_mean, "running_mean", x, op)
     rv = _running_stat(running_var, "running_var", x, op)
     if (rm is None) != (rv is None):
@@ -129,7 +137,7 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     eps = _number(eps, "eps", op)
     if eps < 0:
         raise ValueError(f"{op}: eps must be >= 0, got {eps!r}")
-    if training and x.size // x.shape[1] == 1:
+    if training and x.size and x.size // x.shape[1] == 1:
         raise ValueError(f"{op}: expected more than 1 value per channel when training, got input size {x.shape}")
     return BatchNorm.apply(x, w, b, running_mean=rm, running_var=rv, training=bool(training),
                            momentum=momentum, eps=eps)

@@ -26,7 +26,8 @@ class MaxPool(Function):
     def forward(self, x):
         g, indices = self.params["geometry"], self.params["indices"]
         y = backend.empty(g.y_shape, x.dtype, self.device)
-        pool.maxpool_fwd(x, y, indices, g, self.params["global_index"])
+        if y.size:
+            pool.maxpool_fwd(x, y, indices, g, self.params["global_index"])
         if self.needs_input_grad[0]:
             self.save_for_backward(indices)
         return y
@@ -35,7 +36,8 @@ class MaxPool(Function):
         g = self.params["geometry"]
         (indices,) = self.saved
         dx = backend.empty(g.x_shape, dy.dtype, self.device)
-        pool.maxpool_bwd(dy, indices, dx, g, self.params["global_index"])
+        if dx.size:
+            pool.maxpool_bwd(dy, indices, dx, g, self.params["global_index"])
         return (dx,)
 
 
@@ -45,13 +47,15 @@ class AvgPool(Function):
     def forward(self, x):
         g = self.params["geometry"]
         y = backend.empty(g.y_shape, x.dtype, self.device)
-        pool.avgpool_fwd(x, y, g, self.params["count_include_pad"])
+        if y.size:
+            pool.avgpool_fwd(x, y, g, self.params["count_include_pad"])
         return y
 
     def backward(self, dy):
         g = self.params["geometry"]
         dx = backend.empty(g.x_shape, dy.dtype, self.device)
-        pool.avgpool_bwd(dy, dx, g, self.params["count_include_pad"])
+        if dx.size:
+            pool.avgpool_bwd(dy, dx, g, self.params["count_include_pad"])
         return (dx,)
 
 
@@ -61,12 +65,14 @@ class AdaptiveAvgPool(Function):
     def forward(self, x):
         self.in_shape = x.shape
         y = backend.empty(x.shape[:2] + tuple(self.params["output_size"]), x.dtype, self.device)
-        pool.adaptive_avgpool_fwd(x, y)
+        if y.size:
+            pool.adaptive_avgpool_fwd(x, y)
         return y
 
     def backward(self, dy):
         dx = backend.empty(self.in_shape, dy.dtype, self.device)
-        pool.adaptive_avgpool_bwd(dy, dx)
+        if dx.size:
+            pool.adaptive_avgpool_bwd(dy, dx)
         return (dx,)
 
 
@@ -75,7 +81,8 @@ class MaxUnpool2d(Function):
 
     def forward(self, x, indices):
         out = backend.empty(x.shape[:2] + tuple(self.params["output_size"]), x.dtype, self.device)
-        pool.maxunpool2d_fwd(x, indices, out)
+        if out.size:
+            pool.maxunpool2d_fwd(x, indices, out)
         if self.needs_input_grad[0]:
             self.save_for_backward(indices)
         return out
@@ -83,7 +90,8 @@ class MaxUnpool2d(Function):
     def backward(self, dy):
         (indices,) = self.saved
         dx = backend.empty(indices.shape, dy.dtype, self.device)
-        pool.maxunpool2d_bwd(dy, indices, dx)
+        if dx.size:
+            pool.maxunpool2d_bwd(dy, indices, dx)
         return dx, None
 
 
@@ -93,12 +101,16 @@ def _check_bool(value, name, op):
     return bool(value)
 
 
-def _float_input(input, rank, op, layout=None):
+def _float_input(input, rank, op, layout=None, may_be_empty=2):
+    """The float input of ``rank`` spatial axes; its first ``may_be_empty`` dimensions (batch and
+    channels) may be 0, giving an empty result, the windowed ones may not."""
     x = as_tensor(input, "input", op)
     check_rank(x, rank + 2, "input", layout or LAYOUTS[rank], op)
     check_float(x, "input", op)
-    if min(x.shape) < 1:
-        raise ValueError(f"{op}: input must have no zero-size dimension, got shape {x.shape}")
+    if min(x.shape[may_be_empty:]) < 1:
+        what = "batch and channel" if may_be_empty == 2 else "batch"
+        raise ValueError(f"{op}: input must have no zero-size dimension other than the {what} dimension, "
+                         f"got shape {x.shape}")
     return x
 
 
@@ -374,7 +386,7 @@ def max_pool_with_argmax(input, ksize, strides, padding, include_batch_in_index=
     Returns (output, argmax): a Tensor (N, P, Q, C) and an int64 Tensor (N, P, Q, C).
     """
     op = "max_pool_with_argmax"
-    x = _float_input(input, 2, op, "(N, H, W, C)")
+    x = _float_input(input, 2, op, "(N, H, W, C)", may_be_empty=1)
     kernel = _tf_window(ksize, "ksize", op)
     stride = _tf_window(strides, "strides", op)
     mode = padding.upper() if isinstance(padding, str) else None
@@ -511,7 +523,7 @@ def subsample2d(input, weight, bias, kernel_size=2, stride=None):
     input (N, C, H, W); weight (C,); bias (C,) or None. Returns a Tensor (N, C, P, Q).
     """
     op = "subsample2d"
-    x = _float_input(input, 2, op)
+    x = _float_input(input, 2, op, may_be_empty=1)
     C = x.shape[1]
     w = as_tensor(weight, "weight", op)
     check_same(w, x, "weight", "input", op)

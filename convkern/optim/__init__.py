@@ -86,6 +86,10 @@ class Optimizer(abc.ABC):
                 if p.grad is None:
                     continue
                 g = p.grad.data
+                if isinstance(p.data, np.ndarray) and not p.data.flags.writeable:
+                    raise ValueError(f"{type(self).__name__}.step: a parameter of shape {p.shape} holds a read-only "
+                                     "NumPy array, which the update cannot write; give it a writable copy "
+                                     "(p.data = p.data.copy())")
                 if p.grad.device != p.device or p.grad.dtype != p.dtype or tuple(g.shape) != p.shape:
                     raise RuntimeError(f"{type(self).__name__}.step: a gradient of shape {tuple(g.shape)} "
                                        f"({p.grad.dtype}, {p.grad.device}) does not match its parameter "
@@ -129,44 +133,72 @@ class Optimizer(abc.ABC):
 
     def load_state_dict(self, state_dict):
         """Restore hyper-parameters and state saved by ``state_dict`` into an optimizer built over
-        parameters of the same shapes in the same order."""
+        parameters of the same shapes in the same order. The whole state is checked first (groups
+        "0".."n-1" each with "params" and valid options, per-parameter state dicts of arrays of the
+        parameter's size or numbers); a bad one raises ValueError naming the entry and changes nothing."""
         op = f"{type(self).__name__}.load_state_dict"
-        groups = state_dict.get("param_groups") if isinstance(state_dict, dict) else None
-        if not isinstance(groups, dict) or "state" not in state_dict:
-            raise ValueError(f"{op}: expected a dict with 'state' and 'param_groups' (from state_dict())")
-        if len(groups) != len(self.param_groups):
-            raise ValueError(f"{op}: the saved state has {len(groups)} parameter groups, this optimizer "
-                             f"has {len(self.param_groups)}")
-        params = []
+        if not isinstance(state_dict, dict) or not isinstance(state_dict.get("param_groups"), dict) \
+                or not isinstance(state_dict.get("state"), dict):
+            raise ValueError(f"{op}: expected a dict with 'state' and 'param_groups' dicts (from state_dict())")
+        groups = {str(k): v for k, v in state_dict["param_groups"].items()}
+        expected = [str(j) for j in range(len(self.param_groups))]
+        if sorted(groups) != sorted(expected):
+            raise ValueError(f"{op}: the saved parameter groups are {sorted(groups)}, this optimizer has "
+                             f"{len(expected)}: {expected}")
+        params, options = [], []
         for j, group in enumerate(self.param_groups):
             saved = groups[str(j)]
-            n_saved = len(np.atleast_1d(saved["params"]))
+            if not isinstance(saved, dict) or "params" not in saved:
+                raise ValueError(f"{op}: parameter group {j} must be a dict with a 'params' entry, got {saved!r}")
+            n_saved = int(np.size(saved["params"]))
             if n_saved != len(group["params"]):
                 raise ValueError(f"{op}: parameter group {j} has {len(group['params'])} parameters, the saved "
                                  f"one {n_saved}")
+            unknown = set(saved) - set(self.defaults) - {"params", "initial_lr"}
+            if unknown:
+                raise ValueError(f"{op}: parameter group {j} has unknown option(s) {sorted(unknown)}")
+            restored = {k: (v.item() if np.ndim(v) == 0 and hasattr(v, "item") else v)
+                        for k, v in saved.items() if k != "params"}
+            if "betas" in restored and hasattr(restored["betas"], "tolist"):
+                restored["betas"] = tuple(restored["betas"].tolist())
+            full = dict(group, **restored)
+            try:
+                self._check_options(full)
+                if "initial_lr" in full:
+                    _number(full["initial_lr"], "initial_lr", type(self).__name__, low=0)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"{op}: parameter group {j}: {e}") from None
+            options.append({k: full[k] for k in restored})
             params.extend(group["params"])
-        new_state = {}
-        for key, entries in state_dict["state"].items():
-            if not str(key).isdigit() or int(key) >= len(params):
-                raise ValueError(f"{op}: state for parameter {key!r}, but the optimizer has {len(params)} parameters")
-            p = params[int(key)]
-            restored = {}
-            for name, value in entries.items():
-                if hasattr(value, "shape") and np.ndim(value) > 0:
-                    if int(np.size(value)) != p.size:
-                        raise ValueError(f"{op}: state {name!r} of parameter {key} has {np.size(value)} "
-                                         f"elements, the parameter {p.size}")
-                    value = backend.to_device(np.array(np.asarray(value).reshape(-1), p.dtype, copy=True),
-                                              p.device)
-                elif hasattr(value, "item"):
-                    value = value.item()
-                restored[name] = value
-            new_state[id(p)] = restored
-        for j, group in enumerate(self.param_groups):
-            for k, v in groups[str(j)].items():
-                if k != "params":
-                    group[k] = v.item() if hasattr(v, "item") else v
-        self.state = new_state
+        new_state = {key: self._restored_state(op, key, entries, params)
+                     for key, entries in state_dict["state"].items()}
+        for group, restored in zip(self.param_groups, options):
+            group.update(restored)
+        self.state = {id(params[int(key)]): entries for key, entries in new_state.items()}
+
+    def _restored_state(self, op, key, entries, params):
+        """Parameter ``key``'s saved state, checked and moved to the parameter's device and dtype."""
+        if not str(key).isdigit() or int(key) >= len(params):
+            raise ValueError(f"{op}: state for parameter {key!r}, but the optimizer has {len(params)} parameters")
+        if not isinstance(entries, dict):
+            raise ValueError(f"{op}: the state of parameter {key} must be a dict, got {type(entries).__name__}")
+        p = params[int(key)]
+        restored = {}
+        for name, value in entries.items():
+            if np.ndim(value) > 0:
+                if not hasattr(value, "shape") or np.asarray(value).dtype.kind not in "fiu":
+                    raise ValueError(f"{op}: state {name!r} of parameter {key} must be a numeric array, got {value!r}")
+                if int(np.size(value)) != p.size:
+                    raise ValueError(f"{op}: state {name!r} of parameter {key} has {np.size(value)} "
+                                     f"elements, the parameter {p.size}")
+                value = backend.to_device(np.array(np.asarray(value).reshape(-1), p.dtype, copy=True), p.device)
+            else:
+                value = value.item() if hasattr(value, "item") else value
+                if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                    raise ValueError(f"{op}: state {name!r} of parameter {key} must be a number or an array, "
+                                     f"got {value!r}")
+            restored[name] = value
+        return restored
 
 
 class SGD(Optimizer):

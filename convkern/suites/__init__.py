@@ -3,6 +3,8 @@ dilation, groups (stride/pad/dilation as [h, w])."""
 import json
 from importlib import resources
 
+from convkern import cli_args
+
 # The conv layers of the reference CNNs at training batch sizes (pad as PyTorch's symmetric pad;
 # TensorFlow "same" layers with odd kernels pad (k-1)/2 on every side, which is the same thing).
 REFERENCE = [
@@ -96,15 +98,42 @@ def load_suite(name):
     rows = data.get("layers") if isinstance(data, dict) else data
     if not isinstance(rows, list) or not rows:
         raise ValueError(f"--suite: {name} must hold a non-empty list of layers or {{\"layers\": [...]}}")
-    layers = []
-    required = ("N", "C", "H", "W", "K", "R", "S")
-    for i, row in enumerate(rows):
-        missing = [k for k in required if k not in row]
-        if missing:
-            raise ValueError(f"--suite: layer {i} of {name} lacks keys {missing} (each layer needs {list(required)})")
-        layers.append(_layer(row.get("name", f"layer{i}"), *(int(row[k]) for k in required),
-                             row.get("stride", 1), row.get("pad", 0), row.get("dilation", 1), int(row.get("groups", 1))))
-    return layers
+    return [_user_layer(row, i, name) for i, row in enumerate(rows)]
+
+
+REQUIRED = ("N", "C", "H", "W", "K", "R", "S")
+OPTIONAL = {"name": None, "stride": 1, "pad": 0, "dilation": 1, "groups": 1}
+
+
+def _user_layer(row, i, filename):
+    """Layer ``i`` of a user suite file, every value checked: sizes and groups positive ints,
+    stride/dilation positive and pad non-negative (an int or an [h, w] pair), no unknown keys."""
+    where = f"--suite: layer {i} of {filename}"
+    if not isinstance(row, dict):
+        raise ValueError(f"{where} must be an object with keys {list(REQUIRED)}, got {type(row).__name__} {row!r}")
+    missing = [k for k in REQUIRED if k not in row]
+    if missing:
+        raise ValueError(f"{where} lacks keys {missing} (each layer needs {list(REQUIRED)})")
+    unknown = sorted(set(row) - set(REQUIRED) - set(OPTIONAL))
+    if unknown:
+        raise ValueError(f"{where} has unknown keys {unknown}; a layer has {list(REQUIRED) + list(OPTIONAL)}")
+    name = row.get("name", f"layer{i}")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{where}: name must be a non-empty string, got {name!r}")
+    where = f"--suite: layer {i} ({name}) of {filename}:"
+    sizes = [cli_args.positive_int(row[k], f"{where} {k}") for k in REQUIRED]
+    geometry = {}
+    for key, check in (("stride", cli_args.positive_int), ("pad", cli_args.nonneg_int),
+                       ("dilation", cli_args.positive_int)):
+        value = row.get(key, OPTIONAL[key])
+        if isinstance(value, list) and len(value) == 2:
+            geometry[key] = [check(v, f"{where} {key}") for v in value]
+        elif isinstance(value, list):
+            raise ValueError(f"{where} {key} must be an int or an [h, w] pair, got {value!r}")
+        else:
+            geometry[key] = check(value, f"{where} {key}")
+    groups = cli_args.positive_int(row.get("groups", 1), f"{where} groups")
+    return _layer(name, *sizes, geometry["stride"], geometry["pad"], geometry["dilation"], groups)
 
 
 def quick(layer):

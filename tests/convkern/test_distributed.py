@@ -205,8 +205,9 @@ def running(pid, within):
 
 
 def test_raising_rank_ends_every_rank(tmp_path, mpi):
-    """An exception on one rank, in a script (uncaught) and in convkern train (rank 0 cannot write
-    its checkpoint while rank 1 trains on): every rank exits non-zero, promptly, naming the rank."""
+    """An exception on one rank, in a script (uncaught) and in convkern train (rank 0 cannot read
+    the checkpoint to resume while rank 1 waits for it): every rank exits non-zero, promptly, naming
+    the rank."""
     script = ("from convkern import distributed as d\n"
               "d.init()\n"
               "if d.rank() == 1:\n"
@@ -217,10 +218,11 @@ def test_raising_rank_ends_every_rank(tmp_path, mpi):
     assert time.monotonic() - start < 30
     assert result.returncode != 0
     assert "uncaught exception on rank 1 of 2" in result.stderr and "rank 1 fails on purpose" in result.stderr
-    result = mpiexec(*CLI, "train", "lenet5", "--epochs", "3", "--checkpoint", str(tmp_path / "no" / "dir.npz"),
-                     *SMALL)
+    (tmp_path / "junk.npz").write_text("not a checkpoint")
+    result = mpiexec(*CLI, "train", "lenet5", "--epochs", "3", "--resume", str(tmp_path / "junk.npz"), *SMALL)
     assert result.returncode != 0
-    assert "convkern train: error on rank 0 of 2:" in result.stderr and "No such file" in result.stderr, result.stderr
+    assert "convkern train: error on rank 0 of 2:" in result.stderr, result.stderr
+    assert "not a convkern save file" in result.stderr, result.stderr
 
 
 def test_world_size_must_divide_the_batch(mpi):
