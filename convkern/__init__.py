@@ -16,17 +16,34 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from convkern.autograd import Function, Tensor, from_dlpack, is_grad_enabled, no_grad, tensor  # noqa: E402
 from convkern.backend import cuda_available  # noqa: E402
-from convkern.ops.conv import conv_algorithms, conv_geometry, conv_transpose_geometry  # noqa: E402
+from convkern.ops.conv import allow_tf32, conv_algorithms, conv_geometry, conv_transpose_geometry  # noqa: E402
 from convkern import functional  # noqa: E402
 from convkern.gradcheck import GradcheckError, gradcheck  # noqa: E402
 from convkern.ops.shape import cat  # noqa: E402
 from convkern.random import manual_seed  # noqa: E402
 from convkern.serialization import load, save  # noqa: E402
-from convkern import distributed, nn, optim  # noqa: E402
+from convkern import cuda, distributed, nn, optim  # noqa: E402
 from convkern.layer_summary import summary  # noqa: E402
 
+# Submodules imported on first use (``ck.models``, ``ck.data``, ``ck.train``, ...): ``import convkern``
+# stays fast and never imports PyTorch; ``ck.torch`` does, when it is asked for.
+LAZY_SUBMODULES = ("bench", "buildcheck", "cli", "cli_args", "data", "models", "reference", "suites", "torch",
+                   "train")
+
+
+def __getattr__(name):
+    if name in LAZY_SUBMODULES:
+        import importlib
+        return importlib.import_module(f"convkern.{name}")
+    raise AttributeError(f"module 'convkern' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(LAZY_SUBMODULES))
+
+
 __version__ = "0.1.0"
-__all__ = ["Function", "GradcheckError", "Tensor", "cat", "conv_algorithms", "conv_geometry", "conv_transpose_geometry",
-           "cuda_available", "distributed", "from_dlpack",
+__all__ = ["Function", "GradcheckError", "Tensor", "allow_tf32", "cat", "conv_algorithms", "conv_geometry", "conv_transpose_geometry",
+           "cuda", "cuda_available", "distributed", "from_dlpack",
            "functional", "gradcheck", "is_grad_enabled", "load", "manual_seed", "nn", "no_grad", "optim", "save",
            "summary", "tensor", "__version__"]

@@ -261,7 +261,8 @@ def retune(device="cpu", log=None):
     Returns a list of (pass, geometry key, old choice, new choice). Shapes whose cached
     algorithm is no longer registered are re-timed as well."""
     from convkern import backend
-    from convkern.kernels.conv_registry import ALGORITHMS, BY_NAME
+    from convkern.kernels.conv_registry import BY_NAME
+    from convkern.ops.conv import auto_candidates
     backend.check_device(device)
     if not enabled(device):
         raise RuntimeError("autotuning is off (CONVKERN_AUTOTUNE=0, or cuda on the simulator): nothing to re-time")
@@ -277,7 +278,7 @@ def retune(device="cpu", log=None):
         a_shape, b_shape, out_shape = g.operand_shapes(pass_)
         a, b = (backend.to_device(rng.standard_normal(s).astype(e["dtype"]), device) for s in (a_shape, b_shape))
         out = backend.empty(out_shape, e["dtype"], device)
-        names = [x.name for x in ALGORITHMS if x.supports(g, device, pass_)[0]]
+        names = auto_candidates(g, device, pass_, e["dtype"])
         medians = measure(lambda n: BY_NAME[n].launcher(pass_)(a, b, out, g), names, device)
         old = e["algorithm"]
         new = _remember(key, g, device, e["dtype"], pass_, medians, info)

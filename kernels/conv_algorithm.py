@@ -4,7 +4,10 @@ the arrays every conv launcher receives.
 An algorithm is a name, one launcher per pass and two questions answered from the geometry
 alone: ``supports(g, device, pass_) -> (ok, reason)`` (can it run this pass at all; the reason
 says why not) and ``preference(g, device, pass_) -> int`` (the heuristic's rank for ``auto``
-without timing: lower first, ties broken by registry order). Launchers are
+without timing: lower first, ties broken by registry order). An algorithm that computes some
+dtype in lower precision than the dtype itself (TF32 tensor-core math for float32) says so in
+``reduced_precision``; ``auto`` skips it for that dtype unless the user allowed it
+(``convkern.allow_tf32``), and ``tolerance(dtype)`` is what its results are tested against. Launchers are
 ``launch(a, b, out, g)`` with the operands of ``ConvGeometry.operand_shapes(pass_)``; they
 overwrite ``out`` and pick the CPU or CUDA kernel by the array type.
 """
@@ -25,15 +28,19 @@ def always(g, device, pass_):
 class ConvAlgorithm:
     """One registry entry. ``ranks``: the spatial ranks its kernels take (a rank-1 geometry
     reaches them as rank 2, see ``ConvGeometry.as_2d``); ``limits(g, device, pass_)`` adds the
-    algorithm's own conditions as ``(ok, reason)``; ``preference`` defaults to 5 everywhere."""
+    algorithm's own conditions as ``(ok, reason)``; ``preference`` defaults to 5 everywhere.
+    ``reduced_precision``: ``{dtype: (rtol, atol)}`` for the dtypes it computes in lower
+    precision, with the tolerance of its results against a float64 reference."""
 
-    def __init__(self, name, fwd, bwd_data, bwd_filter, ranks=(2,), limits=always, preference=None, summary=""):
+    def __init__(self, name, fwd, bwd_data, bwd_filter, ranks=(2,), limits=always, preference=None, summary="",
+                 reduced_precision=None):
         self.name = name
         self.launchers = {"fwd": fwd, "bwd_data": bwd_data, "bwd_filter": bwd_filter}
         self.ranks = tuple(ranks)
         self._limits = limits
         self._preference = preference or (lambda g, device, pass_: 5)
         self.summary = summary
+        self.reduced_precision = {np.dtype(d).name: tuple(tol) for d, tol in (reduced_precision or {}).items()}
 
     def supports(self, g, device, pass_):
         """``(True, "")`` when this algorithm can run ``pass_`` of geometry ``g`` on ``device``,
@@ -50,6 +57,16 @@ class ConvAlgorithm:
 
     def preference(self, g, device, pass_):
         return self._preference(g, device, pass_)
+
+    def reduces_precision(self, dtype):
+        """True when this algorithm computes ``dtype`` in lower precision than ``dtype`` (auto
+        then needs the user's consent to pick it)."""
+        return np.dtype(dtype).name in self.reduced_precision
+
+    def tolerance(self, dtype):
+        """(rtol, atol) of its ``dtype`` results against a float64 reference when it computes
+        ``dtype`` in reduced precision; None when it computes at the dtype's own precision."""
+        return self.reduced_precision.get(np.dtype(dtype).name)
 
     def launcher(self, pass_):
         return self.launchers[pass_]

@@ -18,19 +18,20 @@ layer), and this file (the layer benchmark, records, tables, files, the command 
 """
 import csv
 import fnmatch
+import importlib.util
 import json
 import os
 import sys
 
 import numpy as np
 
-from convkern import backend
+from convkern import backend, cli_args
 from convkern.bench.operands import _geometry, _Operands, _relative_error
 from convkern.bench.peers import (PEER_NAMES, InProcessPeers, PeerProcess, open_peers, tf_conv_args,  # noqa: F401
                                   tf_unsupported)
 from convkern.bench.timing import measure_peak_gflops, time_call  # noqa: F401
-from convkern.kernels.conv_registry import BY_NAME
-from convkern.ops.conv import PASSES, conv_algorithms, launcher
+from convkern.kernels.conv_registry import ALGORITHMS, BY_NAME
+from convkern.ops.conv import PASSES, allow_tf32, conv_algorithms, launcher
 from convkern.suites import SUITES, load_suite, quick
 
 FIELDS = ["suite", "layer", "N", "C", "H", "W", "K", "R", "S", "stride", "pad", "dilation", "groups",
@@ -71,6 +72,8 @@ def run_bench(suite="reference", device="cpu", algorithms=None, passes=PASSES, d
         if p not in PASSES:
             raise ValueError(f"--passes: unknown pass {p!r}; expected some of {list(PASSES)}")
     layers = [quick(l) if quick_mode else l for l in select_layers(load_suite(suite), layers)]
+    for layer in layers:  # every layer's shape and memory, before any is timed
+        _check_layer_memory(layer, _geometry(layer), dtype, device)
     peak = None if backend.cuda_kind() == "simulated" and device == "cuda" else measure_peak_gflops(device)
     if peak is not None:
         print(f"# peak: float32 GEMM at {peak:.1f} GFLOP/s on {device}", file=log)
@@ -82,6 +85,19 @@ def run_bench(suite="reference", device="cpu", algorithms=None, passes=PASSES, d
     finally:
         if runner is not None:
             runner.close()
+
+
+def _check_layer_memory(layer, g, dtype, device):
+    """Refuse a layer whose arrays cannot fit: x, w, dy and the output in ``dtype`` (on the host,
+    and again on a GPU), and the reference's padded float64 input, weight, result and one einsum
+    temporary of the result's size (on the host)."""
+    x, w, y = g.N * g.C * g.H * g.W, g.K * (g.C // g.groups) * g.R * g.S, g.N * g.K * g.P * g.Q
+    operands = np.dtype(dtype).itemsize * (x + w + y + max(x, w, y))
+    reference = 8 * (2 * x + w + 2 * y)
+    who = f"--suite: layer {layer['name']!r} ({g.N}x{g.C}x{g.H}x{g.W} -> {g.K} {g.R}x{g.S})"
+    if device == "cuda":
+        cli_args.check_memory(operands, who, "its operands and output", "cuda")
+    cli_args.check_memory(operands + reference, who, "its operands, output and float64 reference", "cpu")
 
 
 def _bench_layers(layers, suite, device, algorithms, passes, dtype, runner, peak, log, min_seconds):
@@ -113,8 +129,17 @@ def _bench_layers(layers, suite, device, algorithms, passes, dtype, runner, peak
                 a, b = ops.args(pass_)
                 first, med = time_call(lambda: fn(a, b, out, g), device, min_seconds=min_seconds)
                 err = _relative_error(backend.to_numpy(out), ops.ref(pass_))
-                records.append(_log(_record(base, alg, pass_, g, first, med, err, peak, tol, peer_ms), log))
+                records.append(_log(_record(base, alg, pass_, g, first, med, err, peak,
+                                            _tolerance(alg, dtype, tol), peer_ms), log))
     return records
+
+
+def _tolerance(alg, dtype, tol):
+    """The bound on ``max_rel_err`` for ``alg``: ``tol``, or the rtol of its reduced precision
+    (TF32) for ``dtype``; for auto, the loosest one it may pick (allow_tf32)."""
+    names = [alg] if alg != "auto" else [a.name for a in ALGORITHMS] if allow_tf32() else []
+    bounds = [BY_NAME[n].tolerance(dtype) for n in names]
+    return max([tol] + [b[0] for b in bounds if b is not None])
 
 
 def _log(rec, log):
@@ -197,26 +222,39 @@ def write_plot(records, path):
 
 
 def add_arguments(p):
+    """The options of ``convkern bench``, each checked as it is parsed (``convkern.cli_args``)."""
+    check = dict(action=cli_args.Checked)
     p.add_argument("--model", default=None, metavar="NAME",
                    help="profile a whole reference CNN layer by layer instead of a layer suite "
                         "(" + ", ".join(_model_names()) + ")")
-    p.add_argument("--batch-size", type=int, default=None, help="with --model: the batch (default 32)")
-    p.add_argument("--input-size", default=None, metavar="H[xW]",
+    p.add_argument("--batch-size", **check, check=cli_args.positive_int, default=None, metavar="B",
+                   help="with --model: the batch (default 32)")
+    p.add_argument("--input-size", **check, check=cli_args.size_hw, default=None, metavar="H[xW]",
                    help="with --model: the input's spatial size instead of the model's own (e.g. 64)")
-    p.add_argument("--suite", default="reference", help="reference | deepbench | convnet | PATH.json")
+    p.add_argument("--suite", default="reference", help="reference | deepbench | convnet | PATH.json "
+                                                         "(default: %(default)s)")
     p.add_argument("--layers", default=None, metavar="PATTERNS",
                    help="comma list of layer names or shell patterns (e.g. 'vgg16.*,resnet34.layer?'); default all")
-    p.add_argument("--device", default="cpu", choices=backend.DEVICES)
-    p.add_argument("--algorithms", default=None, help="comma list of " + ",".join(conv_algorithms() + ["auto"]))
-    p.add_argument("--passes", default=",".join(PASSES), help="comma list of fwd,bwd_data,bwd_filter")
-    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument("--device", default="cpu", choices=backend.DEVICES, help="default: %(default)s")
+    p.add_argument("--algorithms", default=None,
+                   help="comma list of " + ",".join(conv_algorithms() + ["auto"]) + " (default: all)")
+    p.add_argument("--passes", default=",".join(PASSES), help="comma list of fwd,bwd_data,bwd_filter (default: all)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="default: %(default)s")
     p.add_argument("--quick", action="store_true", help="scale layers down to CI size")
     p.add_argument("--peers", action="store_true",
                    help="also time PyTorch and TensorFlow, where installed, on the same shapes and device "
                         "(in a separate worker process)")
-    p.add_argument("--json", metavar="PATH", help="write the records as JSON")
-    p.add_argument("--csv", metavar="PATH", help="write the records as CSV")
-    p.add_argument("--plot", metavar="PATH.png", help="grouped bar chart of GFLOP/s (needs matplotlib)")
+    p.add_argument("--json", **check, check=cli_args.output_path, metavar="PATH", help="write the records as JSON")
+    p.add_argument("--csv", **check, check=cli_args.output_path, metavar="PATH", help="write the records as CSV")
+    p.add_argument("--plot", **check, check=_plot_path, metavar="PATH.png",
+                   help="grouped bar chart of GFLOP/s (needs matplotlib)")
+
+
+def _plot_path(value, name):
+    """An output path for the plot, refused at once when matplotlib, which draws it, is missing."""
+    if importlib.util.find_spec("matplotlib") is None:
+        raise ValueError(f"{name} needs matplotlib: pip install 'convkern[plot]'")
+    return cli_args.output_path(value, name)
 
 
 def _model_names():
@@ -230,29 +268,12 @@ def _run_model(args):
                         ("--plot", args.plot), ("--quick", args.quick)):
         if value:
             raise ValueError(f"{flag} does not apply to --model (the model's own layers and 'auto' are timed)")
-    _check_writable(args.json)
-    size = None
-    if args.input_size is not None:
-        try:
-            size = tuple(int(v) for v in args.input_size.lower().split("x"))
-        except ValueError:
-            raise ValueError(f"--input-size must be H or HxW, got {args.input_size!r}") from None
-        size = size * 2 if len(size) == 1 else size
     profile = profile_model(args.model, 32 if args.batch_size is None else args.batch_size, args.device, args.dtype,
-                            peers=args.peers, input_size=size)
+                            peers=args.peers, input_size=args.input_size)
     print(format_profile(profile))
     if args.json:
         write_json(profile, args.json)
     return 0
-
-
-def _check_writable(path):
-    """Refuse an output path that cannot be written before any work starts."""
-    if path is None:
-        return
-    folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
-        raise ValueError(f"--json: cannot write {path!r} (not a file in an existing, writable directory)")
 
 
 def run(args):

@@ -25,12 +25,40 @@ def conv_algorithms(device="cpu", geometry=None, passes=PASSES):
     return [a.name for a in ALGORITHMS if all(a.supports(geometry, device, p)[0] for p in passes)]
 
 
-def heuristic_algorithm(g, device, pass_):
-    """The algorithm ``auto`` uses for one pass of ``g`` without timing: the supporting
-    algorithm with the lowest ``preference``, registry order breaking ties (the preferences are
-    in docs/conv-algorithms.md)."""
-    ranked = [(a.preference(g, device, pass_), i, a.name) for i, a in enumerate(ALGORITHMS)
-              if a.supports(g, device, pass_)[0]]
+_TF32 = {"allowed": False}
+
+
+def allow_tf32(enabled=None):
+    """Whether ``algorithm="auto"`` may pick algorithms that compute float32 convolutions in
+    reduced precision: TF32 tensor-core math, 10-bit mantissa (``implicit_gemm_tc``), like
+    PyTorch's ``torch.backends.cudnn.allow_tf32``. Off by default: auto then picks only
+    algorithms that keep float32 precision (float64 is never reduced). A named algorithm runs
+    whatever this says.
+
+    ``allow_tf32()`` returns the setting; ``allow_tf32(True)`` or ``allow_tf32(False)`` sets it
+    and returns the previous one.
+    """
+    previous = _TF32["allowed"]
+    if enabled is not None:
+        if not isinstance(enabled, bool):
+            raise TypeError(f"allow_tf32: enabled must be True, False or None, got {enabled!r}")
+        _TF32["allowed"] = enabled
+    return previous
+
+
+def auto_candidates(g, device, pass_, dtype):
+    """The algorithms ``auto`` chooses among for one pass of ``g`` in ``dtype``: those that
+    support it, less those computing ``dtype`` in reduced precision unless ``allow_tf32``."""
+    return [a.name for a in ALGORITHMS if a.supports(g, device, pass_)[0]
+            and (_TF32["allowed"] or not a.reduces_precision(dtype))]
+
+
+def heuristic_algorithm(g, device, pass_, dtype="float32"):
+    """The algorithm ``auto`` uses for one pass of ``g`` in ``dtype`` without timing: the
+    candidate (``auto_candidates``) with the lowest ``preference``, registry order breaking
+    ties (the preferences are in docs/conv-algorithms.md)."""
+    names = auto_candidates(g, device, pass_, dtype)
+    ranked = [(a.preference(g, device, pass_), i, a.name) for i, a in enumerate(ALGORITHMS) if a.name in names]
     return min(ranked)[2]
 
 
@@ -53,16 +81,16 @@ def launcher(algorithm, g, device, pass_):
     """The function ``f(a, b, out, g)`` running ``pass_`` with ``algorithm`` (overwrites ``out``).
 
     For "auto" it is looked up at each call: the autotuned choice for the key (device, dtype,
-    pass, geometry) among the algorithms that support the pass, timed on the call's own arrays
+    pass, geometry) among ``auto_candidates``, timed on the call's own arrays
     the first time (see ``convkern.autotune``), or ``heuristic_algorithm`` when autotuning is off.
     """
     if algorithm != "auto":
         return BY_NAME[algorithm].launcher(pass_)
 
     def auto(a, b, out, g):
-        candidates = [x.name for x in ALGORITHMS if x.supports(g, device, pass_)[0]]
+        candidates = auto_candidates(g, device, pass_, out.dtype)
         name = autotune.choose(g, device, out.dtype, pass_, lambda n: BY_NAME[n].launcher(pass_)(a, b, out, g),
-                               candidates, heuristic_algorithm(g, device, pass_))
+                               candidates, heuristic_algorithm(g, device, pass_, out.dtype))
         BY_NAME[name].launcher(pass_)(a, b, out, g)  # the winner's result, whichever candidate ran last
     return auto
 
@@ -72,7 +100,7 @@ def _view(a, shape):
 
 
 def _add_bias(y, b):
-    if b is not None:
+    if b is not None and y.size:
         elementwise.bias_add_nchw(y.reshape(y.shape[0], y.shape[1], 1, -1), b)
 
 
@@ -88,6 +116,11 @@ class Conv(Function):
 
     def _run(self, pass_, a, b, out):
         g = self.params["geometry"].as_2d()
+        if g.N == 0:
+            # an empty batch: nothing to launch; the filter gradient of no images is zero
+            if pass_ == "bwd_filter":
+                elementwise.fill(out, 0.0)
+            return out
         shapes = g.operand_shapes(pass_)
         launcher(self.params["algorithm"], g, self.device, pass_)(
             _view(a, shapes[0]), _view(b, shapes[1]), _view(out, shapes[2]), g)
@@ -114,8 +147,9 @@ class Conv(Function):
             dw = backend.empty(g.w_shape, dy.dtype, self.device)
             self._run("bwd_filter", x if transposed else dy, dy if transposed else x, dw)
         if need_b:
-            db = backend.empty((dy.shape[1],), dy.dtype, self.device)
-            elementwise.bias_grad_nchw(dy.reshape(dy.shape[0], dy.shape[1], 1, -1), db)
+            db = backend.zeros((dy.shape[1],), dy.dtype, self.device)
+            if dy.size:
+                elementwise.bias_grad_nchw(dy.reshape(dy.shape[0], dy.shape[1], 1, -1), db)
         return dx, dw, db
 
 
@@ -126,8 +160,10 @@ def _groups(groups, op):
 
 
 def _check_sizes(x_shape, w_shape, op):
-    if min(x_shape) < 1 or min(w_shape) < 1:
-        raise ValueError(f"{op}: input {tuple(x_shape)} and weight {tuple(w_shape)} must have no zero-size dimension")
+    """Only the batch may be empty (N = 0 gives an empty output, as in PyTorch)."""
+    if min(x_shape[1:]) < 1 or min(w_shape) < 1:
+        raise ValueError(f"{op}: input {tuple(x_shape)} and weight {tuple(w_shape)} must have no zero-size dimension "
+                         "other than the batch")
 
 
 def conv_geometry(input_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1, op="conv_geometry"):
