@@ -39,7 +39,7 @@ import math
 import numpy as np
 from numba import cuda, int64, njit, prange
 
-from .cuda_util import (SIMULATOR, array1, array2, blocks, check_flag, device_check, is_device_array, per_dtype,
+from .cuda_util import (SIMULATOR, array1, array2, block_sum, blocks, check_flag, device_check, is_device_array, per_dtype,
                         stream)
 
 ROW_THREADS = 8 if SIMULATOR else 256          # most threads per row block, a power of two
@@ -70,22 +70,6 @@ def _block_max(buf, v):
     return v
 
 
-@cuda.jit(device=True, inline="always")
-def _block_sum(buf, v):
-    t = cuda.threadIdx.x
-    buf[t] = v
-    cuda.syncthreads()
-    half = cuda.blockDim.x // 2
-    while half > 0:
-        if t < half:
-            buf[t] += buf[t + half]
-        cuda.syncthreads()
-        half //= 2
-    v = buf[0]
-    cuda.syncthreads()
-    return v
-
-
 # one block per row (o, i); thread t handles c = t, t + blockDim.x, ...
 @per_dtype(lambda dt: (int64, _array3(dt), _array3(dt)), threads=ROW_THREADS)
 def softmax_fwd_cuda(dt):
@@ -105,7 +89,7 @@ def softmax_fwd_cuda(dt):
         s = dt(0)
         for c in range(t, C, nt):
             s += math.exp(x[o, c, i] - m)
-        s = _block_sum(buf, s)
+        s = block_sum(buf, s)
         if mode == SOFTMAX:
             inv = dt(1) / s
             for c in range(t, C, nt):
@@ -197,13 +181,13 @@ def softmax_bwd_cuda(dt):
         if mode == SOFTMAX:
             for c in range(t, C, nt):
                 acc += g[o, c, i] * y[o, c, i]
-            acc = _block_sum(buf, acc)
+            acc = block_sum(buf, acc)
             for c in range(t, C, nt):
                 dx[o, c, i] = y[o, c, i] * (g[o, c, i] - acc)
         else:
             for c in range(t, C, nt):
                 acc += g[o, c, i]
-            acc = _block_sum(buf, acc)
+            acc = block_sum(buf, acc)
             for c in range(t, C, nt):
                 dx[o, c, i] = g[o, c, i] - math.exp(y[o, c, i]) * acc
     return kernel
@@ -282,7 +266,7 @@ def cross_entropy_fwd_cuda(dt):
         s = dt(0)
         for c in range(t, C, nt):
             s += math.exp(x[n, c] - m)
-        s = _block_sum(buf, s)
+        s = block_sum(buf, s)
         if t == 0:
             log_s = math.log(s)
             stats[n, 0] = m
