@@ -3,9 +3,14 @@
 Each kernel in ``convkern.kernels.cuda_util.REGISTRY`` (both dtypes) is compiled for real,
 per compute capability: Numba → PTX (``numba.cuda.compile_ptx``, NVVM), then PTX → SASS with
 nvJitLink, whose verbose log gives registers, spill stores and loads, shared memory and stack
-frame per kernel. The simulator never type-checks a kernel, so this is where a kernel that
-only "works" simulated gets caught. Needs the ``numba-cuda[cu13]`` wheels (NVVM and
-nvJitLink), not a GPU, and a process without ``NUMBA_ENABLE_CUDASIM``.
+frame per kernel. From those and the block size its launcher uses (``per_dtype(threads=)``)
+comes its ``occupancy``: resident warps per SM over the SM's maximum (``occupancy``). The linked
+cubin is disassembled (``nvdisasm``, from the ``nvidia-cuda-nvdisasm`` wheel of the test extra)
+and its instructions counted (``sass_counts``): all of them, FMAs, tensor-core MMAs, 128-bit
+vector loads and asynchronous copies; without a disassembler those fields are None. The
+simulator never type-checks a kernel, so this is where a kernel that only "works" simulated
+gets caught. Needs the ``numba-cuda[cu13]`` wheels (NVVM and nvJitLink), not a GPU, and a
+process without ``NUMBA_ENABLE_CUDASIM``.
 
     convkern kernels [--json] [--cc 80,90] [--no-cache]    # or: python -m convkern.buildcheck
 
@@ -24,7 +29,10 @@ import multiprocessing
 import os
 import pkgutil
 import re
+import shutil
+import subprocess
 import sys
+import tempfile
 import traceback
 from concurrent.futures import ProcessPoolExecutor
 from importlib import metadata
@@ -32,10 +40,36 @@ from pathlib import Path
 
 DEFAULT_CCS = ((8, 0), (9, 0))
 CACHE_FILE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "convkern" / "buildcheck.json"
-METRICS = ("registers", "spill_stores", "spill_loads", "shared_bytes", "stack_bytes")
+SASS_METRICS = ("instructions", "ffma_ops", "mma_ops", "vector_loads", "async_copies")
+LOOP_METRICS = ("loop_instructions", "loop_ffma_ops")
+METRICS = ("registers", "spill_stores", "spill_loads", "shared_bytes", "stack_bytes", "threads", "occupancy",
+           *SASS_METRICS, *LOOP_METRICS)
 COLUMNS = (("name", "kernel"), ("dtype", "dtype"), ("cc", "cc"), ("registers", "registers"),
            ("spill_stores", "spill stores"), ("spill_loads", "spill loads"),
-           ("shared_bytes", "shared bytes"), ("stack_bytes", "stack bytes"))
+           ("shared_bytes", "shared bytes"), ("stack_bytes", "stack bytes"), ("threads", "threads"),
+           ("occupancy", "occupancy"), ("instructions", "instructions"), ("ffma_ops", "ffma"), ("mma_ops", "mma"),
+           ("vector_loads", "128-bit loads"), ("async_copies", "async copies"),
+           ("loop_instructions", "loop instructions"), ("loop_ffma_ops", "loop ffma"))
+
+# Per-SM limits by compute capability (CUDA C Programming Guide, "Compute Capabilities"):
+# resident warps, resident blocks, shared memory for blocks (bytes); every one has 64K 32-bit
+# registers allocated per warp in units of 256, reserves 1 KiB of shared memory per block and
+# allocates shared memory in units of 128 bytes.
+SM_LIMITS = {"sm_80": (64, 32, 164 << 10), "sm_86": (48, 16, 100 << 10), "sm_89": (48, 24, 100 << 10),
+             "sm_90": (64, 32, 228 << 10), "sm_100": (64, 32, 228 << 10)}
+REGISTERS_PER_SM = 65536
+MAX_THREADS_PER_BLOCK = 1024
+REGISTER_UNIT = 256
+SHARED_RESERVED = 1024
+SHARED_UNIT = 128
+# nvJitLink's shared-memory count already includes the reserved 1 KiB from sm_90 on, but only for a
+# kernel with shared arrays: one without reports 0 and still has the 1 KiB reserved per block
+SHARED_COUNTS_RESERVED = ("sm_90", "sm_100")
+FMA_OPS = ("FFMA", "FFMA32I", "DFMA", "HFMA2", "HFMA2.MMA")
+MMA_OPS = ("HMMA", "IMMA", "DMMA", "BMMA", "HGMMA", "IGMMA", "QGMMA", "BGMMA")
+VECTOR_LOAD_OPS = ("LDG", "LDS", "LD")
+ASYNC_COPY_OPS = ("LDGSTS", "UBLKCP", "UTMALDG")
+_SASS_LINE = re.compile(r"^\s*/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_]*)((?:\.[A-Z0-9_]+)*)")
 
 
 def load_all_kernels():
@@ -109,6 +143,124 @@ def parse_link_log(log):
             "stack_bytes": max(stack, default=0)}
 
 
+def occupancy(threads, registers, shared_bytes, cc):
+    """Resident warps per SM over the SM's maximum for blocks of ``threads`` threads using
+    ``registers`` per thread and ``shared_bytes`` per block (as nvJitLink counts them for ``cc``),
+    as the CUDA occupancy calculator computes it; None for a cc without known limits.
+
+    blocks = min(resident-block limit, warps limit // warps per block,
+                 (REGISTERS_PER_SM // registers per warp) // warps per block,
+                 shared memory per SM // shared memory per block), registers per warp rounded up
+    to REGISTER_UNIT, shared memory per block (plus the reserved 1 KiB) rounded up to SHARED_UNIT.
+    0 means the block cannot be launched at all (also: more than MAX_THREADS_PER_BLOCK threads)."""
+    target = arch(cc)
+    if target not in SM_LIMITS:
+        return None
+    if int(threads) > MAX_THREADS_PER_BLOCK:
+        return 0.0
+    max_warps, max_blocks, shared_per_sm = SM_LIMITS[target]
+    warps = -(-int(threads) // 32)
+    per_warp = -(-int(registers) * 32 // REGISTER_UNIT) * REGISTER_UNIT
+    if target in SHARED_COUNTS_RESERVED:
+        need = max(int(shared_bytes), SHARED_RESERVED)
+    else:
+        need = int(shared_bytes) + SHARED_RESERVED
+    need = -(-need // SHARED_UNIT) * SHARED_UNIT
+    resident = min(max_blocks, max_warps // warps, (REGISTERS_PER_SM // max(per_warp, 1)) // warps,
+                   shared_per_sm // need)
+    return round(resident * warps / max_warps, 4)
+
+
+def sass_counts(sass):
+    """Instruction counts of ``nvdisasm`` output: ``instructions`` (every instruction but NOP
+    padding), ``ffma_ops`` (FFMA, DFMA, HFMA2), ``mma_ops`` (tensor-core HMMA/IMMA/DMMA and the
+    sm_90 warpgroup GMMAs), ``vector_loads`` (128-bit LDG/LDS/LD) and ``async_copies`` (cp.async
+    LDGSTS and the sm_90 bulk copies UBLKCP, UTMALDG). Static counts of the whole kernel, not of
+    the instructions executed. Raises ValueError on text with no instruction at all."""
+    counts = dict.fromkeys(SASS_METRICS, 0)
+    seen = False
+    for line in sass.splitlines():
+        m = _SASS_LINE.match(line)
+        if m is None:
+            continue
+        seen = True
+        op, mods = m.group(1), m.group(2).split(".")[1:]
+        if op == "NOP":
+            continue
+        counts["instructions"] += 1
+        full = ".".join([op] + mods)
+        counts["ffma_ops"] += op in FMA_OPS or full in FMA_OPS
+        counts["mma_ops"] += op in MMA_OPS
+        counts["vector_loads"] += op in VECTOR_LOAD_OPS and "128" in mods
+        counts["async_copies"] += op in ASYNC_COPY_OPS
+    if not seen:
+        raise ValueError("no SASS instruction found in the disassembly")
+    return counts
+
+
+_SASS_LABEL = re.compile(r"^\s*(\.L[\w.$]*):")
+_BRANCH_TARGET = re.compile(r"`\((\.L[\w.$]*)\)")
+
+
+def loop_counts(sass):
+    """``loop_instructions`` and ``loop_ffma_ops`` of the kernel's hottest loop in ``nvdisasm`` text.
+
+    A loop is the range from a label to a ``BRA`` further down that jumps back to it (a backward
+    branch). The hottest is the loop with the most FMAs (counted as ``sass_counts`` does); among
+    equals the shortest, i.e. the innermost. Counts cover every instruction in the range but
+    NOP padding, inner branches included. Both are 0 when the code has no backward branch."""
+    labels = {}
+    ops = []            # (op, is_fma) of each instruction, in order
+    best = None         # (ffma, -instructions) of the hottest loop so far
+    for line in sass.splitlines():
+        label = _SASS_LABEL.match(line)
+        if label is not None:
+            labels[label.group(1)] = len(ops)
+            continue
+        m = _SASS_LINE.match(line)
+        if m is None:
+            continue
+        op, mods = m.group(1), m.group(2).split(".")[1:]
+        if op == "NOP":
+            continue
+        ops.append(op in FMA_OPS or ".".join([op] + mods) in FMA_OPS)
+        target = _BRANCH_TARGET.search(line) if op == "BRA" else None
+        if target is not None and target.group(1) in labels:
+            body = ops[labels[target.group(1)]:]
+            key = (sum(body), -len(body))
+            best = key if best is None or key > best else best
+    if best is None:
+        return {"loop_instructions": 0, "loop_ffma_ops": 0}
+    return {"loop_instructions": -best[1], "loop_ffma_ops": best[0]}
+
+
+def find_disassembler():
+    """Path of ``nvdisasm``: on PATH, else from the ``nvidia-cuda-nvdisasm`` wheel; None if absent."""
+    found = shutil.which("nvdisasm")
+    if found:
+        return found
+    try:
+        import nvidia
+    except ImportError:
+        return None
+    for folder in nvidia.__path__:
+        for candidate in sorted(Path(folder).glob("cu*/bin/nvdisasm")):
+            if os.access(candidate, os.X_OK):
+                return str(candidate)
+    return None
+
+
+def disassemble(cubin, tool):
+    """The SASS text of ``cubin`` (bytes) by ``nvdisasm -c``."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        done = subprocess.run([tool, "-c", f.name], capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        raise RuntimeError(f"nvdisasm failed ({done.returncode}): {done.stderr.strip()}")
+    return done.stdout
+
+
 def _link_log(nvjitlink, handle, error):
     size = (nvjitlink.get_error_log_size if error else nvjitlink.get_info_log_size)(handle)
     buf = bytearray(size)
@@ -120,9 +272,11 @@ def compile_kernel(entry, cc):
     """Compile one REGISTRY entry for ``cc`` (e.g. ``"sm_90"``) and return its resource use.
 
     Returns ``{"name", "dtype", "cc", "registers", "spill_stores", "spill_loads",
-    "shared_bytes", "stack_bytes"}`` (bytes per thread for spills and stack, per block for
-    shared memory). Raises RuntimeError naming kernel, dtype and cc, with the compiler's
-    log, when NVVM or nvJitLink rejects the kernel.
+    "shared_bytes", "stack_bytes", "threads", "occupancy", "instructions", "ffma_ops",
+    "mma_ops", "vector_loads", "async_copies", "loop_instructions", "loop_ffma_ops"}`` (bytes per
+    thread for spills and stack, per block for shared memory; the SASS counts None without a disassembler). Raises RuntimeError
+    naming kernel, dtype and cc, with the compiler's (or disassembler's) log, when NVVM,
+    nvJitLink or nvdisasm rejects the kernel.
     """
     from cuda.bindings import nvjitlink
     from numba import cuda
@@ -147,13 +301,25 @@ def compile_kernel(entry, cc):
             raise RuntimeError(f"{where}: nvJitLink failed ({exc}):\n"
                                f"{_link_log(nvjitlink, handle, error=True)}") from exc
         log = _link_log(nvjitlink, handle, error=False)
+        cubin = bytearray(nvjitlink.get_linked_cubin_size(handle))
+        nvjitlink.get_linked_cubin(handle, cubin)
     finally:
         nvjitlink.destroy(handle)
     try:
         metrics = parse_link_log(log)
     except ValueError as exc:
         raise RuntimeError(f"{where}: {exc}") from exc
-    return {"name": entry.name, "dtype": entry.dtype, "cc": target, **metrics}
+    metrics["threads"] = entry.threads
+    metrics["occupancy"] = occupancy(entry.threads, metrics["registers"], metrics["shared_bytes"], target)
+    tool = find_disassembler()
+    counts = dict.fromkeys(SASS_METRICS + LOOP_METRICS)
+    if tool is not None:
+        try:
+            sass = disassemble(bytes(cubin), tool)
+            counts = {**sass_counts(sass), **loop_counts(sass)}
+        except (RuntimeError, ValueError, OSError, subprocess.TimeoutExpired) as exc:
+            raise RuntimeError(f"{where}: disassembling the cubin failed: {exc}") from exc
+    return {"name": entry.name, "dtype": entry.dtype, "cc": target, **metrics, **counts}
 
 
 _JOBS = []      # (entry, cc) pairs, inherited by forked workers, which get indices only
@@ -212,7 +378,8 @@ def cache_key(ccs):
             digest.update(path.name.encode() + b"\0" + path.read_bytes())
     versions = [metadata.version(dist) for dist in ("numba", "numba-cuda", "cuda-bindings")]
     settings = sorted((k, v) for k, v in os.environ.items() if k.startswith("NUMBA_"))
-    digest.update(repr((versions, nvjitlink.version(), NVVM().get_version(), settings, ccs)).encode())
+    digest.update(repr((versions, nvjitlink.version(), NVVM().get_version(), settings, ccs,
+                        find_disassembler())).encode())
     return digest.hexdigest()
 
 
@@ -235,8 +402,10 @@ def _write_cache(key, rows):
 
 
 def failed(row):
-    """True when the row is an import or compile failure or the kernel spills."""
-    return row["error"] is not None or row["spill_stores"] > 0 or row["spill_loads"] > 0
+    """True when the row is an import or compile failure, the kernel spills, or its block size
+    cannot be resident at all (occupancy 0)."""
+    return (row["error"] is not None or row["spill_stores"] > 0 or row["spill_loads"] > 0
+            or row.get("occupancy") == 0)
 
 
 def format_table(rows):
@@ -244,7 +413,7 @@ def format_table(rows):
     cells = [[title for _, title in COLUMNS]]
     for row in rows:
         if row["error"] is None:
-            cells.append([str(row[key]) for key, _ in COLUMNS])
+            cells.append(["-" if row.get(key) is None else str(row[key]) for key, _ in COLUMNS])
         else:
             cells.append([str(row[key] or "-") for key, _ in COLUMNS[:3]] + ["FAILED"] + ["-"] * (len(COLUMNS) - 4))
     widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
@@ -265,10 +434,13 @@ def add_arguments(parser):
     """Add the ``convkern kernels`` options to an argparse (sub)parser."""
     parser.add_argument("--json", action="store_true",
                         help="print a JSON list of {name, dtype, cc, registers, spill_stores, spill_loads, "
-                             "shared_bytes, stack_bytes, error} instead of a table")
+                             "shared_bytes, stack_bytes, threads, occupancy, instructions, ffma_ops, mma_ops, "
+                             "vector_loads, async_copies, loop_instructions, loop_ffma_ops, error} instead of "
+                             "a table")
     parser.add_argument("--cc", type=_parse_ccs, default=tuple(arch(cc) for cc in DEFAULT_CCS),
                         help="compute capabilities to compile for, comma-separated (default: 80,90)")
-    parser.add_argument("--workers", type=int, default=2,
+    from convkern.cli_args import Checked, positive_int
+    parser.add_argument("--workers", action=Checked, check=positive_int, default=2,
                         help="compile in this many processes (default: 2)")
     parser.add_argument("--no-cache", dest="cache", action="store_false",
                         help=f"compile everything even when {CACHE_FILE} holds a report for these sources")
@@ -288,8 +460,9 @@ def run(args):
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="convkern kernels",
-        description="Compile every CUDA kernel to SASS (no GPU needed) and report registers, spills "
-                    "and shared memory; exit status 1 if any kernel spills or fails to compile.")
+        description="Compile every CUDA kernel to SASS (no GPU needed) and report registers, spills, "
+                    "shared memory, occupancy and what its SASS is made of; exit status 1 if any kernel "
+                    "spills or fails to compile.")
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

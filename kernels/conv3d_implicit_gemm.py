@@ -17,7 +17,8 @@ the three passes are
 Every output element has one owner that sums its reduction in a fixed order: no atomics,
 deterministic results.
 
-CUDA: the 2-D file's tiling, constants and register micro-tile (``_mma_tile_cuda``): one block
+CUDA: the earlier 2-D kernels' tiling (``_mma_tile_cuda``; the 2-D kernels now use the tiled GEMM's
+8 x 8 mainloop, which this file has not adopted yet): one block
 per BM x BN tile of a product, groups on grid z, reduction tiles BK deep staged in shared memory
 (zero where the implicit matrix is 0), a 4 x 4 micro-tile per thread in scalar registers. The
 decoded indices of a tile's columns and reduction steps sit in shared int32 tables, so the
@@ -38,16 +39,98 @@ into fixed slices only when the product has too few tiles to share out.
 import math
 
 import numpy as np
-from numba import cuda, int32, int64, njit, prange, types, uint64
+from numba import cuda, float32, int32, int64, njit, prange, types, uint64
 
 from .conv_algorithm import check_conv_arrays
-from .conv_implicit_gemm import (A_COLS, BK, BM, BN, CPU_FILTER_COLS, CPU_FILTER_SEG, CPU_MIN_ITEMS, CUDA_MIN_BLOCKS,
-                                 NTHREADS, SUM_THREADS, THREADS_M, THREADS_N, _cpu_tiling, _even_split,
-                                 _gemm_jit_options, _mma_tile_cuda, _runs, _store_micro_tile_cuda, _stride_phases,
-                                 _tile_gemm_cpu, conv2d_bwd_filter_implicit_gemm_cpu, sum_slices_cpu, sum_slices_cuda)
-from .cuda_util import array2, blocks, is_device_array, per_dtype
+from .conv_implicit_gemm import (CPU_FILTER_COLS, CPU_FILTER_SEG, CPU_MIN_ITEMS, SUM_THREADS, _cpu_tiling,
+                                 _even_split, _runs, _stride_phases, _tile_gemm_cpu,
+                                 conv2d_bwd_filter_implicit_gemm_cpu, sum_slices_cpu, sum_slices_cuda)
+from .cuda_util import (SIMULATOR, array2, blocks, device_empty, is_device_array, per_dtype, resident_blocks, stream,
+                        wave_splits)
 
 TRIPLE = types.UniTuple(int64, 3)
+
+# The 4 x 4 micro-tile is written out as scalars; the block tile and reduction depth are tunable.
+TM = TN = 4
+BM = BN = 8 if SIMULATOR else 64
+BK = 16
+THREADS_M = BM // TM
+THREADS_N = BN // TN
+NTHREADS = THREADS_M * THREADS_N
+A_COLS = BM + 1     # a_s is stored with kk fastest; the pad column keeps those stores off one bank
+
+
+def _gemm_jit_options(dt):
+    """Launch bounds for the GEMM kernels: two resident float32 blocks per SM cap ptxas at 128
+    registers, which it otherwise overshoots by keeping recomputable addresses live; float64
+    needs more than 128 on sm_80 without spilling, so it gets one. The simulator has no such option."""
+    return {} if SIMULATOR else {"launch_bounds": (NTHREADS, 2 if dt == float32 else 1)}
+
+
+@cuda.jit(device=True, inline="always")
+def _mma_tile_cuda(a_s, b_s, ty, tx, acc):
+    """acc[4*i + j] += sum_kk a_s[kk, ty + i*THREADS_M] * b_s[kk, tx + j*THREADS_N]."""
+    (c00, c01, c02, c03, c10, c11, c12, c13,
+     c20, c21, c22, c23, c30, c31, c32, c33) = acc
+    for kk in range(BK):
+        a0 = a_s[kk, ty]
+        a1 = a_s[kk, ty + THREADS_M]
+        a2 = a_s[kk, ty + 2 * THREADS_M]
+        a3 = a_s[kk, ty + 3 * THREADS_M]
+        b0 = b_s[kk, tx]
+        b1 = b_s[kk, tx + THREADS_N]
+        b2 = b_s[kk, tx + 2 * THREADS_N]
+        b3 = b_s[kk, tx + 3 * THREADS_N]
+        c00 += a0 * b0
+        c01 += a0 * b1
+        c02 += a0 * b2
+        c03 += a0 * b3
+        c10 += a1 * b0
+        c11 += a1 * b1
+        c12 += a1 * b2
+        c13 += a1 * b3
+        c20 += a2 * b0
+        c21 += a2 * b1
+        c22 += a2 * b2
+        c23 += a2 * b3
+        c30 += a3 * b0
+        c31 += a3 * b1
+        c32 += a3 * b2
+        c33 += a3 * b3
+    return (c00, c01, c02, c03, c10, c11, c12, c13,
+            c20, c21, c22, c23, c30, c31, c32, c33)
+
+
+@cuda.jit(device=True, inline="always")
+def _store_pixels_cuda(out, row, col, ncols, plane, v0, v1, v2, v3):
+    """out[n, row, i] = v_j for the columns col + j*THREADS_N = n*plane + i below ncols."""
+    if col < ncols:
+        out[col // plane, row, col % plane] = v0
+    col += THREADS_N
+    if col < ncols:
+        out[col // plane, row, col % plane] = v1
+    col += THREADS_N
+    if col < ncols:
+        out[col // plane, row, col % plane] = v2
+    col += THREADS_N
+    if col < ncols:
+        out[col // plane, row, col % plane] = v3
+
+
+@cuda.jit(device=True, inline="always")
+def _store_micro_tile_cuda(out, m, rows, row0, col, ncols, plane, acc):
+    """Rows m + i*THREADS_M (below ``rows``, written at row0 + that) of a thread's micro-tile."""
+    if m < rows:
+        _store_pixels_cuda(out, row0 + m, col, ncols, plane, acc[0], acc[1], acc[2], acc[3])
+    m += THREADS_M
+    if m < rows:
+        _store_pixels_cuda(out, row0 + m, col, ncols, plane, acc[4], acc[5], acc[6], acc[7])
+    m += THREADS_M
+    if m < rows:
+        _store_pixels_cuda(out, row0 + m, col, ncols, plane, acc[8], acc[9], acc[10], acc[11])
+    m += THREADS_M
+    if m < rows:
+        _store_pixels_cuda(out, row0 + m, col, ncols, plane, acc[12], acc[13], acc[14], acc[15])
 
 
 def array5(dt):
@@ -63,7 +146,7 @@ def _fwd_signature(dt):
 
 
 # one thread per 4x4 micro-tile of Y_g: channels m0 + ty + i*THREADS_M, pixels col0 + tx + j*THREADS_N
-@per_dtype(_fwd_signature)
+@per_dtype(_fwd_signature, threads=NTHREADS)
 def conv3d_fwd_implicit_gemm_cuda(dt):
     @cuda.jit(**_gemm_jit_options(dt))
     def kernel(x, w2, y3, ksize, osize, stride, pad, dil, groups):
@@ -197,7 +280,7 @@ def _bwd_data_signature(dt):
 
 
 # one thread per 4x4 micro-tile of dX_g: channels m0 + ty + i*THREADS_M, pixels col0 + tx + j*THREADS_N
-@per_dtype(_bwd_data_signature)
+@per_dtype(_bwd_data_signature, threads=NTHREADS)
 def conv3d_bwd_data_implicit_gemm_cuda(dt):
     @cuda.jit(**_gemm_jit_options(dt))
     def kernel(dy, w2, dx3, ksize, isize, stride, pad, dil, groups):
@@ -347,7 +430,7 @@ def _bwd_filter_signature(dt):
 
 # one thread per 4x4 micro-tile of one reduction slice of dW_g: channels m0 + ty + i*THREADS_M,
 # taps (c, t, r, s) col0 + tx + j*THREADS_N; grid z = slice * groups + group
-@per_dtype(_bwd_filter_signature)
+@per_dtype(_bwd_filter_signature, threads=NTHREADS)
 def conv3d_bwd_filter_implicit_gemm_cuda(dt):
     @cuda.jit(**_gemm_jit_options(dt))
     def kernel(dy3, x, ws, ksize, osize, stride, pad, dil, groups, slice_len):
@@ -571,7 +654,7 @@ def _fwd_cuda(x, w, y, g):
     Kg = g.K // g.groups
     opq = math.prod(g.out_size)
     grid = (blocks(g.N * opq, BN), blocks(Kg, BM), g.groups)
-    conv3d_fwd_implicit_gemm_cuda[x.dtype][grid, _threads()](
+    conv3d_fwd_implicit_gemm_cuda[x.dtype][grid, _threads(), stream()](
         x, w.reshape(g.K, -1), y.reshape(g.N, g.K, opq), g.kernel, g.out_size, *_cuda_args(g))
 
 
@@ -579,7 +662,7 @@ def _bwd_data_cuda(dy, w, dx, g):
     Cg = g.C // g.groups
     dhw = math.prod(g.in_size)
     grid = (blocks(g.N * dhw, BN), blocks(Cg, BM), g.groups)
-    conv3d_bwd_data_implicit_gemm_cuda[dy.dtype][grid, _threads()](
+    conv3d_bwd_data_implicit_gemm_cuda[dy.dtype][grid, _threads(), stream()](
         dy, w.reshape(g.K, -1), dx.reshape(g.N, g.C, dhw), g.kernel, g.in_size, *_cuda_args(g))
 
 
@@ -589,16 +672,17 @@ def _bwd_filter_cuda(dy, x, dw, g):
     opq = math.prod(g.out_size)
     red = g.N * opq
     tiles_mn = blocks(L, BN) * blocks(Kg, BM) * g.groups
-    slices = min(blocks(CUDA_MIN_BLOCKS, tiles_mn), blocks(red, BK))
+    kernel = conv3d_bwd_filter_implicit_gemm_cuda[dy.dtype]
+    slices = wave_splits(tiles_mn, blocks(red, BK), resident_blocks(kernel, NTHREADS))
     slice_len = blocks(blocks(red, slices), BK) * BK
     slices = blocks(red, slice_len)
-    ws = dw.reshape(1, g.K, L) if slices == 1 else cuda.device_array((slices, g.K, L), dw.dtype)
+    ws = dw.reshape(1, g.K, L) if slices == 1 else device_empty((slices, g.K, L), dw.dtype)
     grid = (blocks(L, BN), blocks(Kg, BM), g.groups * slices)
-    conv3d_bwd_filter_implicit_gemm_cuda[dy.dtype][grid, _threads()](
+    kernel[grid, _threads(), stream()](
         dy.reshape(g.N, g.K, opq), x, ws, g.kernel, g.out_size, *_cuda_args(g), slice_len)
     if slices > 1:
         out = dw.reshape(g.K * L)
-        sum_slices_cuda[dw.dtype][blocks(out.shape[0], SUM_THREADS), SUM_THREADS](ws.reshape(slices, -1), out)
+        sum_slices_cuda[dw.dtype][blocks(out.shape[0], SUM_THREADS), SUM_THREADS, stream()](ws.reshape(slices, -1), out)
 
 
 def conv3d_fwd_implicit_gemm(x, w, y, g):

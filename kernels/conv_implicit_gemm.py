@@ -15,12 +15,17 @@ the three passes are
 B and B' exist only as index arithmetic in the loads of a reduction tile. Every output element
 has one owner that sums its reduction in a fixed order: no atomics, deterministic results.
 
-CUDA: one block per BM x BN tile of a product, groups on grid z. Reduction tiles BK deep are
-staged in shared memory (zero-filled where the implicit matrix is 0), and each thread keeps a
-4 x 4 micro-tile of the product in scalar registers. The decoded reduction indices of a tile
-sit in shared memory, so the gathers do no integer division. Backward filter, whose reduction
-N*P*Q is long and whose product is small, cuts the reduction into fixed slices (grid z = group
-x slice) and adds the slices' partial products in order with a second kernel.
+CUDA: the tiled GEMM's mainloop (``gemm.py``): one block of 16 x 16 threads per BM x BN =
+128 x 128 tile of a product, groups on grid z, an 8 x 8 register tile of scalars per thread, the
+reduction in BK = 8 deep tiles through two shared buffers (tile t+1 is gathered into registers
+while tile t is multiplied, one barrier per tile; 128-bit shared loads of the fragments). A
+thread decodes its pixel (or filter-tap) column once, and per tile its reduction indices, with
+uint32 arithmetic: no 64-bit division, no negative-index wraparound, a negative coordinate wraps
+to >= 2**31 and fails the one unsigned bounds check. Operands must have < 2**31 elements
+(``supports`` says so). Backward filter, whose reduction N*P*Q is long and whose product is
+small, cuts the reduction into fixed slices (grid z = group x slice; as many as fill whole waves
+of the blocks the device holds at once, ``wave_splits``) and adds the slices' partial products
+in order with a second kernel.
 
 CPU: a work item owns a tile of the product. It gathers its part of B (B' for backward data)
 chunk by chunk of the reduction into a small thread-local buffer, from a zero-padded copy of
@@ -35,21 +40,19 @@ import math
 
 import numba
 import numpy as np
-from numba import cuda, float32, int32, int64, njit, prange, uint64
+from numba import cuda, int32, int64, njit, prange, uint32, uint64
 
 from .conv_algorithm import ConvAlgorithm, by_rank, check_conv_arrays
-from .cuda_util import SIMULATOR, array1, array2, array4, blocks, is_device_array, per_dtype
+from .cuda_util import (SIMULATOR, array1, array2, blocks, device_empty, is_device_array, per_dtype,
+                        resident_blocks, stream, wave_splits)
+from .gemm import (A_LOADS, A_PITCH, B_PITCH, BK, BM, BN, INDEX_LIMIT, SMEM_ALIGN, THREADS, TX, element, jit_options,
+                   stage, tile_origin, tile_step, unstage, zero_tile)
 
-# The 4 x 4 micro-tile is written out as scalars; the block tile and reduction depth are tunable.
-TM = TN = 4
-BM = BN = 8 if SIMULATOR else 64
-BK = 16
-THREADS_M = BM // TM
-THREADS_N = BN // TN
-NTHREADS = THREADS_M * THREADS_N
-A_COLS = BM + 1     # a_s is stored with kk fastest; the pad column keeps those stores off one bank
+# The CUDA kernels share the tiled GEMM's block tile (BM x BN, BK deep), its 8 x 8 register
+# tile per thread (``gemm.tile_step``) and its staging order (``gemm.element``).
+OUTSIDE = np.uint32(1 << 31)    # a window row that no tap or pixel offset brings back into the source
+u32 = uint32
 SUM_THREADS = 32 if SIMULATOR else 256
-CUDA_MIN_BLOCKS = 4 if SIMULATOR else 264    # backward filter slices its reduction below this
 
 CPU_CHUNK = 640                # reduction indices per gathered chunk; long dot products, weights in L2
 CPU_TILE_ELEMS = 27648         # tile x chunk: a gathered chunk of ~108 KiB float32 stays in L2
@@ -60,143 +63,144 @@ CPU_MIN_ITEMS = 8              # backward filter splits the batch until it has t
 CPU_RUNS_PER_THREAD = 4
 
 
-def _gemm_jit_options(dt):
-    """Launch bounds for the GEMM kernels: two resident float32 blocks per SM cap ptxas at 128
-    registers, which it otherwise overshoots by keeping recomputable addresses live; float64
-    needs more than 128 on sm_80 without spilling, so it gets one. The simulator has no such option."""
-    return {} if SIMULATOR else {"launch_bounds": (NTHREADS, 2 if dt == float32 else 1)}
+@cuda.jit(device=True, inline="always")
+def _store_quad(out, ch, col, ncols, plane, kout, v0, v1, v2, v3):
+    """out[(n*kout + ch)*plane + i] = v_j for the columns col + j = n*plane + i below ncols."""
+    col = u32(col)
+    if col < ncols:
+        n = col // plane
+        out[u32((n * kout + ch) * plane + col - n * plane)] = v0
+    c = u32(col + u32(1))
+    if c < ncols:
+        n = c // plane
+        out[u32((n * kout + ch) * plane + c - n * plane)] = v1
+    c = u32(col + u32(2))
+    if c < ncols:
+        n = c // plane
+        out[u32((n * kout + ch) * plane + c - n * plane)] = v2
+    c = u32(col + u32(3))
+    if c < ncols:
+        n = c // plane
+        out[u32((n * kout + ch) * plane + c - n * plane)] = v3
 
 
 @cuda.jit(device=True, inline="always")
-def _mma_tile_cuda(a_s, b_s, ty, tx, acc):
-    """acc[4*i + j] += sum_kk a_s[kk, ty + i*THREADS_M] * b_s[kk, tx + j*THREADS_N]."""
-    (c00, c01, c02, c03, c10, c11, c12, c13,
-     c20, c21, c22, c23, c30, c31, c32, c33) = acc
-    for kk in range(BK):
-        a0 = a_s[kk, ty]
-        a1 = a_s[kk, ty + THREADS_M]
-        a2 = a_s[kk, ty + 2 * THREADS_M]
-        a3 = a_s[kk, ty + 3 * THREADS_M]
-        b0 = b_s[kk, tx]
-        b1 = b_s[kk, tx + THREADS_N]
-        b2 = b_s[kk, tx + 2 * THREADS_N]
-        b3 = b_s[kk, tx + 3 * THREADS_N]
-        c00 += a0 * b0
-        c01 += a0 * b1
-        c02 += a0 * b2
-        c03 += a0 * b3
-        c10 += a1 * b0
-        c11 += a1 * b1
-        c12 += a1 * b2
-        c13 += a1 * b3
-        c20 += a2 * b0
-        c21 += a2 * b1
-        c22 += a2 * b2
-        c23 += a2 * b3
-        c30 += a3 * b0
-        c31 += a3 * b1
-        c32 += a3 * b2
-        c33 += a3 * b3
-    return (c00, c01, c02, c03, c10, c11, c12, c13,
-            c20, c21, c22, c23, c30, c31, c32, c33)
+def _store_row(out, m, rows, ch0, col, ncols, plane, kout, row):
+    if m < rows:
+        _store_quad(out, ch0 + m, col, ncols, plane, kout, row[0], row[1], row[2], row[3])
+        _store_quad(out, ch0 + m, col + u32(BN // 2), ncols, plane, kout, row[4], row[5], row[6], row[7])
 
 
 @cuda.jit(device=True, inline="always")
-def _store_pixels_cuda(out, row, col, ncols, plane, v0, v1, v2, v3):
-    """out[n, row, i] = v_j for the columns col + j*THREADS_N = n*plane + i below ncols."""
-    if col < ncols:
-        out[col // plane, row, col % plane] = v0
-    col += THREADS_N
-    if col < ncols:
-        out[col // plane, row, col % plane] = v1
-    col += THREADS_N
-    if col < ncols:
-        out[col // plane, row, col % plane] = v2
-    col += THREADS_N
-    if col < ncols:
-        out[col // plane, row, col % plane] = v3
-
-
-@cuda.jit(device=True, inline="always")
-def _store_micro_tile_cuda(out, m, rows, row0, col, ncols, plane, acc):
-    """Rows m + i*THREADS_M (below ``rows``, written at row0 + that) of a thread's micro-tile."""
-    if m < rows:
-        _store_pixels_cuda(out, row0 + m, col, ncols, plane, acc[0], acc[1], acc[2], acc[3])
-    m += THREADS_M
-    if m < rows:
-        _store_pixels_cuda(out, row0 + m, col, ncols, plane, acc[4], acc[5], acc[6], acc[7])
-    m += THREADS_M
-    if m < rows:
-        _store_pixels_cuda(out, row0 + m, col, ncols, plane, acc[8], acc[9], acc[10], acc[11])
-    m += THREADS_M
-    if m < rows:
-        _store_pixels_cuda(out, row0 + m, col, ncols, plane, acc[12], acc[13], acc[14], acc[15])
+def _store_tile(out, acc, m, rows, ch0, col, ncols, plane, kout):
+    """A thread's 8 x 8 register tile into out viewed as (n, kout, plane): tile rows m + i and
+    m + BM/2 + i (i < 4, below ``rows``) are channels ch0 + that, tile columns col + j and
+    col + BN/2 + j (below ``ncols``) are n*plane + pixel."""
+    h = m + u32(BM // 2)
+    _store_row(out, m, rows, ch0, col, ncols, plane, kout, acc[0])
+    _store_row(out, m + u32(1), rows, ch0, col, ncols, plane, kout, acc[1])
+    _store_row(out, m + u32(2), rows, ch0, col, ncols, plane, kout, acc[2])
+    _store_row(out, m + u32(3), rows, ch0, col, ncols, plane, kout, acc[3])
+    _store_row(out, h, rows, ch0, col, ncols, plane, kout, acc[4])
+    _store_row(out, h + u32(1), rows, ch0, col, ncols, plane, kout, acc[5])
+    _store_row(out, h + u32(2), rows, ch0, col, ncols, plane, kout, acc[6])
+    _store_row(out, h + u32(3), rows, ch0, col, ncols, plane, kout, acc[7])
 
 
 def _fwd_signature(dt):
-    return (array4(dt), array2(dt), dt[:, :, ::1]) + (int64,) * 10
+    return (array1(dt), array1(dt), array1(dt)) + (int64,) * 16
 
 
-# one thread per 4x4 micro-tile of Y_g: channels m0 + ty + i*THREADS_M, pixels col0 + tx + j*THREADS_N
-@per_dtype(_fwd_signature)
+@cuda.jit(device=True, inline="always")
+def _fwd_columns(col_n, col_h, col_w, col, npq, PQ, Q, sh, sw, ph, pw, CHW, k_major):
+    """Per staged element l: its pixel column col + dr = (n, p, q) as the image offset n*C*H*W and
+    the window origin (p*sh - ph, q*sw - pw), uint32 that wrap below 0 (so one unsigned compare
+    checks both ends); a column past npq gets the origin row OUTSIDE, which no tap brings back."""
+    for l in range(A_LOADS):
+        dr, dk = element(l, k_major)
+        c = u32(col + u32(dr))
+        n = c // PQ
+        pq = u32(c - n * PQ)
+        p = pq // Q
+        col_n[l] = n * CHW
+        col_h[l] = p * sh - ph if c < npq else OUTSIDE
+        col_w[l] = (pq - p * Q) * sw - pw
+
+
+@cuda.jit(device=True, inline="always")
+def _fwd_gather(x, regs, zero, col_n, col_h, col_w, kb, L, RS, S, dh, dw, H, W, HW, cg0, k_major):
+    """regs[l] = B[kb + dk, column l] = x[n, cg0 + c, ih, iw] (0 outside x or past L), with
+    (c, r, s) = reduction index kb + dk, ih = p*sh - ph + r*dh, iw = q*sw - pw + s*dw."""
+    for l in range(A_LOADS):
+        dr, dk = element(l, k_major)
+        kidx = u32(kb + u32(dk))
+        c = kidx // RS
+        rs = u32(kidx - c * RS)
+        r = rs // S
+        ih = u32(col_h[l] + r * dh)
+        iw = u32(col_w[l] + u32(rs - r * S) * dw)
+        v = zero
+        if kidx < L and ih < H and iw < W:
+            v = x[u32(col_n[l] + (cg0 + c) * HW + ih * W + iw)]
+        regs[l] = v
+
+
+# one thread per 8x8 register tile of Y_g: channels m0 + 4ty + i and m0 + BM/2 + 4ty + i,
+# pixels col0 + 4tx + j and col0 + BN/2 + 4tx + j (i, j < 4)
+@per_dtype(_fwd_signature, threads=THREADS)
 def conv2d_fwd_implicit_gemm_cuda(dt):
-    @cuda.jit(**_gemm_jit_options(dt))
-    def kernel(x, w2, y3, S, Q, sh, sw, ph, pw, dh, dw, groups, RS):
-        a_s = cuda.shared.array((BK, A_COLS), dt)
-        b_s = cuda.shared.array((BK, BN), dt)
-        n_s = cuda.shared.array(BN, int32)
-        ih0_s = cuda.shared.array(BN, int32)
-        iw0_s = cuda.shared.array(BN, int32)
-        chan_s = cuda.shared.array(BK, int32)
-        roff_s = cuda.shared.array(BK, int32)
-        soff_s = cuda.shared.array(BK, int32)
-        N, C, H, W = x.shape
-        K, PQ = y3.shape[1], y3.shape[2]
-        Cg = C // groups
-        Kg = K // groups
-        L = Cg * RS
-        npq = N * PQ
-        tx = cuda.threadIdx.x
-        ty = cuda.threadIdx.y
-        tid = ty * THREADS_N + tx
-        gi = cuda.blockIdx.z
-        m0 = cuda.blockIdx.y * BM
-        col0 = cuda.blockIdx.x * BN
-        for j in range(tid, BN, NTHREADS):
-            pq = (col0 + j) % PQ
-            n_s[j] = (col0 + j) // PQ
-            ih0_s[j] = (pq // Q) * sh - ph
-            iw0_s[j] = (pq % Q) * sw - pw
-        z = dt(0)
-        acc = (z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z)
-        for k0 in range(0, L, BK):
-            for kk in range(tid, BK, NTHREADS):
-                c = (k0 + kk) // RS
-                rs = k0 + kk - c * RS
-                chan_s[kk] = gi * Cg + c
-                roff_s[kk] = (rs // S) * dh
-                soff_s[kk] = (rs % S) * dw
+    @cuda.jit(**jit_options(dt))
+    def kernel(x, w, y, N, C, H, W, K, P, Q, R, S, sh, sw, ph, pw, dh, dw, groups):
+        # two buffers: tile t+1 is staged while tile t is multiplied, one barrier per tile
+        a_s = cuda.shared.array((2, BK, A_PITCH), dt, SMEM_ALIGN)
+        b_s = cuda.shared.array((2, BK, B_PITCH), dt, SMEM_ALIGN)
+        ra = cuda.local.array(A_LOADS, dt)          # constant indices only: kept in registers
+        rb = cuda.local.array(A_LOADS, dt)
+        col_n = cuda.local.array(A_LOADS, uint32)
+        col_h = cuda.local.array(A_LOADS, uint32)
+        col_w = cuda.local.array(A_LOADS, uint32)
+        C, H, W, K, Q, S = u32(C), u32(H), u32(W), u32(K), u32(Q), u32(S)
+        Cg = C // u32(groups)
+        Kg = K // u32(groups)
+        RS = u32(S * u32(R))
+        L = u32(Cg * RS)
+        PQ = u32(u32(P) * Q)
+        HW = u32(H * W)
+        npq = u32(u32(N) * PQ)
+        gi = u32(cuda.blockIdx.z)
+        m0 = u32(cuda.blockIdx.y * u32(BM))
+        col0 = u32(cuda.blockIdx.x * u32(BN))
+        tx = u32(cuda.threadIdx.x)
+        ty = u32(cuda.threadIdx.y)
+        tid = u32(ty * u32(TX) + tx)
+        # A = W_g (Kg, L) read along the reduction; B read along the pixels
+        ar, akk = tile_origin(tid, False)
+        bj, bkk = tile_origin(tid, True)
+        a_rows_left = int32(int32(Kg - m0) - int32(ar))
+        a_origin = (gi * Kg + m0 + ar) * L + akk
+        _fwd_columns(col_n, col_h, col_w, col0 + bj, npq, PQ, Q, u32(sh), u32(sw), u32(ph), u32(pw), C * HW, True)
+        dh, dw, cg0 = u32(dh), u32(dw), gi * Cg
+        tiles = u32(L + u32(BK - 1)) // u32(BK)
+        zero = dt(0)
+        stage(w, ra, zero, a_origin, L, u32(1), a_rows_left, int32(int32(L) - int32(akk)), False)
+        _fwd_gather(x, rb, zero, col_n, col_h, col_w, bkk, L, RS, S, dh, dw, H, W, HW, cg0, True)
+        unstage(ra, a_s, 0, ar, akk, False)
+        unstage(rb, b_s, 0, bj, bkk, True)
+        cuda.syncthreads()
+        acc = zero_tile(zero)
+        for t in range(tiles):
+            buf = u32(t) % u32(2)
+            more = u32(t) + u32(1) < tiles
+            if more:
+                kt = (u32(t) + u32(1)) * u32(BK)
+                stage(w, ra, zero, a_origin + kt, L, u32(1), a_rows_left, int32(int32(L) - int32(akk + kt)), False)
+                _fwd_gather(x, rb, zero, col_n, col_h, col_w, bkk + kt, L, RS, S, dh, dw, H, W, HW, cg0, True)
+            acc = tile_step(a_s, b_s, buf, ty, tx, acc)
+            if more:
+                unstage(ra, a_s, buf ^ u32(1), ar, akk, False)
+                unstage(rb, b_s, buf ^ u32(1), bj, bkk, True)
             cuda.syncthreads()
-            for it in range(BM * BK // NTHREADS):
-                i = (tid + it * NTHREADS) // BK
-                kk = (tid + it * NTHREADS) % BK
-                v = z
-                if m0 + i < Kg and k0 + kk < L:
-                    v = w2[gi * Kg + m0 + i, k0 + kk]
-                a_s[kk, i] = v
-            for e in range(tid, BK * BN, NTHREADS):
-                kk = e // BN
-                j = e % BN
-                ih = ih0_s[j] + roff_s[kk]
-                iw = iw0_s[j] + soff_s[kk]
-                v = z
-                if col0 + j < npq and k0 + kk < L and ih >= 0 and ih < H and iw >= 0 and iw < W:
-                    v = x[n_s[j], chan_s[kk], ih, iw]
-                b_s[kk, j] = v
-            cuda.syncthreads()
-            acc = _mma_tile_cuda(a_s, b_s, ty, tx, acc)
-            cuda.syncthreads()
-        _store_micro_tile_cuda(y3, m0 + ty, Kg, gi * Kg, col0 + tx, npq, PQ, acc)
+        _store_tile(y, acc, m0 + u32(4) * ty, Kg, gi * Kg, col0 + u32(4) * tx, npq, PQ, K)
     return kernel
 
 
@@ -315,84 +319,123 @@ def conv2d_fwd_implicit_gemm_cpu(xf, off, w2, y3, C, Hp, Wp, Q, sh, sw, groups, 
 
 
 def _bwd_data_signature(dt):
-    return (array4(dt), array2(dt), dt[:, :, ::1]) + (int64,) * 10
+    return (array1(dt), array1(dt), array1(dt)) + (int64,) * 16
 
 
-# one thread per 4x4 micro-tile of dX_g: channels m0 + ty + i*THREADS_M, pixels col0 + tx + j*THREADS_N
-@per_dtype(_bwd_data_signature)
+@cuda.jit(device=True, inline="always")
+def _bwd_data_columns(col_n, col_hq, col_wq, col_m, col, nhw, HW, Wd, sh, sw, ph, pw, KPQ, k_major):
+    """Per staged element l: its pixel column col + dr = (n, h, w) as the dy image offset n*K*P*Q,
+    the quotients (h + ph)//sh, (w + pw)//sw and the remainders packed as hm*2^16 + wm. A column
+    past nhw gets the quotient row OUTSIDE, which no tap brings back into dy."""
+    for l in range(A_LOADS):
+        dr, dk = element(l, k_major)
+        c = u32(col + u32(dr))
+        n = c // HW
+        hw = u32(c - n * HW)
+        h = hw // Wd
+        th = u32(h + ph)
+        tw = u32(hw - h * Wd + pw)
+        col_n[l] = n * KPQ
+        col_hq[l] = th // sh if c < nhw else OUTSIDE
+        col_wq[l] = tw // sw
+        col_m[l] = u32(th % sh) * u32(65536) + tw % sw
+
+
+@cuda.jit(device=True, inline="always")
+def _bwd_data_gather(dy, regs, zero, col_n, col_hq, col_wq, col_m, kb, L, RS, S, sh, sw, dh, dw, P, Q, PQ, k0g,
+                     k_major):
+    """regs[l] = B'[kb + dk, column l] = dy[n, k0g + k, p, q] with (k, r, s) = reduction index kb + dk,
+    p = (h + ph - r*dh)/sh and q = (w + pw - s*dw)/sw when both divisions are exact (equal
+    remainders of h + ph and r*dh by sh, and likewise for w) and land inside dy; else 0."""
+    for l in range(A_LOADS):
+        dr, dk = element(l, k_major)
+        kidx = u32(kb + u32(dk))
+        k = kidx // RS
+        rs = u32(kidx - k * RS)
+        r = rs // S
+        rd = u32(r * dh)
+        sd = u32(u32(rs - r * S) * dw)
+        rq = rd // sh
+        sq = sd // sw
+        p = u32(col_hq[l] - rq)
+        q = u32(col_wq[l] - sq)
+        v = zero
+        if kidx < L and p < P and q < Q and col_m[l] == (rd - rq * sh) * u32(65536) + sd - sq * sw:
+            v = dy[u32(col_n[l] + (k0g + k) * PQ + p * Q + q)]
+        regs[l] = v
+
+
+@cuda.jit(device=True, inline="always")
+def _bwd_data_weights(w, regs, zero, c_first, rows_left, kb, L, RS, Cg, k0g):
+    """regs[l] = A[c_first + dr, kb + dk] = w[k0g + k, c_first + dr, r, s] with (k, (r, s)) =
+    divmod(kb + dk, RS); 0 past Cg (``rows_left``) or L. Read along the reduction."""
+    for l in range(A_LOADS):
+        dr, dk = element(l, False)
+        kidx = u32(kb + u32(dk))
+        k = kidx // RS
+        v = zero
+        if dr < rows_left and kidx < L:
+            v = w[u32(((k0g + k) * Cg + c_first + u32(dr)) * RS + kidx - k * RS)]
+        regs[l] = v
+
+
+# one thread per 8x8 register tile of dX_g: channels m0 + 4ty + i and m0 + BM/2 + 4ty + i,
+# pixels col0 + 4tx + j and col0 + BN/2 + 4tx + j (i, j < 4)
+@per_dtype(_bwd_data_signature, threads=THREADS)
 def conv2d_bwd_data_implicit_gemm_cuda(dt):
-    @cuda.jit(**_gemm_jit_options(dt))
-    def kernel(dy, w2, dx3, S, Wd, sh, sw, ph, pw, dh, dw, groups, RS):
-        a_s = cuda.shared.array((BK, A_COLS), dt)
-        b_s = cuda.shared.array((BK, BN), dt)
-        n_s = cuda.shared.array(BN, int32)
-        hq_s = cuda.shared.array(BN, int32)
-        hm_s = cuda.shared.array(BN, int32)
-        wq_s = cuda.shared.array(BN, int32)
-        wm_s = cuda.shared.array(BN, int32)
-        k_s = cuda.shared.array(BK, int32)
-        rs_s = cuda.shared.array(BK, int32)
-        rq_s = cuda.shared.array(BK, int32)
-        rm_s = cuda.shared.array(BK, int32)
-        sq_s = cuda.shared.array(BK, int32)
-        sm_s = cuda.shared.array(BK, int32)
-        N, K, P, Q = dy.shape
-        C, HW = dx3.shape[1], dx3.shape[2]
-        Cg = C // groups
-        Kg = K // groups
-        L = Kg * RS
-        nhw = N * HW
-        tx = cuda.threadIdx.x
-        ty = cuda.threadIdx.y
-        tid = ty * THREADS_N + tx
-        gi = cuda.blockIdx.z
-        m0 = cuda.blockIdx.y * BM
-        col0 = cuda.blockIdx.x * BN
-        # (h + ph - r*dh)/sh is exact iff r*dh and h + ph agree mod sh, and is then the
-        # difference of their quotients: the gather needs no division
-        for j in range(tid, BN, NTHREADS):
-            hw = (col0 + j) % HW
-            th = hw // Wd + ph
-            tw = hw % Wd + pw
-            n_s[j] = (col0 + j) // HW
-            hq_s[j] = th // sh
-            hm_s[j] = th % sh
-            wq_s[j] = tw // sw
-            wm_s[j] = tw % sw
-        z = dt(0)
-        acc = (z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z)
-        for k0 in range(0, L, BK):
-            for kk in range(tid, BK, NTHREADS):
-                k = (k0 + kk) // RS
-                rs = k0 + kk - k * RS
-                k_s[kk] = k
-                rs_s[kk] = rs
-                rq_s[kk] = (rs // S) * dh // sh
-                rm_s[kk] = (rs // S) * dh % sh
-                sq_s[kk] = (rs % S) * dw // sw
-                sm_s[kk] = (rs % S) * dw % sw
+    @cuda.jit(**jit_options(dt))
+    def kernel(dy, w, dx, N, C, H, W, K, P, Q, R, S, sh, sw, ph, pw, dh, dw, groups):
+        a_s = cuda.shared.array((2, BK, A_PITCH), dt, SMEM_ALIGN)
+        b_s = cuda.shared.array((2, BK, B_PITCH), dt, SMEM_ALIGN)
+        ra = cuda.local.array(A_LOADS, dt)          # constant indices only: kept in registers
+        rb = cuda.local.array(A_LOADS, dt)
+        col_n = cuda.local.array(A_LOADS, uint32)
+        col_hq = cuda.local.array(A_LOADS, uint32)
+        col_wq = cuda.local.array(A_LOADS, uint32)
+        col_m = cuda.local.array(A_LOADS, uint32)
+        C, K, P, Q, S, sh, sw = u32(C), u32(K), u32(P), u32(Q), u32(S), u32(sh), u32(sw)
+        Cg = C // u32(groups)
+        Kg = K // u32(groups)
+        RS = u32(S * u32(R))
+        L = u32(Kg * RS)
+        PQ = u32(P * Q)
+        HW = u32(u32(H) * u32(W))
+        nhw = u32(u32(N) * HW)
+        gi = u32(cuda.blockIdx.z)
+        m0 = u32(cuda.blockIdx.y * u32(BM))
+        col0 = u32(cuda.blockIdx.x * u32(BN))
+        tx = u32(cuda.threadIdx.x)
+        ty = u32(cuda.threadIdx.y)
+        tid = u32(ty * u32(TX) + tx)
+        ar, akk = tile_origin(tid, False)
+        bj, bkk = tile_origin(tid, True)
+        a_rows_left = int32(int32(Cg - m0) - int32(ar))
+        _bwd_data_columns(col_n, col_hq, col_wq, col_m, col0 + bj, nhw, HW, u32(W), sh, sw, u32(ph), u32(pw),
+                          K * PQ, True)
+        dh, dw, k0g = u32(dh), u32(dw), gi * Kg
+        tiles = u32(L + u32(BK - 1)) // u32(BK)
+        zero = dt(0)
+        _bwd_data_weights(w, ra, zero, m0 + ar, a_rows_left, akk, L, RS, Cg, k0g)
+        _bwd_data_gather(dy, rb, zero, col_n, col_hq, col_wq, col_m, bkk, L, RS, S, sh, sw, dh, dw, P, Q, PQ, k0g,
+                         True)
+        unstage(ra, a_s, 0, ar, akk, False)
+        unstage(rb, b_s, 0, bj, bkk, True)
+        cuda.syncthreads()
+        acc = zero_tile(zero)
+        for t in range(tiles):
+            buf = u32(t) % u32(2)
+            more = u32(t) + u32(1) < tiles
+            if more:
+                kt = (u32(t) + u32(1)) * u32(BK)
+                _bwd_data_weights(w, ra, zero, m0 + ar, a_rows_left, akk + kt, L, RS, Cg, k0g)
+                _bwd_data_gather(dy, rb, zero, col_n, col_hq, col_wq, col_m, bkk + kt, L, RS, S, sh, sw, dh, dw,
+                                 P, Q, PQ, k0g, True)
+            acc = tile_step(a_s, b_s, buf, ty, tx, acc)
+            if more:
+                unstage(ra, a_s, buf ^ u32(1), ar, akk, False)
+                unstage(rb, b_s, buf ^ u32(1), bj, bkk, True)
             cuda.syncthreads()
-            for it in range(BM * BK // NTHREADS):
-                i = (tid + it * NTHREADS) // BK
-                kk = (tid + it * NTHREADS) % BK
-                v = z
-                if m0 + i < Cg and k0 + kk < L:
-                    v = w2[gi * Kg + k_s[kk], (m0 + i) * RS + rs_s[kk]]
-                a_s[kk, i] = v
-            for e in range(tid, BK * BN, NTHREADS):
-                kk = e // BN
-                j = e % BN
-                p = hq_s[j] - rq_s[kk]
-                q = wq_s[j] - sq_s[kk]
-                v = z
-                if (col0 + j < nhw and k0 + kk < L and hm_s[j] == rm_s[kk] and wm_s[j] == sm_s[kk]
-                        and p >= 0 and p < P and q >= 0 and q < Q):
-                    v = dy[n_s[j], gi * Kg + k_s[kk], p, q]
-                b_s[kk, j] = v
-            cuda.syncthreads()
-            acc = _mma_tile_cuda(a_s, b_s, ty, tx, acc)
-            cuda.syncthreads()
-        _store_micro_tile_cuda(dx3, m0 + ty, Cg, gi * Cg, col0 + tx, nhw, HW, acc)
+        _store_tile(dx, acc, m0 + u32(4) * ty, Cg, gi * Cg, col0 + u32(4) * tx, nhw, HW, C)
     return kernel
 
 
@@ -440,77 +483,117 @@ def conv2d_bwd_data_implicit_gemm_cpu(dyf, off, lens, wpk, phases, dx, K, Pp, Qp
 
 
 def _bwd_filter_signature(dt):
-    return (dt[:, :, ::1], array4(dt), dt[:, :, ::1]) + (int64,) * 11
+    return (array1(dt), array1(dt), array1(dt)) + (int64,) * 17
 
 
-# one thread per 4x4 micro-tile of one reduction slice of dW_g: channels m0 + ty + i*THREADS_M,
-# taps (c, r, s) col0 + tx + j*THREADS_N; grid z = slice * groups + group
-@per_dtype(_bwd_filter_signature)
+@cuda.jit(device=True, inline="always")
+def _bwd_filter_taps(tap_c, tap_h, tap_w, col, L, RS, S, dh, dw, ph, pw, HW, cg0, k_major):
+    """Per staged element l: its tap column col + dr = (c, r, s) as the channel offset
+    (cg0 + c)*H*W and the tap's shift (r*dh - ph, s*dw - pw), uint32 that wrap below 0; a tap past
+    L gets the row shift OUTSIDE, which no pixel brings back into x."""
+    for l in range(A_LOADS):
+        dr, dk = element(l, k_major)
+        j = u32(col + u32(dr))
+        c = j // RS
+        rs = u32(j - c * RS)
+        r = rs // S
+        tap_c[l] = (cg0 + c) * HW
+        tap_h[l] = r * dh - ph if j < L else OUTSIDE
+        tap_w[l] = (rs - r * S) * dw - pw
+
+
+@cuda.jit(device=True, inline="always")
+def _bwd_filter_gather(x, regs, zero, tap_c, tap_h, tap_w, rb, red1, PQ, Q, sh, sw, H, W, CHW, k_major):
+    """regs[l] = B^T[rb + dk, tap l] = x[n, gi*Cg + c, p*sh - ph + r*dh, q*sw - pw + s*dw] with
+    (n, p, q) = reduction index rb + dk (0 outside x or from red1 on)."""
+    for l in range(A_LOADS):
+        dr, dk = element(l, k_major)
+        red = u32(rb + u32(dk))
+        n = red // PQ
+        pq = u32(red - n * PQ)
+        p = pq // Q
+        ih = u32(p * sh + tap_h[l])
+        iw = u32(u32(pq - p * Q) * sw + tap_w[l])
+        v = zero
+        if red < red1 and ih < H and iw < W:
+            v = x[u32(n * CHW + tap_c[l] + ih * W + iw)]
+        regs[l] = v
+
+
+@cuda.jit(device=True, inline="always")
+def _bwd_filter_dy(dy, regs, zero, k_first, rows_left, rb, red1, PQ, K):
+    """regs[l] = dY_g[k_first + dr, rb + dk] = dy[n, k_first + dr, pq] with (n, pq) =
+    divmod(rb + dk, PQ); 0 past Kg (``rows_left``) or from red1 on. Read along the pixels."""
+    for l in range(A_LOADS):
+        dr, dk = element(l, False)
+        red = u32(rb + u32(dk))
+        n = red // PQ
+        v = zero
+        if dr < rows_left and red < red1:
+            v = dy[u32((n * K + k_first + u32(dr)) * PQ + red - n * PQ)]
+        regs[l] = v
+
+
+# one thread per 8x8 register tile of one reduction slice of dW_g: channels m0 + 4ty + i and
+# m0 + BM/2 + 4ty + i, taps (c, r, s) col0 + 4tx + j and col0 + BN/2 + 4tx + j (i, j < 4);
+# grid z = slice * groups + group
+@per_dtype(_bwd_filter_signature, threads=THREADS)
 def conv2d_bwd_filter_implicit_gemm_cuda(dt):
-    @cuda.jit(**_gemm_jit_options(dt))
-    def kernel(dy3, x, ws, R, S, Q, sh, sw, ph, pw, dh, dw, groups, slice_len):
-        a_s = cuda.shared.array((BK, A_COLS), dt)
-        b_s = cuda.shared.array((BK, BN), dt)
-        chan_s = cuda.shared.array(BN, int32)
-        roff_s = cuda.shared.array(BN, int32)
-        soff_s = cuda.shared.array(BN, int32)
-        n_s = cuda.shared.array(BK, int32)
-        pq_s = cuda.shared.array(BK, int32)
-        ih0_s = cuda.shared.array(BK, int32)
-        iw0_s = cuda.shared.array(BK, int32)
-        N, K, PQ = dy3.shape
-        C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    @cuda.jit(**jit_options(dt))
+    def kernel(dy, x, ws, N, C, H, W, K, P, Q, R, S, sh, sw, ph, pw, dh, dw, groups, slice_len):
+        a_s = cuda.shared.array((2, BK, A_PITCH), dt, SMEM_ALIGN)
+        b_s = cuda.shared.array((2, BK, B_PITCH), dt, SMEM_ALIGN)
+        ra = cuda.local.array(A_LOADS, dt)          # constant indices only: kept in registers
+        rb = cuda.local.array(A_LOADS, dt)
+        tap_c = cuda.local.array(A_LOADS, uint32)
+        tap_h = cuda.local.array(A_LOADS, uint32)
+        tap_w = cuda.local.array(A_LOADS, uint32)
+        C, H, W, K, Q, S = u32(C), u32(H), u32(W), u32(K), u32(Q), u32(S)
+        groups = u32(groups)
         Cg = C // groups
         Kg = K // groups
-        RS = R * S
-        L = Cg * RS
-        gi = cuda.blockIdx.z % groups
-        sl = cuda.blockIdx.z // groups
-        red0 = sl * slice_len
-        red1 = min(N * PQ, red0 + slice_len)
-        tx = cuda.threadIdx.x
-        ty = cuda.threadIdx.y
-        tid = ty * THREADS_N + tx
-        m0 = cuda.blockIdx.y * BM
-        col0 = cuda.blockIdx.x * BN
-        for j in range(tid, BN, NTHREADS):
-            c = (col0 + j) // RS
-            rs = (col0 + j) % RS
-            chan_s[j] = gi * Cg + c
-            roff_s[j] = (rs // S) * dh
-            soff_s[j] = (rs % S) * dw
-        z = dt(0)
-        acc = (z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z)
-        for k0 in range(red0, red1, BK):
-            for kk in range(tid, BK, NTHREADS):
-                n = (k0 + kk) // PQ
-                pq = k0 + kk - n * PQ
-                n_s[kk] = n
-                pq_s[kk] = pq
-                ih0_s[kk] = (pq // Q) * sh - ph
-                iw0_s[kk] = (pq % Q) * sw - pw
-            cuda.syncthreads()
-            for it in range(BM * BK // NTHREADS):
-                i = (tid + it * NTHREADS) // BK
-                kk = (tid + it * NTHREADS) % BK
-                v = z
-                if m0 + i < Kg and k0 + kk < red1:
-                    v = dy3[n_s[kk], gi * Kg + m0 + i, pq_s[kk]]
-                a_s[kk, i] = v
-            for e in range(tid, BK * BN, NTHREADS):
-                kk = e // BN
-                j = e % BN
-                ih = ih0_s[kk] + roff_s[j]
-                iw = iw0_s[kk] + soff_s[j]
-                v = z
-                if col0 + j < L and k0 + kk < red1 and ih >= 0 and ih < H and iw >= 0 and iw < W:
-                    v = x[n_s[kk], chan_s[j], ih, iw]
-                b_s[kk, j] = v
-            cuda.syncthreads()
-            acc = _mma_tile_cuda(a_s, b_s, ty, tx, acc)
+        RS = u32(S * u32(R))
+        L = u32(Cg * RS)
+        PQ = u32(u32(P) * Q)
+        HW = u32(H * W)
+        gi = u32(cuda.blockIdx.z) % groups
+        sl = u32(cuda.blockIdx.z) // groups
+        red0 = u32(sl * u32(slice_len))
+        red1 = u32(min(u32(u32(N) * PQ), u32(red0 + u32(slice_len))))
+        m0 = u32(cuda.blockIdx.y * u32(BM))
+        col0 = u32(cuda.blockIdx.x * u32(BN))
+        tx = u32(cuda.threadIdx.x)
+        ty = u32(cuda.threadIdx.y)
+        tid = u32(ty * u32(TX) + tx)
+        # both operands are read along the reduction (pixels), which is contiguous in dy and x
+        ar, akk = tile_origin(tid, False)
+        bj, bkk = tile_origin(tid, False)
+        a_rows_left = int32(int32(Kg - m0) - int32(ar))
+        _bwd_filter_taps(tap_c, tap_h, tap_w, col0 + bj, L, RS, S, u32(dh), u32(dw), u32(ph), u32(pw), HW, gi * Cg,
+                         False)
+        sh, sw, k_first, CHW = u32(sh), u32(sw), gi * Kg + m0 + ar, C * HW
+        tiles = u32(red1 - red0 + u32(BK - 1)) // u32(BK)
+        zero = dt(0)
+        _bwd_filter_dy(dy, ra, zero, k_first, a_rows_left, red0 + akk, red1, PQ, K)
+        _bwd_filter_gather(x, rb, zero, tap_c, tap_h, tap_w, red0 + bkk, red1, PQ, Q, sh, sw, H, W, CHW, False)
+        unstage(ra, a_s, 0, ar, akk, False)
+        unstage(rb, b_s, 0, bj, bkk, False)
+        cuda.syncthreads()
+        acc = zero_tile(zero)
+        for t in range(tiles):
+            buf = u32(t) % u32(2)
+            more = u32(t) + u32(1) < tiles
+            if more:
+                kt = red0 + (u32(t) + u32(1)) * u32(BK)
+                _bwd_filter_dy(dy, ra, zero, k_first, a_rows_left, kt + akk, red1, PQ, K)
+                _bwd_filter_gather(x, rb, zero, tap_c, tap_h, tap_w, kt + bkk, red1, PQ, Q, sh, sw, H, W, CHW, False)
+            acc = tile_step(a_s, b_s, buf, ty, tx, acc)
+            if more:
+                unstage(ra, a_s, buf ^ u32(1), ar, akk, False)
+                unstage(rb, b_s, buf ^ u32(1), bj, bkk, False)
             cuda.syncthreads()
         # plane sl of ws (slices, K, L) holds columns [sl*L, (sl+1)*L) of ws viewed as (K, slices*L)
-        _store_micro_tile_cuda(ws, m0 + ty, Kg, gi * Kg, sl * L + col0 + tx, (sl + 1) * L, L, acc)
+        _store_tile(ws, acc, m0 + u32(4) * ty, Kg, gi * Kg, sl * L + col0 + u32(4) * tx, (sl + u32(1)) * L, L, K)
     return kernel
 
 
@@ -558,7 +641,7 @@ def _sum_slices_signature(dt):
 
 
 # one thread per output element e, grid-stride
-@per_dtype(_sum_slices_signature)
+@per_dtype(_sum_slices_signature, threads=SUM_THREADS)
 def sum_slices_cuda(dt):
     @cuda.jit
     def kernel(ws, out):
@@ -705,23 +788,26 @@ def _bwd_filter_cpu(dy, x, dw, g):
 
 
 def _threads():
-    return (THREADS_N, THREADS_M)
+    return (TX, THREADS // TX)
+
+
+def _sizes(g):
+    return (g.N, g.C, g.H, g.W, g.K, g.P, g.Q, g.R, g.S, g.stride_h, g.stride_w, g.pad_h, g.pad_w, g.dil_h, g.dil_w,
+            g.groups)
 
 
 def _fwd_cuda(x, w, y, g):
     Kg = g.K // g.groups
     grid = (blocks(g.N * g.P * g.Q, BN), blocks(Kg, BM), g.groups)
-    conv2d_fwd_implicit_gemm_cuda[x.dtype][grid, _threads()](
-        x, w.reshape(g.K, -1), y.reshape(g.N, g.K, g.P * g.Q), g.S, g.Q, g.stride_h, g.stride_w,
-        g.pad_h, g.pad_w, g.dil_h, g.dil_w, g.groups, g.R * g.S)
+    conv2d_fwd_implicit_gemm_cuda[x.dtype][grid, _threads(), stream()](
+        x.reshape(-1), w.reshape(-1), y.reshape(-1), *_sizes(g))
 
 
 def _bwd_data_cuda(dy, w, dx, g):
     Cg = g.C // g.groups
     grid = (blocks(g.N * g.H * g.W, BN), blocks(Cg, BM), g.groups)
-    conv2d_bwd_data_implicit_gemm_cuda[dy.dtype][grid, _threads()](
-        dy, w.reshape(g.K, -1), dx.reshape(g.N, g.C, g.H * g.W), g.S, g.W, g.stride_h, g.stride_w,
-        g.pad_h, g.pad_w, g.dil_h, g.dil_w, g.groups, g.R * g.S)
+    conv2d_bwd_data_implicit_gemm_cuda[dy.dtype][grid, _threads(), stream()](
+        dy.reshape(-1), w.reshape(-1), dx.reshape(-1), *_sizes(g))
 
 
 def _bwd_filter_cuda(dy, x, dw, g):
@@ -729,17 +815,29 @@ def _bwd_filter_cuda(dy, x, dw, g):
     L = (g.C // g.groups) * g.R * g.S
     red = g.N * g.P * g.Q
     tiles_mn = blocks(L, BN) * blocks(Kg, BM) * g.groups
-    slices = min(blocks(CUDA_MIN_BLOCKS, tiles_mn), blocks(red, BK))
+    kernel = conv2d_bwd_filter_implicit_gemm_cuda[dy.dtype]
+    slices = wave_splits(tiles_mn, blocks(red, BK), resident_blocks(kernel, THREADS))
     slice_len = blocks(blocks(red, slices), BK) * BK
     slices = blocks(red, slice_len)
-    ws = dw.reshape(1, g.K, L) if slices == 1 else cuda.device_array((slices, g.K, L), dw.dtype)
+    ws = dw.reshape(1, g.K, L) if slices == 1 else device_empty((slices, g.K, L), dw.dtype)
     grid = (blocks(L, BN), blocks(Kg, BM), g.groups * slices)
-    conv2d_bwd_filter_implicit_gemm_cuda[dy.dtype][grid, _threads()](
-        dy.reshape(g.N, g.K, g.P * g.Q), x, ws, g.R, g.S, g.Q, g.stride_h, g.stride_w,
-        g.pad_h, g.pad_w, g.dil_h, g.dil_w, g.groups, slice_len)
+    kernel[grid, _threads(), stream()](dy.reshape(-1), x.reshape(-1), ws.reshape(-1), *_sizes(g), slice_len)
     if slices > 1:
         out = dw.reshape(g.K * L)
-        sum_slices_cuda[dw.dtype][blocks(out.shape[0], SUM_THREADS), SUM_THREADS](ws.reshape(slices, -1), out)
+        sum_slices_cuda[dw.dtype][blocks(out.shape[0], SUM_THREADS), SUM_THREADS, stream()](ws.reshape(slices, -1), out)
+
+
+def _limits(g, device, pass_):
+    """On CUDA the 2-D kernels index with 32-bit offsets: every operand (and backward filter's
+    slices of dw, at most one per reduction tile) must have fewer than 2**31 elements."""
+    if device != "cuda" or g.rank != 2:
+        return True, ""
+    sizes = [int(np.prod(s, dtype=np.int64)) for s in g.operand_shapes(pass_)]
+    sizes.append(g.K * (g.C // g.groups) * g.R * g.S * blocks(g.N * g.P * g.Q, BK))
+    if max(sizes[:3]) >= INDEX_LIMIT or (pass_ == "bwd_filter" and sizes[3] >= INDEX_LIMIT):
+        return False, (f"implicit_gemm on CUDA indexes with 32-bit offsets; this convolution has an operand of "
+                       f"{max(sizes[:3])} elements (the limit is 2**31 - 1)")
+    return True, ""
 
 
 def conv2d_fwd_implicit_gemm(x, w, y, g):
@@ -780,5 +878,5 @@ _3D = conv3d_implicit_gemm
 ALGORITHM = ConvAlgorithm("implicit_gemm", by_rank(conv2d_fwd_implicit_gemm, _3D.conv3d_fwd_implicit_gemm),
                           by_rank(conv2d_bwd_data_implicit_gemm, _3D.conv3d_bwd_data_implicit_gemm),
                           by_rank(conv2d_bwd_filter_implicit_gemm, _3D.conv3d_bwd_filter_implicit_gemm),
-                          ranks=(2, 3), preference=lambda g, device, pass_: 2,
+                          ranks=(2, 3), limits=_limits, preference=lambda g, device, pass_: 2,
                           summary="GEMM tiles gathered straight from the input; no column matrix")

@@ -5,13 +5,19 @@ is (K, N), ``c`` is (M, N). The batched form applies the same product to every m
 stack: ``c[z] = alpha * op(a[z]) @ op(b[z]) + beta * c[z]``. With ``beta == 0`` the old
 contents of ``c`` are never read (NaN garbage in ``c`` does not leak into the result).
 
-CUDA: a tiled shared-memory kernel. Each block owns a BM x BN tile of ``c`` and walks the
-K dimension in BK-deep tiles staged in shared memory; each thread keeps a TM x TN register
-micro-tile. The tile loads read ``a`` and ``b`` in their stored order (coalesced whether or
-not the operand is transposed) and write the tiles K-major. When the M x N tiles alone
-would leave the GPU idle (a weight gradient: small M x N, long K), the K range is split over
-``split_k`` blocks that write partial products, and a second kernel adds them in a fixed
-order (deterministic, no atomics).
+CUDA: a tiled shared-memory kernel. Each block of 16 x 16 threads owns a BM x BN = 128 x 128
+tile of ``c`` and walks K in BK = 8 deep tiles through two K-major shared buffers: every thread
+loads its share of tile t+1 into registers (reading ``a`` and ``b`` in their stored order,
+coalesced whether or not the operand is transposed) while it multiplies tile t, then stores it
+into the other buffer; one barrier per tile. Each thread keeps an 8 x 8 register tile of
+scalars (``tile_fma``) and reads its 8 + 8 operands per K-step as four 128-bit shared loads
+(``fragment``); the 8 K-steps are written out (``tile_step``). Index math is uint32, so operands
+must have fewer than 2**31 elements. ``conv_implicit_gemm`` runs the same mainloop on gathered
+tiles. When the M x N tiles alone would leave the GPU idle (a weight gradient: small M x N,
+long K), the K range is split over ``split_k`` blocks that write partial products, and a second
+kernel adds them in a fixed order (deterministic, no atomics). The split count fills whole
+waves of the blocks the device holds at once (``cuda_util.wave_splits``, from its SM count and
+this kernel's occupancy).
 CPU: NumPy's BLAS (``np.matmul``), which beats a hand-written Numba loop there; stacks are split
 over the CPU threads (``matmul_cpu``).
 """
@@ -19,103 +25,230 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
-from numba import cuda, int64
+from numba import cuda, float32, int32, int64, uint32
 from threadpoolctl import ThreadpoolController
 
-from .cuda_util import SIMULATOR, blocks, is_device_array, per_dtype
+from .cuda_util import (SIMULATOR, array1, blocks, device_empty, is_device_array, per_dtype, resident_blocks, stream,
+                        wave_splits)
 
-if SIMULATOR:
-    BM, BN, BK, TM, TN = 8, 32, 8, 4, 16
-else:
-    BM, BN, BK, TM, TN = 64, 64, 8, 4, 4
-TY = BM // TM                      # thread rows per block
-TX = BN // TN                      # thread columns per block
+TX = TY = 2 if SIMULATOR else 16        # threads per block along the tile's columns and rows
+BK = 8                             # reduction depth of a shared tile (tile_step is written out for 8)
+TM = TN = 8                        # per-thread register tile, written out as scalars (tile_fma)
+BM = TM * TY                       # block tile rows
+BN = TN * TX                       # block tile columns
 THREADS = TX * TY
-A_LOADS = BM * BK // THREADS       # shared-tile elements each thread stages per K-tile
-B_LOADS = BN * BK // THREADS
-A_PITCH = BM + 1                   # the padding column spreads K-major stores over the banks
-B_PITCH = BN + 1
-SPLIT_K_BLOCKS = 4 if SIMULATOR else 264     # ~2 blocks per SM on an H100: split K below this
+assert BM == BN and (THREADS % BM == 0 or BM % THREADS == 0) and (THREADS % BK == 0 or BK % THREADS == 0)
+A_LOADS = BM * BK // THREADS       # shared-tile elements each thread stages per K-tile (BM == BN)
+# K-major shared tiles; 4 pad columns keep every row 16-byte aligned for the 128-bit fragment
+# loads and put the 8 rows a warp stores at once on different banks
+A_PITCH = BM + 4
+B_PITCH = BN + 4
+SMEM_ALIGN = None if SIMULATOR else 16     # the simulator rejects an alignment argument
 SPLIT_K_MIN_LEN = 2 * BK if SIMULATOR else 256
 REDUCE_THREADS = 32 if SIMULATOR else 256
+INDEX_LIMIT = 2 ** 31              # the CUDA kernels index with 32-bit offsets
+u32 = uint32
+
+
+def jit_options(dt):
+    """Launch bounds for the 8 x 8-tile kernels: two resident float32 blocks per SM hold ptxas to
+    128 registers (64 accumulators, 16 fragment values, the staged loads, addresses); float64's
+    accumulators alone take 128, so it gets one block and up to 255. None under the simulator."""
+    return {} if SIMULATOR else {"launch_bounds": (THREADS, 2 if dt == float32 else 1)}
+
+
+@cuda.jit(device=True, inline="always")
+def _row_fma(c, a, b):
+    return (c[0] + a * b[0], c[1] + a * b[1], c[2] + a * b[2], c[3] + a * b[3],
+            c[4] + a * b[4], c[5] + a * b[5], c[6] + a * b[6], c[7] + a * b[7])
+
+
+@cuda.jit(device=True, inline="always")
+def tile_fma(acc, a, b):
+    """acc[i][j] + a[i] * b[j] for the 8 x 8 register tile (a tuple of 8 rows of 8 scalars): 64 FFMAs."""
+    return (_row_fma(acc[0], a[0], b), _row_fma(acc[1], a[1], b), _row_fma(acc[2], a[2], b),
+            _row_fma(acc[3], a[3], b), _row_fma(acc[4], a[4], b), _row_fma(acc[5], a[5], b),
+            _row_fma(acc[6], a[6], b), _row_fma(acc[7], a[7], b))
+
+
+@cuda.jit(device=True, inline="always")
+def zero_tile(z):
+    r = (z, z, z, z, z, z, z, z)
+    return (r, r, r, r, r, r, r, r)
+
+
+@cuda.jit(device=True, inline="always")
+def fragment(s, buf, kk, t, half):
+    """s[buf, kk, 4t + i] and s[buf, kk, half + 4t + i] for i < 4: a thread's 8 rows (or columns) of
+    the register tile, two groups of 4 consecutive, 16-byte aligned values (two 128-bit loads)."""
+    i = u32(4) * t
+    j = u32(half) + i
+    return (s[buf, kk, i], s[buf, kk, i + u32(1)], s[buf, kk, i + u32(2)], s[buf, kk, i + u32(3)],
+            s[buf, kk, j], s[buf, kk, j + u32(1)], s[buf, kk, j + u32(2)], s[buf, kk, j + u32(3)])
+
+
+@cuda.jit(device=True, inline="always")
+def _k_step(a_s, b_s, buf, kk, ty, tx, acc):
+    return tile_fma(acc, fragment(a_s, buf, kk, ty, BM // 2), fragment(b_s, buf, kk, tx, BN // 2))
+
+
+@cuda.jit(device=True, inline="always")
+def tile_step(a_s, b_s, buf, ty, tx, acc):
+    """acc += the products of one BK-deep pair of shared tiles, written out for BK = 8 (NVVM
+    unrolls a range(8) loop of this size only partly)."""
+    acc = _k_step(a_s, b_s, buf, 0, ty, tx, acc)
+    acc = _k_step(a_s, b_s, buf, 1, ty, tx, acc)
+    acc = _k_step(a_s, b_s, buf, 2, ty, tx, acc)
+    acc = _k_step(a_s, b_s, buf, 3, ty, tx, acc)
+    acc = _k_step(a_s, b_s, buf, 4, ty, tx, acc)
+    acc = _k_step(a_s, b_s, buf, 5, ty, tx, acc)
+    acc = _k_step(a_s, b_s, buf, 6, ty, tx, acc)
+    return _k_step(a_s, b_s, buf, 7, ty, tx, acc)
+
+
+@cuda.jit(device=True, inline="always")
+def _put(c, e, v, alpha, beta):
+    if beta == 0:
+        c[e] = alpha * v
+    else:
+        c[e] = alpha * v + beta * c[e]
+
+
+@cuda.jit(device=True, inline="always")
+def _put4(c, off, col, N, v0, v1, v2, v3, alpha, beta):
+    """c[off + col + j] = alpha * v_j (+ beta * c[...]) for the columns col + j below N."""
+    if col < N:
+        _put(c, off + col, v0, alpha, beta)
+    if col + u32(1) < N:
+        _put(c, off + col + u32(1), v1, alpha, beta)
+    if col + u32(2) < N:
+        _put(c, off + col + u32(2), v2, alpha, beta)
+    if col + u32(3) < N:
+        _put(c, off + col + u32(3), v3, alpha, beta)
+
+
+@cuda.jit(device=True, inline="always")
+def _put_row(c, m, M, N, row_off, col, row, alpha, beta):
+    """Row ``m`` (below M) of a thread's register tile: columns col + j and col + BN/2 + j, j < 4."""
+    if m < M:
+        _put4(c, row_off + m * N, col, N, row[0], row[1], row[2], row[3], alpha, beta)
+        _put4(c, row_off + m * N, col + u32(BN // 2), N, row[4], row[5], row[6], row[7], alpha, beta)
+
+
+@cuda.jit(device=True, inline="always")
+def stage(src, regs, zero, origin, row_step, k_step, row_left, k_left, k_major):
+    """regs[l] = src[origin + dr*row_step + dk*k_step], or 0 when dr >= row_left or dk >= k_left
+    (outside op(src)), for the elements l of this thread's share of a BK x BM (= BN) tile;
+    (dr, dk) = element(l, k_major) are compile-time constants, ``origin`` addresses the
+    thread's first element, the distances to the operand's edges are signed (they may be < 0)."""
+    for l in range(A_LOADS):
+        dr, dk = element(l, k_major)
+        v = zero
+        if dr < row_left and dk < k_left:
+            v = src[origin + u32(dr) * row_step + u32(dk) * k_step]
+        regs[l] = v
+
+
+@cuda.jit(device=True, inline="always")
+def unstage(regs, tile, buf, row, kk, k_major):
+    """tile[buf, kk + dk, row + dr] = regs[l]: the staged elements into a K-major shared tile."""
+    for l in range(A_LOADS):
+        dr, dk = element(l, k_major)
+        tile[buf, kk + u32(dk), row + u32(dr)] = regs[l]
+
+
+@cuda.jit(device=True, inline="always")
+def element(l, k_major):
+    """Where element e = tid + l*THREADS of a tile lies from element tid, as (rows, reduction
+    indices): consecutive threads take consecutive addresses of the stored operand, along a row
+    of the tile when it is stored K-major (row = e % BM, kk = e // BM), else along the reduction
+    (kk = e % BK, row = e // BK). Exact because THREADS and BM (BK) divide one another."""
+    if k_major:
+        return (l * THREADS) % BM, (l * THREADS) // BM
+    return (l * THREADS) // BK, (l * THREADS) % BK
+
+
+@cuda.jit(device=True, inline="always")
+def tile_origin(tid, k_major):
+    """(row, kk) of element e = tid of a tile, in ``element``'s order."""
+    if k_major:
+        return tid % u32(BM), tid // u32(BM)
+    return tid // u32(BK), tid % u32(BK)
 
 
 def _gemm_signature(dt):
-    return (dt[:, :, ::1], dt[:, :, ::1], dt[:, :, ::1]) + (int64,) * 7 + (dt, dt)
+    return (array1(dt), array1(dt), array1(dt)) + (int64,) * 7 + (dt, dt)
 
 
-# one block per (BM x BN tile, matrix z, K-split ks) writing c[z*splits + ks];
-# thread (ty, tx) owns rows ty + i*TY, columns tx + j*TX of the tile
-@per_dtype(_gemm_signature)
+# one block per (BM x BN tile, matrix z, K-split ks) writing c[z*splits + ks]; thread (ty, tx)
+# owns rows 4ty + i and BM/2 + 4ty + i, columns 4tx + j and BN/2 + 4tx + j (i, j < 4) of the tile
+@per_dtype(_gemm_signature, threads=THREADS)
 def gemm_tiled_cuda(dt):
-    @cuda.jit
+    @cuda.jit(**jit_options(dt))
     def kernel(a, b, c, M, N, K, k_len, splits, trans_a, trans_b, alpha, beta):
-        a_tile = cuda.shared.array((BK, A_PITCH), dt)
-        b_tile = cuda.shared.array((BK, B_PITCH), dt)
-        acc = cuda.local.array((TM, TN), dt)
-        a_reg = cuda.local.array(TM, dt)
-        b_reg = cuda.local.array(TN, dt)
-        zc = cuda.blockIdx.z
-        z = zc // splits
-        k_begin = (zc % splits) * k_len
-        k_end = min(K, k_begin + k_len)
-        m0 = cuda.blockIdx.y * BM
-        n0 = cuda.blockIdx.x * BN
-        tx = cuda.threadIdx.x
-        ty = cuda.threadIdx.y
-        tid = ty * TX + tx
-        for i in range(TM):
-            for j in range(TN):
-                acc[i, j] = dt(0)
-        for k0 in range(k_begin, k_end, BK):
-            for l in range(A_LOADS):
-                e = tid + l * THREADS
-                if trans_a:
-                    row = e % BM
-                    kk = e // BM
-                else:
-                    row = e // BK
-                    kk = e % BK
-                m = m0 + row
-                k = k0 + kk
-                v = dt(0)
-                if m < M and k < k_end:
-                    v = a[z, k, m] if trans_a else a[z, m, k]
-                a_tile[kk, row] = v
-            for l in range(B_LOADS):
-                e = tid + l * THREADS
-                if trans_b:
-                    col = e // BK
-                    kk = e % BK
-                else:
-                    col = e % BN
-                    kk = e // BN
-                n = n0 + col
-                k = k0 + kk
-                v = dt(0)
-                if n < N and k < k_end:
-                    v = b[z, n, k] if trans_b else b[z, k, n]
-                b_tile[kk, col] = v
+        # two buffers: tile t+1 is staged while tile t is multiplied, one barrier per tile
+        a_s = cuda.shared.array((2, BK, A_PITCH), dt, SMEM_ALIGN)
+        b_s = cuda.shared.array((2, BK, B_PITCH), dt, SMEM_ALIGN)
+        ra = cuda.local.array(A_LOADS, dt)     # constant indices only: kept in registers
+        rb = cuda.local.array(A_LOADS, dt)
+        M = u32(M)
+        N = u32(N)
+        K = u32(K)
+        zc = u32(cuda.blockIdx.z)
+        z = zc // u32(splits)
+        k_begin = u32(zc % u32(splits) * u32(k_len))
+        k_end = u32(min(K, k_begin + u32(k_len)))
+        tiles = u32(k_end - k_begin + u32(BK - 1)) // u32(BK)
+        m0 = u32(cuda.blockIdx.y * u32(BM))
+        n0 = u32(cuda.blockIdx.x * u32(BN))
+        tx = u32(cuda.threadIdx.x)
+        ty = u32(cuda.threadIdx.y)
+        tid = u32(ty * u32(TX) + tx)
+        # op(a) is (M, K): a[z] is stored (M, K), or (K, M) when transposed (then K-major);
+        # op(b) is (K, N): b[z] is stored (K, N) (K-major for the tile's columns), or (N, K)
+        ta = trans_a != 0
+        tb = trans_b == 0
+        a_row, a_k = (u32(1), M) if ta else (K, u32(1))
+        b_row, b_k = (u32(1), N) if tb else (K, u32(1))
+        ar, akk = tile_origin(tid, ta)
+        br, bkk = tile_origin(tid, tb)
+        # int32 (possibly negative) distances to the operand's edges from this thread's first element
+        a_rows_left = int32(int32(M - m0) - int32(ar))
+        b_rows_left = int32(int32(N - n0) - int32(br))
+        a_origin = z * M * K + (m0 + ar) * a_row + (k_begin + akk) * a_k
+        b_origin = z * N * K + (n0 + br) * b_row + (k_begin + bkk) * b_k
+        k_count = int32(k_end - k_begin)
+        zero = dt(0)
+        stage(a, ra, zero, a_origin, a_row, a_k, a_rows_left, int32(k_count - int32(akk)), ta)
+        stage(b, rb, zero, b_origin, b_row, b_k, b_rows_left, int32(k_count - int32(bkk)), tb)
+        unstage(ra, a_s, 0, ar, akk, ta)
+        unstage(rb, b_s, 0, br, bkk, tb)
+        cuda.syncthreads()
+        acc = zero_tile(zero)
+        for t in range(tiles):
+            buf = u32(t) % u32(2)
+            more = u32(t) + u32(1) < tiles
+            if more:
+                kt = (u32(t) + u32(1)) * u32(BK)
+                stage(a, ra, zero, a_origin + kt * a_k, a_row, a_k, a_rows_left, int32(k_count - int32(akk + kt)), ta)
+                stage(b, rb, zero, b_origin + kt * b_k, b_row, b_k, b_rows_left, int32(k_count - int32(bkk + kt)), tb)
+            acc = tile_step(a_s, b_s, buf, ty, tx, acc)
+            if more:
+                unstage(ra, a_s, buf ^ u32(1), ar, akk, ta)
+                unstage(rb, b_s, buf ^ u32(1), br, bkk, tb)
             cuda.syncthreads()
-            for kk in range(BK):
-                for i in range(TM):
-                    a_reg[i] = a_tile[kk, ty + i * TY]
-                for j in range(TN):
-                    b_reg[j] = b_tile[kk, tx + j * TX]
-                for i in range(TM):
-                    for j in range(TN):
-                        acc[i, j] += a_reg[i] * b_reg[j]
-            cuda.syncthreads()
-        for i in range(TM):
-            m = m0 + ty + i * TY
-            if m < M:
-                for j in range(TN):
-                    n = n0 + tx + j * TX
-                    if n < N:
-                        if beta == dt(0):
-                            c[zc, m, n] = alpha * acc[i, j]
-                        else:
-                            c[zc, m, n] = alpha * acc[i, j] + beta * c[zc, m, n]
+        off = zc * M * N
+        col = n0 + u32(4) * tx
+        m = m0 + u32(4) * ty
+        h = m + u32(BM // 2)
+        _put_row(c, m, M, N, off, col, acc[0], alpha, beta)
+        _put_row(c, m + u32(1), M, N, off, col, acc[1], alpha, beta)
+        _put_row(c, m + u32(2), M, N, off, col, acc[2], alpha, beta)
+        _put_row(c, m + u32(3), M, N, off, col, acc[3], alpha, beta)
+        _put_row(c, h, M, N, off, col, acc[4], alpha, beta)
+        _put_row(c, h + u32(1), M, N, off, col, acc[5], alpha, beta)
+        _put_row(c, h + u32(2), M, N, off, col, acc[6], alpha, beta)
+        _put_row(c, h + u32(3), M, N, off, col, acc[7], alpha, beta)
     return kernel
 
 
@@ -124,7 +257,7 @@ def _reduce_signature(dt):
 
 
 # one thread per element (z, m, n) of c; it adds the split-K partials in split order
-@per_dtype(_reduce_signature)
+@per_dtype(_reduce_signature, threads=REDUCE_THREADS)
 def gemm_splitk_reduce_cuda(dt):
     @cuda.jit
     def kernel(partial, c, splits, alpha, beta):
@@ -227,12 +360,13 @@ def _check(a, b, c, trans_a, trans_b, rank):
     return M, N, K
 
 
-def _k_splits(M, N, K, Z, split_k):
-    """(splits, k_len): K cut into ``splits`` ranges of ``k_len`` (whole K-tiles). By default
-    enough splits for SPLIT_K_BLOCKS blocks in all, each at least SPLIT_K_MIN_LEN long."""
+def _k_splits(M, N, K, Z, split_k, slots):
+    """(splits, k_len): K cut into ``splits`` ranges of ``k_len`` (whole K-tiles). By default the
+    count that fills whole waves of ``slots`` resident blocks (``wave_splits``), each range at
+    least SPLIT_K_MIN_LEN long."""
     if split_k is None:
         tiles = blocks(N, BN) * blocks(M, BM) * Z
-        split_k = min(-(-SPLIT_K_BLOCKS // tiles), K // SPLIT_K_MIN_LEN)
+        split_k = wave_splits(tiles, K // SPLIT_K_MIN_LEN, slots)
     splits = max(1, min(int(split_k), K))
     k_len = BK * -(-max(1, -(-K // splits)) // BK)
     return max(1, -(-K // k_len)), k_len
@@ -253,14 +387,19 @@ def gemm_batched(a, b, c, trans_a=False, trans_b=False, alpha=1, beta=0, split_k
         raise ValueError("gemm: CUDA operands must be C-contiguous")
     dt = c.dtype.type
     Z = c.shape[0]
-    splits, k_len = _k_splits(M, N, K, Z, split_k)
-    out = c if splits == 1 else cuda.device_array((Z * splits, M, N), c.dtype)
+    kernel = gemm_tiled_cuda[c.dtype]
+    splits, k_len = _k_splits(M, N, K, Z, split_k, resident_blocks(kernel, THREADS) if split_k is None else 1)
+    if max(a.size, b.size, Z * splits * M * N) >= INDEX_LIMIT:
+        raise ValueError(f"gemm: the CUDA kernel indexes with 32-bit offsets: a ({a.size}), b ({b.size}) and c "
+                         f"({Z * M * N}, times {splits} K-splits) must each have fewer than 2**31 elements")
+    out = c if splits == 1 else device_empty((Z * splits, M, N), c.dtype)
     grid = (blocks(N, BN), blocks(M, BM), Z * splits)
     scale = (dt(alpha), dt(beta)) if splits == 1 else (dt(1), dt(0))
-    gemm_tiled_cuda[c.dtype][grid, (TX, TY)](a, b, out, M, N, K, k_len, splits, int(trans_a), int(trans_b), *scale)
+    kernel[grid, (TX, TY), stream()](a.reshape(-1), b.reshape(-1), out.reshape(-1), M, N, K, k_len, splits,
+                                     int(trans_a), int(trans_b), *scale)
     if splits > 1:
         size = Z * M * N
-        gemm_splitk_reduce_cuda[c.dtype][blocks(size, REDUCE_THREADS), REDUCE_THREADS](
+        gemm_splitk_reduce_cuda[c.dtype][blocks(size, REDUCE_THREADS), REDUCE_THREADS, stream()](
             out, c, splits, dt(alpha), dt(beta))
 
 

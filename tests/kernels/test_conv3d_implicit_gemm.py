@@ -64,10 +64,10 @@ def test_phase_tables_cover_every_input_position_once(case):
     assert all(spix[f, :npix[f]].max(initial=0) < np.prod(padded) for f in range(len(npix)))
 
 
-@pytest.mark.parametrize("min_blocks", [1, 10**6], ids=["one-slice", "most-slices"])
-def test_cuda_filter_reduction_slices(min_blocks, monkeypatch):
+@pytest.mark.parametrize("slots", [1, 10**6], ids=["one-slice", "most-slices"])
+def test_cuda_filter_reduction_slices(slots, monkeypatch):
     """Backward filter on CUDA with its N*O*P*Q reduction in one slice and in as many as it allows."""
-    monkeypatch.setattr(G3, "CUDA_MIN_BLOCKS", min_blocks)
+    monkeypatch.setattr(G3, "resident_blocks", lambda kernel, threads: slots)
     assert_pass_matches(LAUNCH["bwd_filter"], "bwd_filter", CASES_3D[1], np.float64, "cuda")
 
 

@@ -9,7 +9,8 @@ from tests.kernels.conv_cases import CASES, PASSES, assert_pass_matches, case2d,
 LAUNCH = {"fwd": G.conv2d_fwd_implicit_gemm, "bwd_data": G.conv2d_bwd_data_implicit_gemm,
           "bwd_filter": G.conv2d_bwd_filter_implicit_gemm}
 
-# more channels than a simulated block tile holds (Kg, Cg > BM = 8), long reductions, odd sizes
+# more channels and pixels than a simulated block tile holds (Kg, Cg, N*P*Q > BM = BN = 16), long
+# reductions, odd sizes
 WIDE_CASES = [case2d(*c) for c in [
     (1, 18, 4, 5, 20, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
     (2, 36, 5, 4, 34, 3, 2, (2, 1), (1, 0, 1, 1), (1, 2), 2),
@@ -55,8 +56,8 @@ def test_stride_phases_cover_every_input_position_once():
                 assert count == 0 or (0 <= o + before and o + count - 1 + before < length)
 
 
-@pytest.mark.parametrize("min_blocks", [1, 10**6], ids=["one-slice", "most-slices"])
-def test_cuda_filter_reduction_slices(min_blocks, monkeypatch):
+@pytest.mark.parametrize("slots", [1, 10**6], ids=["one-slice", "most-slices"])
+def test_cuda_filter_reduction_slices(slots, monkeypatch):
     """Backward filter on CUDA with its N*P*Q reduction in one slice and in as many as it allows."""
-    monkeypatch.setattr(G, "CUDA_MIN_BLOCKS", min_blocks)
+    monkeypatch.setattr(G, "resident_blocks", lambda kernel, threads: slots)
     assert_pass_matches(LAUNCH["bwd_filter"], "bwd_filter", CASES[5], np.float64, "cuda")
