@@ -107,7 +107,7 @@ def from_cuda_array_interface(obj, name="data"):
         return cuda.as_cuda_array(obj)
     from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
     shape = tuple(int(n) for n in iface["shape"])
-    strides = tuple(int(st) for st in iface.get("strides") or _c_strides(shape, dtype.itemsize))
+    strides = tuple(int(st) for st in iface.get("strides") or runtime.c_strides(shape, dtype.itemsize))
     if any(n == 0 for n in shape):
         return FakeCUDAArray(np.empty(shape, dtype))
     if any(st < 0 or st % dtype.itemsize for st in strides):
@@ -117,14 +117,6 @@ def from_cuda_array_interface(obj, name="data"):
     memory.owner = obj  # the views below keep ``memory`` alive, and it keeps the foreign array alive
     base = np.frombuffer(memory, dtype=dtype)
     return FakeCUDAArray(np.lib.stride_tricks.as_strided(base, shape=shape, strides=strides))
-
-
-def _c_strides(shape, itemsize):
-    strides, step = [], itemsize
-    for n in reversed(shape):
-        strides.append(step)
-        step *= n
-    return tuple(reversed(strides))
 
 
 def cuda_array_interface(array):

@@ -209,7 +209,8 @@ def _pool(dev=None):
 # device arrays from the pool
 # ---------------------------------------------------------------------------------------------
 
-def _c_strides(shape, itemsize):
+def c_strides(shape, itemsize):
+    """Byte strides of a C-contiguous array of ``shape`` with ``itemsize``-byte elements."""
     strides, step = [], itemsize
     for n in reversed(shape):
         strides.append(step)
@@ -259,7 +260,7 @@ def empty(shape, dtype):
         return _simulated_array(pool, block, shape, dtype)
     from numba.cuda.cudadrv.devicearray import DeviceNDArray
     gpu_data = _memory_pointer(pool, block, cuda.current_context())
-    return DeviceNDArray(shape, _c_strides(shape, dtype.itemsize), dtype, stream=stream(), gpu_data=gpu_data)
+    return DeviceNDArray(shape, c_strides(shape, dtype.itemsize), dtype, stream=stream(), gpu_data=gpu_data)
 
 
 cuda_util.set_allocator(empty)
