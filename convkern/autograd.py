@@ -166,8 +166,8 @@ class Tensor:
         self.data = data
         self.grad = None
         self._ctx = _ctx
-        if requires_grad and np.dtype(data.dtype) not in backend.FLOAT_DTYPES:
-            raise TypeError(f"requires_grad=True needs a float32 or float64 tensor, got {data.dtype}")
+        if requires_grad and np.dtype(data.dtype) not in backend.GRAD_DTYPES:
+            raise TypeError(f"requires_grad=True needs a float16, float32 or float64 tensor, got {data.dtype}")
         self.requires_grad = bool(requires_grad)
 
     @staticmethod
@@ -324,8 +324,8 @@ def tensor(data, requires_grad=False, device=None, dtype=None):
     elif backend.has_cuda_array_interface(data):
         data = backend.from_cuda_array_interface(data)
     if backend.device_of(data) == "cuda":
-        if np.dtype(data.dtype).kind not in "fiub" or np.dtype(data.dtype) == np.float16:
-            raise TypeError(f"data: expected a float32, float64 or integer array, got dtype {data.dtype}")
+        if np.dtype(data.dtype).kind not in "fiub":
+            raise TypeError(f"data: expected a float16, float32, float64 or integer array, got dtype {data.dtype}")
         if dtype is not None and np.dtype(dtype) != np.dtype(data.dtype):
             raise TypeError(f"dtype: cannot convert CUDA data of dtype {data.dtype} to {np.dtype(dtype)}; "
                             "convert on the CPU first")
@@ -338,8 +338,8 @@ def tensor(data, requires_grad=False, device=None, dtype=None):
             array = np.asarray(data, dtype=dtype)
         except (TypeError, ValueError) as e:  # ragged nesting, strings that are not numbers, ...
             raise type(e)(f"data: cannot make a numeric array of it: {e}") from None
-        if array.dtype == np.float16 or array.dtype.kind not in "fiub":
-            raise TypeError(f"data: expected a float32, float64 or integer array, got dtype {array.dtype}")
+        if array.dtype.kind not in "fiub":
+            raise TypeError(f"data: expected a float16, float32, float64 or integer array, got dtype {array.dtype}")
         if not array.dtype.isnative:
             array = array.astype(array.dtype.newbyteorder("="))
         if not array.flags.c_contiguous:

@@ -13,6 +13,8 @@ from convkern.kernels.cuda_util import SIMULATOR, is_device_array
 
 DEVICES = ("cpu", "cuda")
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+HALF = np.dtype(np.float16)          # storage only; kernels compute in float32 (kernels/float16.py)
+GRAD_DTYPES = FLOAT_DTYPES + (HALF,)
 
 
 def cuda_available():

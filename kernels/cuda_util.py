@@ -23,16 +23,18 @@ from typing import Callable, NamedTuple
 import numpy as np
 from numba import config as _numba_config
 from numba import cuda, float32, float64
+from numba.types import float16
 
 SIMULATOR = bool(_numba_config.ENABLE_CUDASIM)
 
 FLOAT_TYPES = ((np.dtype(np.float32), float32), (np.dtype(np.float64), float64))
+HALF_TYPE = (np.dtype(np.float16), float16)   # storage only: see kernels/float16.py
 SIM_SM_COUNT = 4        # what the simulator reports as SMs: enough to exercise split grids, few threads
 
 
 class KernelEntry(NamedTuple):
     name: str            # e.g. "conv2d_fwd_direct_cuda"
-    dtype: str           # "float32" | "float64"
+    dtype: str           # "float32" | "float64" | "float16"
     kernel: object       # the numba.cuda dispatcher
     signature: tuple     # argument types for compile_ptx
     threads: int         # threads per block its launcher uses on a GPU (the largest when it varies)
@@ -42,13 +44,14 @@ REGISTRY = []
 _SIGNATURES = {}         # id(dispatcher) -> signature, for resident_blocks
 
 
-def per_dtype(signature: Callable, *, threads):
+def per_dtype(signature: Callable, *, threads, half=False):
     """Decorator for a kernel factory ``make(dt)`` that returns a ``cuda.jit`` kernel.
 
     ``signature(dt)`` gives the kernel's argument types for that dtype; ``threads`` is the
     number of threads per block its launcher launches it with (a product for 2-D and 3-D
     blocks; the largest when the launcher chooses among several). Returns a dict
-    ``{np.dtype('float32'): kernel, np.dtype('float64'): kernel}``.
+    ``{np.dtype('float32'): kernel, np.dtype('float64'): kernel}``, plus ``float16`` with
+    ``half=True`` (float16 storage, float32 arithmetic: ``float16.accumulator(dt)``).
     """
     threads = int(threads)
     if not 1 <= threads <= 1024:
@@ -56,7 +59,7 @@ def per_dtype(signature: Callable, *, threads):
 
     def build(make):
         kernels = {}
-        for np_dt, nb_dt in FLOAT_TYPES:
+        for np_dt, nb_dt in FLOAT_TYPES + ((HALF_TYPE,) if half else ()):
             kernel = make(nb_dt)
             kernels[np_dt] = kernel
             name = make.__name__[len("make_"):] if make.__name__.startswith("make_") else make.__name__

@@ -21,9 +21,19 @@ def as_tensor(value, name, op):
                     f"or an object with __cuda_array_interface__), got {type(value).__name__}")
 
 
-def check_float(t, name, op):
+HALF_OPS = ("conv2d (algorithm direct or implicit_gemm_tc), linear, relu, add and the other elementwise "
+            "ops, pooling, batch_norm, softmax, log_softmax and cross_entropy")
+
+
+def check_float(t, name, op, half=False):
+    """float32 or float64; also float16 where the op takes it (``half=True``)."""
+    if half and t.dtype == backend.HALF:
+        return
+    if t.dtype == backend.HALF:
+        raise TypeError(f"{op}: {name} is float16, which {op} does not take; the ops that take float16 are "
+                        f"{HALF_OPS}. Convert with .float() first")
     if t.dtype not in backend.FLOAT_DTYPES:
-        raise TypeError(f"{op}: {name} must be float32 or float64, got {t.dtype}")
+        raise TypeError(f"{op}: {name} must be {'float16, ' if half else ''}float32 or float64, got {t.dtype}")
 
 
 def check_same(t, ref, name, ref_name, op):

@@ -30,9 +30,9 @@ def _dim(dim, ndim, name, op):
     return int(dim) % rank
 
 
-def _float_input(input, op):
+def _float_input(input, op, half=False):
     x = as_tensor(input, "input", op)
-    check_float(x, "input", op)
+    check_float(x, "input", op, half=half)
     return x
 
 

@@ -105,7 +105,7 @@ def test_misuse_raises_clear_errors(device):
         ta * ck.tensor(np.ones((3, 4), np.float32), device=device)
     with pytest.raises(ValueError, match="cannot reshape"):
         ta.reshape(5, 3)
-    with pytest.raises(TypeError, match="requires_grad=True needs a float32 or float64 tensor"):
+    with pytest.raises(TypeError, match="requires_grad=True needs a float16, float32 or float64 tensor"):
         ck.tensor(np.arange(3), requires_grad=True)
     with pytest.raises(ValueError, match="device must be 'cpu' or 'cuda'"):
         ck.tensor(np.ones(2), device="gpu")
