@@ -268,8 +268,32 @@ def _link_log(nvjitlink, handle, error):
     return buf.decode(errors="replace").rstrip("\x00").strip()
 
 
-def compile_kernel(entry, cc):
-    """Compile one REGISTRY entry for ``cc`` (e.g. ``"sm_90"``) and return its resource use.
+# numba-cuda's front end reads the compute capability only to choose code below sm_60 (float64
+# atomics) and sm_75 (fast tanh): for targets from sm_75 up its LLVM IR is the same.
+_SAME_FRONT_END_FROM = (7, 5)
+
+
+def _ptx_by_target(entry, targets):
+    """{target: PTX} of ``entry``: Numba's typing and lowering (two thirds of a build) run once for
+    all ``targets`` from sm_75 up, NVVM once per target; ``cuda.compile_ptx`` per target otherwise
+    (or when numba-cuda lacks the internal entry point)."""
+    from numba import cuda
+    from numba.cuda import compiler
+    opts = entry.kernel.targetoptions
+    # Compile with the options the kernel runs with (launch bounds change register allocation).
+    kw = dict(fastmath=opts.get("fastmath", False), launch_bounds=opts.get("launch_bounds"))
+    ccs = {t: (int(t[3:-1]), int(t[-1])) for t in targets}
+    lower_once = hasattr(compiler, "_compile_pyfunc_with_fixup") and min(ccs.values()) >= _SAME_FRONT_END_FROM
+    if not lower_once:
+        return {t: cuda.compile_ptx(entry.kernel.py_func, entry.signature, cc=cc, **kw)[0] for t, cc in ccs.items()}
+    library, _ = compiler._compile_pyfunc_with_fixup(entry.kernel.py_func, entry.signature, device=False,
+                                                     abi="numba", cc=min(ccs.values()), **kw)
+    return {t: "\n".join(library.get_asm_strs(cc=cc)) for t, cc in ccs.items()}
+
+
+def compile_kernel(entry, cc, ptx=None):
+    """Compile one REGISTRY entry for ``cc`` (e.g. ``"sm_90"``) and return its resource use
+    (``ptx``: its PTX for that target when already made).
 
     Returns ``{"name", "dtype", "cc", "registers", "spill_stores", "spill_loads",
     "shared_bytes", "stack_bytes", "threads", "occupancy", "instructions", "ffma_ops",
@@ -279,18 +303,13 @@ def compile_kernel(entry, cc):
     nvJitLink or nvdisasm rejects the kernel.
     """
     from cuda.bindings import nvjitlink
-    from numba import cuda
     target = arch(cc)
     where = f"{entry.name} ({entry.dtype}, {target})"
-    major, minor = int(target[3:-1]), int(target[-1])
-    try:
-        # Compile with the options the kernel runs with (launch bounds change register allocation).
-        opts = entry.kernel.targetoptions
-        ptx, _ = cuda.compile_ptx(entry.kernel.py_func, entry.signature, cc=(major, minor),
-                                  fastmath=opts.get("fastmath", False),
-                                  launch_bounds=opts.get("launch_bounds"))
-    except Exception as exc:
-        raise RuntimeError(f"{where}: Numba/NVVM compilation failed:\n{exc}") from exc
+    if ptx is None:
+        try:
+            ptx = _ptx_by_target(entry, [target])[target]
+        except Exception as exc:
+            raise RuntimeError(f"{where}: Numba/NVVM compilation failed:\n{exc}") from exc
     handle = nvjitlink.create(2, [f"-arch={target}", "-verbose"])
     try:
         data = ptx.encode()
@@ -322,16 +341,27 @@ def compile_kernel(entry, cc):
     return {"name": entry.name, "dtype": entry.dtype, "cc": target, **metrics, **counts}
 
 
-_JOBS = []      # (entry, cc) pairs, inherited by forked workers, which get indices only
+_JOBS = []      # (entry, targets) pairs, inherited by forked workers, which get indices only
 
 
 def _run_job(index):
-    entry, cc = _JOBS[index]
+    """One row per target of one REGISTRY entry."""
+    entry, targets = _JOBS[index]
+
+    def failed(target, exc):
+        return {"name": entry.name, "dtype": entry.dtype, "cc": target, **dict.fromkeys(METRICS), "error": str(exc)}
     try:
-        return {**compile_kernel(entry, cc), "error": None}
-    except RuntimeError as exc:
-        return {"name": entry.name, "dtype": entry.dtype, "cc": arch(cc), **dict.fromkeys(METRICS),
-                "error": str(exc)}
+        ptxs = _ptx_by_target(entry, targets)
+    except Exception as exc:
+        return [failed(t, f"{entry.name} ({entry.dtype}, {t}): Numba/NVVM compilation failed:\n{exc}")
+                for t in targets]
+    rows = []
+    for target in targets:
+        try:
+            rows.append({**compile_kernel(entry, target, ptxs[target]), "error": None})
+        except RuntimeError as exc:
+            rows.append(failed(target, exc))
+    return rows
 
 
 def build_report(ccs=DEFAULT_CCS, workers=2, cache=True):
@@ -353,13 +383,14 @@ def build_report(ccs=DEFAULT_CCS, workers=2, cache=True):
         return rows
     failures = load_all_kernels()
     from convkern.kernels.cuda_util import REGISTRY
-    _JOBS[:] = [(entry, cc) for entry in REGISTRY for cc in ccs]
+    _JOBS[:] = [(entry, ccs) for entry in REGISTRY]
     indices = range(len(_JOBS))
     if workers > 1 and len(_JOBS) > 1 and "fork" in multiprocessing.get_all_start_methods():
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-            rows = list(pool.map(_run_job, indices))
+            per_entry = list(pool.map(_run_job, indices))
     else:
-        rows = [_run_job(i) for i in indices]
+        per_entry = [_run_job(i) for i in indices]
+    rows = [row for entry_rows in per_entry for row in entry_rows]
     rows += [{"name": module, "dtype": None, "cc": None, **dict.fromkeys(METRICS),
               "error": f"{module}: import failed:\n{text}"} for module, text in failures.items()]
     if cache and all(row["error"] is None for row in rows):

@@ -71,7 +71,8 @@ def run_bench(suite="reference", device="cpu", algorithms=None, passes=PASSES, d
     for p in passes:
         if p not in PASSES:
             raise ValueError(f"--passes: unknown pass {p!r}; expected some of {list(PASSES)}")
-    layers = [quick(l) if quick_mode else l for l in select_layers(load_suite(suite), layers)]
+    simulated = device == "cuda" and backend.cuda_kind() == "simulated"
+    layers = [quick(l, simulated) if quick_mode else l for l in select_layers(load_suite(suite), layers)]
     for layer in layers:  # every layer's shape and memory, before any is timed
         _check_layer_memory(layer, _geometry(layer), dtype, device)
     peak = None if backend.cuda_kind() == "simulated" and device == "cuda" else measure_peak_gflops(device)
@@ -240,7 +241,8 @@ def add_arguments(p):
                    help="comma list of " + ",".join(conv_algorithms() + ["auto"]) + " (default: all)")
     p.add_argument("--passes", default=",".join(PASSES), help="comma list of fwd,bwd_data,bwd_filter (default: all)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="default: %(default)s")
-    p.add_argument("--quick", action="store_true", help="scale layers down to CI size")
+    p.add_argument("--quick", action="store_true",
+                   help="scale layers down to CI size (batch <= 2, sizes <= 16; on the CUDA simulator 1 and 8)")
     p.add_argument("--peers", action="store_true",
                    help="also time PyTorch and TensorFlow, where installed, on the same shapes and device "
                         "(in a separate worker process)")

@@ -136,16 +136,18 @@ def _user_layer(row, i, filename):
     return _layer(name, *sizes, geometry["stride"], geometry["pad"], geometry["dilation"], groups)
 
 
-def quick(layer):
+def quick(layer, simulated=False):
     """A CI-sized version of a layer: batch <= 2, spatial size <= 16 (but at least the kernel),
-    channels <= 16 (kept divisible by groups)."""
+    channels <= 16 (kept divisible by groups). ``simulated``: for Numba's CUDA simulator, which
+    runs one Python thread per CUDA thread, batch 1 and sizes <= 8."""
     g = layer["groups"]
+    n, size = (1, 8) if simulated else (2, 16)
     q = dict(layer)
-    q["N"] = min(layer["N"], 2)
-    q["C"] = max(g, min(layer["C"], 16) // g * g)
-    q["K"] = max(g, min(layer["K"], 16) // g * g)
+    q["N"] = min(layer["N"], n)
+    q["C"] = max(g, min(layer["C"], size) // g * g)
+    q["K"] = max(g, min(layer["K"], size) // g * g)
     span_h = layer["dilation"][0] * (layer["R"] - 1) + 1
     span_w = layer["dilation"][1] * (layer["S"] - 1) + 1
-    q["H"] = min(layer["H"], max(16, span_h))
-    q["W"] = min(layer["W"], max(16, span_w))
+    q["H"] = min(layer["H"], max(size, span_h))
+    q["W"] = min(layer["W"], max(size, span_w))
     return q

@@ -86,9 +86,12 @@ def test_suites_load_and_quick_keeps_shapes_valid():
         layers = load_suite(name)
         assert layers
         for layer in layers:
-            q = quick(layer)
-            assert q["C"] % q["groups"] == 0 and q["K"] % q["groups"] == 0
-            assert q["H"] + 2 * q["pad"][0] >= q["R"] and q["W"] + 2 * q["pad"][1] >= q["S"]
+            for simulated, cap in ((False, 16), (True, 8)):
+                q = quick(layer, simulated)
+                assert q["C"] % q["groups"] == 0 and q["K"] % q["groups"] == 0
+                assert q["H"] + 2 * q["pad"][0] >= q["R"] and q["W"] + 2 * q["pad"][1] >= q["S"]
+                assert q["N"] <= (1 if simulated else 2) and max(q["C"], q["K"]) <= max(cap, q["groups"])
+                assert q["H"] <= max(cap, q["dilation"][0] * (q["R"] - 1) + 1)
     assert len(load_suite("deepbench")) == 94
 
 
