@@ -22,7 +22,7 @@ from convkern.gradcheck import GradcheckError, gradcheck  # noqa: E402
 from convkern.ops.shape import cat  # noqa: E402
 from convkern.random import manual_seed  # noqa: E402
 from convkern.serialization import load, save  # noqa: E402
-from convkern import cuda, distributed, nn, optim  # noqa: E402
+from convkern import amp, cuda, distributed, nn, optim  # noqa: E402
 from convkern.layer_summary import summary  # noqa: E402
 
 # Submodules imported on first use (``ck.models``, ``ck.data``, ``ck.train``, ...): ``import convkern``
@@ -43,7 +43,7 @@ def __dir__():
 
 
 __version__ = "0.1.0"
-__all__ = ["Function", "GradcheckError", "Tensor", "allow_tf32", "cat", "conv_algorithms", "conv_geometry", "conv_transpose_geometry",
+__all__ = ["Function", "GradcheckError", "Tensor", "allow_tf32", "amp", "cat", "conv_algorithms", "conv_geometry", "conv_transpose_geometry",
            "cuda", "cuda_available", "distributed", "from_dlpack",
            "functional", "gradcheck", "is_grad_enabled", "load", "manual_seed", "nn", "no_grad", "optim", "save",
            "summary", "tensor", "__version__"]

@@ -10,7 +10,7 @@ import threading
 
 import numpy as np
 
-from convkern import backend
+from convkern import amp, backend
 from convkern.kernels import elementwise
 
 _state = threading.local()
@@ -233,12 +233,49 @@ class Tensor:
         """The same data, cut from the graph."""
         return Tensor(self.data)
 
-    def to(self, device):
-        """This tensor on ``device`` ("cpu" or "cuda"); differentiable."""
-        backend.check_device(device)
-        if device == self.device:
+    def to(self, device=None, dtype=None):
+        """This tensor on ``device`` ("cpu" or "cuda") and/or of float ``dtype`` (float16, float32,
+        float64), as PyTorch: ``t.to("cuda")``, ``t.to(np.float16)``, ``t.to("cuda", np.float16)``;
+        a string is a device, anything else a dtype. Differentiable; returns the tensor itself when
+        nothing changes."""
+        if device is not None and not isinstance(device, str):
+            if dtype is not None:
+                raise TypeError(f"to: expected (device, dtype), got a non-string device {device!r} and dtype {dtype!r}")
+            device, dtype = None, device
+        out = self
+        if device is not None:
+            backend.check_device(device)
+            if device != self.device:
+                out = ToDevice.apply(out, device=device)
+        return out if dtype is None else out._cast(dtype, "to")
+
+    def half(self):
+        """``to(np.float16)``: float16 storage (kernels compute in float32)."""
+        return self._cast(np.float16, "half")
+
+    def float(self):
+        """``to(np.float32)``."""
+        return self._cast(np.float32, "float")
+
+    def double(self):
+        """``to(np.float64)``."""
+        return self._cast(np.float64, "double")
+
+    def _cast(self, dtype, op):
+        try:
+            dtype = np.dtype(dtype)
+        except TypeError:
+            raise TypeError(f"{op}: dtype must be float16, float32 or float64, got {dtype!r}") from None
+        if dtype not in backend.GRAD_DTYPES:
+            raise TypeError(f"{op}: dtype must be float16, float32 or float64, got {dtype}")
+        if dtype == self.dtype:
             return self
-        return ToDevice.apply(self, device=device)
+        if self.dtype not in backend.GRAD_DTYPES:
+            if self.device == "cuda":
+                raise TypeError(f"{op}: cannot convert a CUDA tensor of dtype {self.dtype} to {dtype}; the cast "
+                                "kernel takes float16, float32 and float64 (convert integers on the CPU)")
+            return Tensor(self.data.astype(dtype))
+        return Cast.apply(self, dtype=dtype)
 
     def cpu(self):
         return self.to("cpu")
@@ -259,18 +296,24 @@ class Tensor:
         return self.reshape(*shape)
 
     def sum(self):
-        """Sum of all elements (a 0-d tensor)."""
-        return Sum.apply(self)
+        """Sum of all elements (a 0-d tensor of this dtype; float16 data is summed in float32).
+        Under ``amp.autocast`` a float16 tensor is cast to float32 first (a loss)."""
+        (x,) = amp.autocast_inputs("sum", self)
+        return Sum.apply(x, scale=1.0)
 
     def mean(self):
-        """Mean of all elements (a 0-d tensor); NaN for an empty tensor, as in PyTorch (0/0)."""
-        return self.sum() * (1.0 / self.size if self.size else math.nan)
+        """Mean of all elements (a 0-d tensor); NaN for an empty tensor, as in PyTorch (0/0). The
+        sum is scaled before it is rounded to the tensor's dtype, so a float16 mean does not
+        overflow where its sum would. Under ``amp.autocast`` float16 is cast to float32 first."""
+        (x,) = amp.autocast_inputs("mean", self)
+        return Sum.apply(x, scale=1.0 / x.size if x.size else math.nan)
 
     def _binary(self, other, op, reverse=False):
         if isinstance(other, (int, float, np.integer, np.floating)) and not isinstance(other, bool):
             sop = {"add": "add", "sub": "rsub" if reverse else "sub", "mul": "mul",
                    "div": "rdiv" if reverse else "div"}[op]
             return ScalarOp.apply(self, op=sop, value=float(other))
+        self, other = amp.autocast_inputs(op, self, other)
         other = Tensor._coerce(other, "other operand", like=self)
         if other.shape != self.shape:
             raise ValueError(f"elementwise {op} needs operands of the same shape, got {self.shape} "
@@ -381,6 +424,27 @@ class ToDevice(Function):
         return (backend.to_device(g, self.src),)
 
 
+class Cast(Function):
+    """out = a converted to ``dtype`` (float16, float32 or float64; rounded to nearest even); the
+    gradient is converted back to a's dtype, so a float32 parameter cast to float16 receives a
+    float32 gradient."""
+
+    def forward(self, a):
+        self.src = np.dtype(a.dtype)
+        return cast_array(a, self.params["dtype"])
+
+    def backward(self, g):
+        return (cast_array(g, self.src),)
+
+
+def cast_array(a, dtype):
+    """A new array of ``a`` converted to float ``dtype`` on ``a``'s device (``elementwise.cast``)."""
+    out = backend.empty(a.shape, dtype, backend.device_of(a))
+    if out.size:
+        elementwise.cast(backend.flat(a), backend.flat(out))
+    return out
+
+
 class Reshape(Function):
     def forward(self, a):
         self.in_shape = a.shape
@@ -457,15 +521,20 @@ class ScalarOp(Function):
 
 
 class Sum(Function):
-    """Sum of all elements, deterministic order."""
+    """out = scale * (sum of all elements), deterministic order, accumulated in float32 for
+    float16 data (scale 1: ``sum``, 1/n: ``mean``); the gradient is scale * g everywhere."""
 
     def forward(self, a):
         self.in_shape = a.shape
         out = backend.empty((1,), a.dtype, backend.device_of(a))
-        elementwise.sum_all(backend.flat(a), out)
+        elementwise.sum_all(backend.flat(a), out, self.params["scale"])
         return out.reshape(())
 
     def backward(self, g):
+        scale = self.params["scale"]
+        g1 = g.reshape((1,))
+        if scale != 1.0:
+            g1 = _ewise("scalar", "mul", g1, value=scale)
         out = backend.empty(self.in_shape, g.dtype, backend.device_of(g))
-        elementwise.broadcast_scalar(g.reshape((1,)), backend.flat(out))
+        elementwise.broadcast_scalar(g1, backend.flat(out))
         return (out,)

@@ -16,7 +16,7 @@ import numpy as np
 from convkern import backend, distributed
 from convkern import functional as F
 from convkern import random as ck_random
-from convkern.autograd import Tensor, tensor
+from convkern.autograd import Tensor, cast_array, tensor
 from convkern.ops.common import as_tensor, int_tuple
 
 
@@ -192,25 +192,26 @@ class Module:
 
     def to(self, device=None, dtype=None):
         """Move every parameter, gradient and float buffer to ``device`` and/or cast to ``dtype``
-        (float32 or float64), in place; returns the module. A string argument is a device,
-        anything else a dtype: ``m.to("cuda")``, ``m.to(np.float64)``."""
+        (float16, float32 or float64), in place; returns the module. A string argument is a device,
+        anything else a dtype: ``m.to("cuda")``, ``m.to(np.float16)``. As in PyTorch, the float
+        buffers (BatchNorm's running statistics) are cast too and integer ones are left alone."""
         if device is not None and not isinstance(device, str):
             device, dtype = None, device
         if device is not None:
             backend.check_device(device)
         if dtype is not None:
             dtype = np.dtype(dtype)
-            if dtype not in backend.FLOAT_DTYPES:
-                raise TypeError(f"to: dtype must be float32 or float64, got {dtype}")
+            if dtype not in backend.GRAD_DTYPES:
+                raise TypeError(f"to: dtype must be float16, float32 or float64, got {dtype}")
 
         def move(t):
-            if t.dtype not in backend.FLOAT_DTYPES:
+            if t.dtype not in backend.GRAD_DTYPES:
                 return
             data = t.data
-            if dtype is not None and t.dtype != dtype:
-                data = backend.to_device(backend.to_numpy(data).astype(dtype), t.device)
             if device is not None:
                 data = backend.to_device(data, device)
+            if dtype is not None and t.dtype != dtype:
+                data = cast_array(data, dtype)          # on the device: no host round trip
             t.data = data
         for p in self.parameters():
             move(p)
@@ -219,6 +220,10 @@ class Module:
         for b in self.buffers():
             move(b)
         return self
+
+    def half(self):
+        """``to(np.float16)``: float16 parameters and float buffers (storage; kernels compute in float32)."""
+        return self.to(np.float16)
 
     def double(self):
         return self.to(np.float64)

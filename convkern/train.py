@@ -19,6 +19,13 @@ accumulated where the model runs and copied to the host only when the progress b
 (every REFRESH_SECONDS) and at the end of the epoch. With ``cuda_graph`` (``--cuda-graph``) the
 forward, loss and backward of a batch are captured once as a CUDA graph and replayed
 (``_GraphedSteps``).
+
+With ``amp`` (``--amp``) every step runs under ``convkern.amp.autocast`` (convolutions and
+linear layers in float16, the loss in float32, the parameters kept float32) with a
+``GradScaler``: the loss is scaled before backward, the gradients are averaged over the ranks,
+then unscaled and checked for inf/NaN (every rank sees the same averaged values, so every rank
+skips the same steps), and the scale is adapted. Evaluation runs under autocast too. The
+scaler's state is part of the checkpoint.
 """
 import argparse
 import json
@@ -28,6 +35,7 @@ import time
 import numpy as np
 
 import convkern as ck
+from convkern import amp as ck_amp
 from convkern import backend
 from convkern import cli_args
 from convkern import cuda as runtime
@@ -87,12 +95,13 @@ def make_optimizer(kind, params, lr):
     raise ValueError(f"train: optimizer must be 'sgd' or 'adam', got {kind!r}")
 
 
-def evaluate(model, loader, device):
-    """Top-1 accuracy of ``model`` (eval mode, no graph) over ``loader``; with a sharded loader
-    each rank scores its share and the counts are summed over the ranks (collective)."""
+def evaluate(model, loader, device, amp=False):
+    """Top-1 accuracy of ``model`` (eval mode, no graph; under autocast with ``amp``) over
+    ``loader``; with a sharded loader each rank scores its share and the counts are summed over
+    the ranks (collective)."""
     model.eval()
     correct = total = 0
-    with ck.no_grad():
+    with ck.no_grad(), ck_amp.autocast(enabled=amp):
         for images, labels in loader.iter_epoch(0):
             if len(labels) == 0:
                 continue
@@ -140,7 +149,15 @@ class _EpochTotals:
         return float(loss_sum), int(round(float(correct))), self.seen
 
 
-def _eager_step(net, step_opt, images, labels, weight, device):
+def _optimizer_step(step_opt, scaler):
+    """Average the gradients over the ranks, then step through the scaler (which unscales them
+    and skips the step on inf/NaN; a disabled scaler just steps) and adapt its scale."""
+    step_opt.synchronize()
+    scaler.step(step_opt.optimizer)
+    scaler.update()
+
+
+def _eager_step(net, step_opt, scaler, images, labels, weight, device):
     """One training step; returns (logits, loss, target) cut from the graph, so that the step's
     graph and buffers go back to the allocator as soon as the caller drops them."""
     # Gradients dropped before the forward pass, not after it: every step then holds the same
@@ -148,12 +165,13 @@ def _eager_step(net, step_opt, images, labels, weight, device):
     # its cache (the last step's gradients alive through the forward would need more blocks).
     step_opt.zero_grad()
     target = ck.tensor(labels, device=device)
-    logits = net(ck.tensor(images, device=device))
-    loss = F.cross_entropy(logits, target)
+    with ck_amp.autocast(enabled=scaler.is_enabled()):
+        logits = net(ck.tensor(images, device=device))
+        loss = F.cross_entropy(logits, target)
     # Each rank's loss is its share's mean; weighting it by share/average share makes the
     # mean over ranks of the gradients the gradient of the global batch's mean loss.
-    (loss if weight == 1 else loss * weight).backward()
-    step_opt.step()
+    scaler.scale(loss if weight == 1 else loss * weight).backward()
+    _optimizer_step(step_opt, scaler)
     return logits.detach(), loss.detach(), target
 
 
@@ -165,7 +183,7 @@ class _GraphedSteps:
     scalars (the learning rate, Adam's step count) change from step to step. A batch of another
     shape or weight (a smaller last batch) runs eagerly: one graph, one copy of the activations."""
 
-    def __init__(self, net, step_opt, device):
+    def __init__(self, net, step_opt, scaler, device):
         if device != "cuda":
             raise ValueError(f"train: --cuda-graph needs --device cuda, got --device {device}")
         runtime.check_graphs("train --cuda-graph")
@@ -173,7 +191,7 @@ class _GraphedSteps:
         if dropout:
             raise ValueError("train: --cuda-graph replays the captured step exactly, so every step would "
                              "draw the same dropout masks; this model has dropout: train it without --cuda-graph")
-        self.net, self.step_opt, self.device = net, step_opt, device
+        self.net, self.step_opt, self.scaler, self.device = net, step_opt, scaler, device
         self.params = [p for group in step_opt.param_groups for p in group["params"]]
         self.key = self.graph = None
         self.warm = False
@@ -184,7 +202,7 @@ class _GraphedSteps:
             self.key = key
         if key != self.key or (self.graph is None and not self.warm):
             self.warm = self.warm or key == self.key
-            return _eager_step(self.net, self.step_opt, images, labels, weight, self.device)
+            return _eager_step(self.net, self.step_opt, self.scaler, images, labels, weight, self.device)
         if self.graph is None:
             self._capture(images, labels, weight)
         runtime.upload(images, out=self.images.data)
@@ -192,7 +210,7 @@ class _GraphedSteps:
         self.graph.replay()
         for p, g in zip(self.params, self.grads):     # an eager step in between dropped them
             p.grad = g
-        self.step_opt.step()
+        _optimizer_step(self.step_opt, self.scaler)
         logits, loss = self.graph.outputs
         return logits, loss, self.target
 
@@ -201,10 +219,12 @@ class _GraphedSteps:
         self.target = ck.tensor(labels, device=self.device)
 
         def forward_backward():
-            logits = self.net(self.images)
-            loss = F.cross_entropy(logits, self.target)
+            # the scale is read from the scaler's device array, which update() rewrites in place
+            with ck_amp.autocast(enabled=self.scaler.is_enabled()):
+                logits = self.net(self.images)
+                loss = F.cross_entropy(logits, self.target)
             self.step_opt.zero_grad()
-            (loss if weight == 1 else loss * weight).backward()
+            self.scaler.scale(loss if weight == 1 else loss * weight).backward()
             return logits.detach(), loss.detach()
         self.graph = runtime.capture(forward_backward)
         self.grads = [p.grad for p in self.params]
@@ -226,12 +246,14 @@ def _select_gpu(device):
 def train(model="lenet5", data=None, epochs=None, batch_size=None, lr=None, optimizer=None, lr_decay=None,
           device="cpu", seed=0,
           checkpoint=None, resume=None, train_size=None, test_size=None, progress=True, log=print, sync_bn=False,
-          cuda_graph=False):
+          cuda_graph=False, amp=False):
     """Train ``model`` and return ``{"model", "dataset", "epochs", "train_seconds", "images_per_second",
-    "test_accuracy", "world_size", "final_train_loss", "history"}``; ``train_size``/``test_size`` use
-    the first samples only (quick runs). Data-parallel over the ranks of ``convkern.distributed``
-    (see the module docstring); ``sync_bn`` turns every BatchNorm into a SyncBatchNorm;
-    ``cuda_graph`` replays each step's forward and backward from a CUDA graph (a real GPU only)."""
+    "test_accuracy", "world_size", "final_train_loss", "history"}`` (plus ``"loss_scale"``, the
+    GradScaler's final scale, with ``amp``); ``train_size``/``test_size`` use the first samples
+    only (quick runs). Data-parallel over the ranks of ``convkern.distributed`` (see the module
+    docstring); ``sync_bn`` turns every BatchNorm into a SyncBatchNorm; ``cuda_graph`` replays
+    each step's forward and backward from a CUDA graph (a real GPU only); ``amp`` trains with
+    mixed precision (autocast and a GradScaler)."""
     if model not in DEFAULTS:
         raise ValueError(f"train: model must be one of {', '.join(MODELS)}, got {model!r}")
     cfg = dict(DEFAULTS[model])
@@ -243,6 +265,9 @@ def train(model="lenet5", data=None, epochs=None, batch_size=None, lr=None, opti
         raise ValueError(f"train: {model} has no embedded data set; pass --data PATH (a directory with the "
                          "CIFAR-10 binary batches)")
     _check_settings(cfg, train_size, test_size, seed)
+    if not isinstance(amp, bool):
+        raise TypeError(f"train: amp must be True or False, got {amp!r}")
+    cfg["amp"] = True if amp else None      # absent from the checkpoints of runs without it
     ck.backend.check_device(device)
     world, rank = distributed.size(), distributed.rank()
     if cfg["batch_size"] % world:
@@ -277,11 +302,13 @@ def train(model="lenet5", data=None, epochs=None, batch_size=None, lr=None, opti
     opt = make_optimizer(cfg["optimizer"], net.parameters(), cfg["lr"])
     scheduler = optim.lr_scheduler.ExponentialLR(opt, cfg["lr_decay"])
     step_opt = distributed.DistributedOptimizer(opt)
-    graphed = _GraphedSteps(net, step_opt, device) if cuda_graph else None
+    scaler = ck_amp.GradScaler(enabled=amp)
+    graphed = _GraphedSteps(net, step_opt, scaler, device) if cuda_graph else None
     start_epoch, history, train_seconds, images_seen = 0, [], 0.0, 0
     if resume is not None:
         state = distributed.broadcast_object(ck.load(resume) if lead else None, root=0)
-        start_epoch, history, train_seconds, images_seen = _restore(state, resume, model, cfg, net, opt, scheduler)
+        start_epoch, history, train_seconds, images_seen = _restore(state, resume, model, cfg, net, opt, scheduler,
+                                                                    scaler)
     if world > 1:
         table = distributed.processes()
         if log is not None:
@@ -303,7 +330,7 @@ def train(model="lenet5", data=None, epochs=None, batch_size=None, lr=None, opti
             if graphed is not None:
                 logits, loss, target = graphed.step(images, labels, weight)
             else:
-                logits, loss, target = _eager_step(net, step_opt, images, labels, weight, device)
+                logits, loss, target = _eager_step(net, step_opt, scaler, images, labels, weight, device)
             totals.add(logits, target, loss)
             del logits, loss, target
             if bar is not None:
@@ -323,20 +350,24 @@ def train(model="lenet5", data=None, epochs=None, batch_size=None, lr=None, opti
         train_seconds += epoch_seconds
         images_seen += seen
         distributed.average_buffers(net)
-        accuracy = evaluate(net, test_loader, device)
+        accuracy = evaluate(net, test_loader, device, amp)
         history.append({"epoch": epoch + 1, "loss": float(loss_sum / seen), "train_accuracy": correct / seen,
                         "test_accuracy": accuracy, "seconds": epoch_seconds})
         if log is not None:
             log(f"epoch {epoch + 1}/{cfg['epochs']}: loss {loss_sum / seen:.4f}  train acc {correct / seen:.4f}  "
                 f"test acc {accuracy:.4f}  {seen / epoch_seconds:.0f} img/s")
         if checkpoint is not None and lead:
-            _save(checkpoint, model, cfg, net, opt, scheduler, epoch + 1, history, train_seconds, images_seen, world)
+            _save(checkpoint, model, cfg, net, opt, scheduler, scaler, epoch + 1, history, train_seconds, images_seen,
+                  world)
 
-    return {"model": model, "dataset": str(cfg["data"]), "epochs": cfg["epochs"],
-            "train_seconds": round(train_seconds, 3),
-            "images_per_second": round(images_seen / train_seconds, 1) if train_seconds else 0.0,
-            "test_accuracy": history[-1]["test_accuracy"] if history else None, "world_size": world,
-            "final_train_loss": history[-1]["loss"] if history else None, "history": history}
+    result = {"model": model, "dataset": str(cfg["data"]), "epochs": cfg["epochs"],
+              "train_seconds": round(train_seconds, 3),
+              "images_per_second": round(images_seen / train_seconds, 1) if train_seconds else 0.0,
+              "test_accuracy": history[-1]["test_accuracy"] if history else None, "world_size": world,
+              "final_train_loss": history[-1]["loss"] if history else None, "history": history}
+    if amp:
+        result["loss_scale"] = scaler.get_scale()
+    return result
 
 
 def _check_settings(cfg, train_size, test_size, seed):
@@ -366,21 +397,23 @@ def _net_dtype(net):
     return next(iter(net.parameters())).dtype
 
 
-def _save(path, model, cfg, net, opt, scheduler, epochs_done, history, train_seconds, images_seen, world):
+def _save(path, model, cfg, net, opt, scheduler, scaler, epochs_done, history, train_seconds, images_seen, world):
     ck.save({"model_name": model, "config": {k: v for k, v in cfg.items() if v is not None}, "world_size": world,
              "model": dict(net.state_dict()), "optimizer": opt.state_dict(), "scheduler": scheduler.state_dict(),
+             "scaler": scaler.state_dict(),
              "epochs_done": epochs_done,
              "history": json.dumps(history), "train_seconds": train_seconds, "images_seen": images_seen,
              "random_state": json.dumps(ck_random.generator().bit_generator.state)}, path)
 
 
-# What a checkpoint written by ``_save`` holds: key -> the type its value must have.
+# What a checkpoint written by ``_save`` holds: key -> the type its value must have ("scaler", the
+# GradScaler's state, {} without --amp, is absent from checkpoints written before --amp existed).
 CHECKPOINT_KEYS = {"model_name": str, "config": dict, "model": dict, "optimizer": dict, "scheduler": dict,
                    "epochs_done": int, "history": str, "train_seconds": (int, float), "images_seen": int,
                    "random_state": str}
 
 
-def _restore(state, path, model, cfg, net, opt, scheduler):
+def _restore(state, path, model, cfg, net, opt, scheduler, scaler):
     if not isinstance(state, dict) or "model_name" not in state:
         raise ValueError(f"train: {path} is not a convkern train checkpoint")
     damaged = f"train: checkpoint {path} is damaged"
@@ -392,6 +425,12 @@ def _restore(state, path, model, cfg, net, opt, scheduler):
     if state["model_name"] != model:
         raise ValueError(f"train: checkpoint {path} is for model {state['model_name']!r}, not {model!r}")
     saved = state["config"]
+    if bool(saved.get("amp")) != bool(cfg["amp"]):
+        raise ValueError(f"train: checkpoint {path} was trained {'with' if saved.get('amp') else 'without'} --amp; "
+                         f"resume {'with' if saved.get('amp') else 'without'} it")
+    scaler_state = state.get("scaler", {})
+    if not isinstance(scaler_state, dict) or bool(scaler_state) != bool(cfg["amp"]):
+        raise ValueError(f"{damaged}: its 'scaler' entry does not match amp={bool(saved.get('amp'))}")
     for key in ("data", "batch_size", "optimizer", "lr", "lr_decay", "seed", "train_size"):
         if str(saved.get(key)) != str(cfg.get(key)):
             raise ValueError(f"train: checkpoint {path} was trained with {key}={saved.get(key)!r}, this run asks "
@@ -403,6 +442,7 @@ def _restore(state, path, model, cfg, net, opt, scheduler):
         net.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(scaler_state)
         ck_random.generator().bit_generator.state = random_state
     except (ValueError, TypeError, KeyError, RuntimeError) as e:  # KeyError: NumPy's check of a generator state
         raise ValueError(f"{damaged}: {e}") from e
@@ -461,6 +501,9 @@ def add_arguments(parser):
     parser.add_argument("--cuda-graph", action="store_true",
                         help="capture each step's forward and backward once as a CUDA graph and replay it "
                              "(--device cuda on a real GPU; not for models with dropout)")
+    parser.add_argument("--amp", action="store_true",
+                        help="mixed precision: convolutions and linear layers in float16 under autocast, a "
+                             "GradScaler with dynamic loss scaling, float32 parameters")
 
 
 def run(args):
@@ -477,14 +520,15 @@ def run(args):
     result = train(args.model, data=args.data, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                    optimizer=args.optimizer, lr_decay=args.lr_decay, device=args.device, seed=args.seed,
                    checkpoint=args.checkpoint, resume=args.resume, train_size=args.train_size, test_size=args.test_size,
-                   sync_bn=args.sync_bn, cuda_graph=args.cuda_graph)
+                   sync_bn=args.sync_bn, cuda_graph=args.cuda_graph, amp=args.amp)
     if distributed.rank() != 0:
         return 0
-    summary = {k: result[k] for k in RESULT_KEYS}
+    summary = {k: result[k] for k in RESULT_KEYS + (("loss_scale",) if args.amp else ())}
     if args.json:
         print(json.dumps(summary))
     else:
         print(f"{summary['model']} on {summary['dataset']}: test accuracy {summary['test_accuracy']:.4f} after "
               f"{summary['epochs']} epochs, {summary['train_seconds']:.1f} s training, "
-              f"{summary['images_per_second']:.0f} images/s")
+              f"{summary['images_per_second']:.0f} images/s"
+              + (f", mixed precision (final loss scale {summary['loss_scale']:g})" if args.amp else ""))
     return 0

@@ -6,7 +6,7 @@ import inspect
 import re
 
 MODULES = ["convkern", "convkern.functional", "convkern.nn", "convkern.optim", "convkern.optim.lr_scheduler",
-           "convkern.data", "convkern.models", "convkern.distributed", "convkern.cuda", "convkern.torch"]
+           "convkern.amp", "convkern.data", "convkern.models", "convkern.distributed", "convkern.cuda", "convkern.torch"]
 OPTIONAL = {"convkern.torch": "torch"}  # module: the library it needs, which convkern does not install
 
 

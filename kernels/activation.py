@@ -15,8 +15,9 @@ itself below 4e-4: at most 6 ulp from the true value, and it vectorises, where l
 ``math.tanh``.
 
 Like the ``elementwise`` families, each direction is one kernel that branches on an op code
-per element; arrays are C-contiguous, of one float dtype, and treated as flat, so ``y`` may
-alias ``x`` and ``dx`` may alias ``dy``.
+per element; arrays are C-contiguous, of one float dtype (float16, float32 or float64), and
+treated as flat, so ``y`` may alias ``x`` and ``dx`` may alias ``dy``. float16 data is computed
+in float32 (the float32 CPU tanh included) and rounded once when stored (kernels/float16.py).
 """
 import math
 
@@ -25,6 +26,7 @@ from numba import cuda, int64, njit, prange
 
 from .cuda_util import SIMULATOR, array1, blocks, per_dtype, stream
 from .elementwise import op_code, flat_operands
+from .float16 import accumulator, accumulator_dtype, cpu_view, narrow, widen, zero
 
 THREADS = 32 if SIMULATOR else 256
 
@@ -41,21 +43,24 @@ Q0, Q2, Q4, Q6 = (np.float32(c) for c in (
 
 
 # one thread per element i
-@per_dtype(lambda dt: (int64, array1(dt), array1(dt)), threads=THREADS)
+@per_dtype(lambda dt: (int64, array1(dt), array1(dt)), threads=THREADS, half=True)
 def activation_fwd_cuda(dt):
+    acc = accumulator(dt)
+
     @cuda.jit
     def kernel(op, x, y):
         i = cuda.grid(1)
         if i < y.shape[0]:
-            v = x[i]
+            v = acc(x[i])
             if op == RELU:
-                y[i] = dt(0) if v <= dt(0) else v
+                r = acc(0) if v <= acc(0) else v
             elif op == TANH:
-                y[i] = math.tanh(v)
+                r = math.tanh(v)
             else:
                 e = math.exp(-abs(v))
-                s = dt(1) / (dt(1) + e)
-                y[i] = s if v >= dt(0) else e * s
+                s = acc(1) / (acc(1) + e)
+                r = s if v >= acc(0) else e * s
+            y[i] = dt(r)
     return kernel
 
 
@@ -70,53 +75,58 @@ def _tanh_rational(v):
 
 @njit(parallel=True, cache=True, error_model="numpy")
 def activation_fwd_cpu(op, x, y):
-    zero = x.dtype.type(0)
-    one = x.dtype.type(1)
+    zero_ = zero(x)
+    one = zero_ + np.float32(1)       # float32 + float32 stays float32; a float64 zero makes it float64
     for i in prange(y.shape[0]):
-        v = x[i]
+        v = widen(x[i])
         if op == RELU:
-            y[i] = zero if v <= zero else v
+            r = zero_ if v <= zero_ else v
         elif op == TANH:
-            y[i] = math.tanh(v)
+            r = math.tanh(v)
         elif op == TANH_RATIONAL:
-            y[i] = _tanh_rational(v)
+            r = _tanh_rational(v)
         else:
             e = math.exp(-abs(v))
             s = one / (one + e)
-            y[i] = s if v >= zero else e * s
+            r = s if v >= zero_ else e * s
+        y[i] = narrow(r, y)
 
 
 # one thread per element i
-@per_dtype(lambda dt: (int64, array1(dt), array1(dt), array1(dt)), threads=THREADS)
+@per_dtype(lambda dt: (int64, array1(dt), array1(dt), array1(dt)), threads=THREADS, half=True)
 def activation_bwd_cuda(dt):
+    acc = accumulator(dt)
+
     @cuda.jit
     def kernel(op, y, dy, dx):
         i = cuda.grid(1)
         if i < dx.shape[0]:
-            v = y[i]
-            g = dy[i]
+            v = acc(y[i])
+            g = acc(dy[i])
             if op == RELU:
-                dx[i] = dt(0) if v <= dt(0) else g
+                r = acc(0) if v <= acc(0) else g
             elif op == TANH:
-                dx[i] = g * (dt(1) - v * v)
+                r = g * (acc(1) - v * v)
             else:
-                dx[i] = g * v * (dt(1) - v)
+                r = g * v * (acc(1) - v)
+            dx[i] = dt(r)
     return kernel
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
 def activation_bwd_cpu(op, y, dy, dx):
-    zero = y.dtype.type(0)
-    one = y.dtype.type(1)
+    zero_ = zero(y)
+    one = zero_ + np.float32(1)       # float32 + float32 stays float32; a float64 zero makes it float64
     for i in prange(dx.shape[0]):
-        v = y[i]
-        g = dy[i]
+        v = widen(y[i])
+        g = widen(dy[i])
         if op == RELU:
-            dx[i] = zero if v <= zero else g
+            r = zero_ if v <= zero_ else g
         elif op == TANH:
-            dx[i] = g * (one - v * v)
+            r = g * (one - v * v)
         else:
-            dx[i] = g * v * (one - v)
+            r = g * v * (one - v)
+        dx[i] = narrow(r, dx)
 
 
 def activation_fwd(op, x, y):
@@ -126,7 +136,9 @@ def activation_fwd(op, x, y):
     if on_device:
         activation_fwd_cuda[y.dtype][blocks(y.size, THREADS), THREADS, stream()](code, x1, y1)
     else:
-        activation_fwd_cpu(TANH_RATIONAL if code == TANH and y.dtype == np.float32 else code, x1, y1)
+        # float16 data is computed in float32, so it takes the float32 tanh too
+        rational = code == TANH and accumulator_dtype(y.dtype) == np.float32
+        activation_fwd_cpu(TANH_RATIONAL if rational else code, cpu_view(x1), cpu_view(y1))
 
 
 def activation_bwd(op, y, dy, dx):
@@ -136,4 +148,4 @@ def activation_bwd(op, y, dy, dx):
     if on_device:
         activation_bwd_cuda[dx.dtype][blocks(dx.size, THREADS), THREADS, stream()](code, y1, dy1, dx1)
     else:
-        activation_bwd_cpu(code, y1, dy1, dx1)
+        activation_bwd_cpu(code, cpu_view(y1), cpu_view(dy1), cpu_view(dx1))

@@ -15,6 +15,12 @@ M = N*L values ``x[n, c, l]``.
   training: ``dx = weight*invstd/M * (M*dy - sum_dy - xhat*sum_dy_xhat)``;
   eval (running statistics are constants): ``dx = dy * weight * invstd``.
 
+float16 data (x, y, dy, dx) is storage only (kernels/float16.py): every per-channel array
+(mean, var, weight, bias, the gradient sums) is then float32, the statistics are summed in
+float32 and each output element is rounded to float16 once, as PyTorch's half batch norm does
+with float32 parameters. Only the running statistics may be float16 too (a model made
+``.half()``): ``batchnorm_update_running`` blends float32 batch statistics into them.
+
 Every reduction is deterministic, with no atomics. On the GPU each channel's M values are cut
 into a fixed number of splits (as many as fill whole waves of the device's resident blocks,
 ``cuda_util.wave_splits``: 64 channels alone would leave most of a 132-SM GPU idle); a block
@@ -30,6 +36,7 @@ from numba import cuda, int64, njit, prange
 
 from .cuda_util import (SIMULATOR, array1, block_sum, blocks, device_constant, device_empty, is_device_array,
                         per_dtype, resident_blocks, stream, wave_splits)
+from .float16 import accumulator, accumulator_dtype, cpu_view, narrow, widen, zero
 
 THREADS = 32 if SIMULATOR else 256               # elementwise block size
 REDUCE_THREADS = 16 if SIMULATOR else 256        # threads per reduction block, a power of two
@@ -46,38 +53,40 @@ def _partials3(dt):
 
 # one block per (split s, channel c): thread t sums the values lo + t, lo + t + REDUCE_THREADS, ...
 # below hi of channel c, [lo, hi) being split s of its N*L values; the block's sums go to partials[c, s]
-@per_dtype(lambda dt: (array1(dt), array1(dt), array1(dt), int64, _partials3(dt), int64, int64, int64),
-           threads=REDUCE_THREADS)
+@per_dtype(lambda dt: (array1(dt), array1(dt), array1(accumulator(dt)), int64, _partials3(accumulator(dt)), int64,
+                       int64, int64), threads=REDUCE_THREADS, half=True)
 def batchnorm_partials_cuda(dt):
+    acc = accumulator(dt)
+
     @cuda.jit
     def kernel(x, dy, mean, mode, partials, n_images, plane, chunk):
-        buf = cuda.shared.array(REDUCE_THREADS, dt)
+        buf = cuda.shared.array(REDUCE_THREADS, acc)
         s = cuda.blockIdx.x
         c = cuda.blockIdx.y
         C = partials.shape[0]
         t = cuda.threadIdx.x
         lo = s * chunk
         hi = min(n_images * plane, lo + chunk)
-        acc0 = dt(0)
-        acc1 = dt(0)
+        acc0 = acc(0)
+        acc1 = acc(0)
         if mode == SUM:
             for e in range(lo + t, hi, REDUCE_THREADS):
                 n = e // plane
-                acc0 += x[(n * C + c) * plane + e - n * plane]
+                acc0 += acc(x[(n * C + c) * plane + e - n * plane])
         elif mode == SQUARES:
             mu = mean[c]
             for e in range(lo + t, hi, REDUCE_THREADS):
                 n = e // plane
-                d = x[(n * C + c) * plane + e - n * plane] - mu
+                d = acc(x[(n * C + c) * plane + e - n * plane]) - mu
                 acc0 += d * d
         else:
             mu = mean[c]
             for e in range(lo + t, hi, REDUCE_THREADS):
                 n = e // plane
                 i = (n * C + c) * plane + e - n * plane
-                g = dy[i]
+                g = acc(dy[i])
                 acc0 += g
-                acc1 += g * (x[i] - mu)
+                acc1 += g * (acc(x[i]) - mu)
         acc0 = block_sum(buf, acc0)
         if mode == DOT:
             acc1 = block_sum(buf, acc1)
@@ -88,7 +97,8 @@ def batchnorm_partials_cuda(dt):
 
 
 # one thread per channel c: adds its splits' sums in split order; SUM and SQUARES give sum / count
-# (mean, variance) in out0, DOT gives sum dy in out0 and sum dy * xhat in out1
+# (mean, variance) in out0, DOT gives sum dy in out0 and sum dy * xhat in out1. Per-channel arrays
+# only: float16 data uses the float32 build.
 @per_dtype(lambda dt: (_partials3(dt), int64, dt, array1(dt), dt, array1(dt), array1(dt)), threads=THREADS)
 def batchnorm_finish_cuda(dt):
     @cuda.jit
@@ -111,47 +121,50 @@ def batchnorm_finish_cuda(dt):
 @njit(parallel=True, cache=True, error_model="numpy", fastmath={"reassoc"})
 def batchnorm_stats_cpu(x, mean, var, n_images, plane):
     C = mean.shape[0]
-    m = x.dtype.type(n_images * plane)
+    m = mean.dtype.type(n_images * plane)
     for c in prange(C):
-        acc = x.dtype.type(0)
+        acc = zero(x)
         for n in range(n_images):
             xs = x[(n * C + c) * plane:(n * C + c + 1) * plane]
             for j in range(plane):
-                acc += xs[j]
+                acc += widen(xs[j])
         mu = acc / m
-        acc = x.dtype.type(0)
+        acc = zero(x)
         for n in range(n_images):
             xs = x[(n * C + c) * plane:(n * C + c + 1) * plane]
             for j in range(plane):
-                d = xs[j] - mu
+                d = widen(xs[j]) - mu
                 acc += d * d
         mean[c] = mu
         var[c] = acc / m
 
 
 # one thread per element i of y, channel c = (i // plane) % C
-@per_dtype(lambda dt: (array1(dt), array1(dt), array1(dt), array1(dt), array1(dt), dt, array1(dt), int64), threads=THREADS)
+@per_dtype(lambda dt: (array1(dt), *(array1(accumulator(dt)),) * 4, accumulator(dt), array1(dt), int64),
+           threads=THREADS, half=True)
 def batchnorm_fwd_cuda(dt):
+    acc = accumulator(dt)
+
     @cuda.jit
     def kernel(x, mean, var, weight, bias, eps, y, plane):
         i = cuda.grid(1)
         if i < y.shape[0]:
             c = (i // plane) % mean.shape[0]
-            invstd = dt(1) / math.sqrt(var[c] + eps)
-            y[i] = (x[i] - mean[c]) * (invstd * weight[c]) + bias[c]
+            invstd = acc(1) / math.sqrt(var[c] + eps)
+            y[i] = dt((acc(x[i]) - mean[c]) * (invstd * weight[c]) + bias[c])
     return kernel
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
 def batchnorm_fwd_cpu(x, mean, var, weight, bias, eps, y, n_images, plane):
     C = mean.shape[0]
-    one = x.dtype.type(1)
+    one = mean.dtype.type(1)
     if plane == 1:  # (N, C): a row runs over the channels, vectorise along it
         for n in prange(n_images):
             xs = x[n * C:(n + 1) * C]
             ys = y[n * C:(n + 1) * C]
             for c in range(C):
-                ys[c] = (xs[c] - mean[c]) * (one / math.sqrt(var[c] + eps) * weight[c]) + bias[c]
+                ys[c] = narrow((widen(xs[c]) - mean[c]) * (one / math.sqrt(var[c] + eps) * weight[c]) + bias[c], ys)
         return
     for nc in prange(n_images * C):
         c = nc % C
@@ -161,19 +174,22 @@ def batchnorm_fwd_cpu(x, mean, var, weight, bias, eps, y, n_images, plane):
         xs = x[nc * plane:(nc + 1) * plane]
         ys = y[nc * plane:(nc + 1) * plane]
         for j in range(plane):
-            ys[j] = (xs[j] - mu) * scale + shift
+            ys[j] = narrow((widen(xs[j]) - mu) * scale + shift, ys)
 
 
-# one thread per channel c
-@per_dtype(lambda dt: (array1(dt), array1(dt), array1(dt), array1(dt), dt, dt), threads=THREADS)
+# one thread per channel c; the running statistics are float16 in the float16 build, the batch's float32
+@per_dtype(lambda dt: (array1(dt), array1(dt), array1(accumulator(dt)), array1(accumulator(dt)), accumulator(dt),
+                       accumulator(dt)), threads=THREADS, half=True)
 def batchnorm_update_running_cuda(dt):
+    acc = accumulator(dt)
+
     @cuda.jit
     def kernel(running_mean, running_var, mean, var, momentum, unbias):
         c = cuda.grid(1)
         if c < mean.shape[0]:
-            keep = dt(1) - momentum
-            running_mean[c] = keep * running_mean[c] + momentum * mean[c]
-            running_var[c] = keep * running_var[c] + momentum * (var[c] * unbias)
+            keep = acc(1) - momentum
+            running_mean[c] = dt(keep * acc(running_mean[c]) + momentum * mean[c])
+            running_var[c] = dt(keep * acc(running_var[c]) + momentum * (var[c] * unbias))
     return kernel
 
 
@@ -181,8 +197,8 @@ def batchnorm_update_running_cuda(dt):
 def batchnorm_update_running_cpu(running_mean, running_var, mean, var, momentum, unbias):
     keep = mean.dtype.type(1) - momentum
     for c in range(mean.shape[0]):
-        running_mean[c] = keep * running_mean[c] + momentum * mean[c]
-        running_var[c] = keep * running_var[c] + momentum * (var[c] * unbias)
+        running_mean[c] = narrow(keep * widen(running_mean[c]) + momentum * mean[c], running_mean)
+        running_var[c] = narrow(keep * widen(running_var[c]) + momentum * (var[c] * unbias), running_var)
 
 
 @njit(parallel=True, cache=True, error_model="numpy", fastmath={"reassoc"})
@@ -190,37 +206,40 @@ def batchnorm_bwd_reduce_cpu(x, dy, mean, var, eps, sum_dy, sum_dy_xhat, n_image
     C = mean.shape[0]
     for c in prange(C):
         mu = mean[c]
-        acc_dy = x.dtype.type(0)
-        acc_dyx = x.dtype.type(0)
+        acc_dy = zero(x)
+        acc_dyx = zero(x)
         for n in range(n_images):
             xs = x[(n * C + c) * plane:(n * C + c + 1) * plane]
             gs = dy[(n * C + c) * plane:(n * C + c + 1) * plane]
             for j in range(plane):
-                acc_dy += gs[j]
-                acc_dyx += gs[j] * (xs[j] - mu)
+                g = widen(gs[j])
+                acc_dy += g
+                acc_dyx += g * (widen(xs[j]) - mu)
         sum_dy[c] = acc_dy
-        sum_dy_xhat[c] = acc_dyx * (x.dtype.type(1) / math.sqrt(var[c] + eps))
+        sum_dy_xhat[c] = acc_dyx * (mean.dtype.type(1) / math.sqrt(var[c] + eps))
 
 
 # one thread per element i of dx, channel c = (i // plane) % C
-@per_dtype(lambda dt: (array1(dt), array1(dt), array1(dt), array1(dt), array1(dt), array1(dt), array1(dt),
-                       dt, dt, array1(dt), int64), threads=THREADS)
+@per_dtype(lambda dt: (array1(dt), array1(dt), *(array1(accumulator(dt)),) * 5, accumulator(dt), accumulator(dt),
+                       array1(dt), int64), threads=THREADS, half=True)
 def batchnorm_bwd_data_cuda(dt):
+    acc = accumulator(dt)
+
     @cuda.jit
     def kernel(x, dy, mean, var, weight, sum_dy, sum_dy_xhat, eps, inv_m, dx, plane):
         i = cuda.grid(1)
         if i < dx.shape[0]:
             c = (i // plane) % mean.shape[0]
-            invstd = dt(1) / math.sqrt(var[c] + eps)
-            xhat = (x[i] - mean[c]) * invstd
-            dx[i] = (weight[c] * invstd) * (dy[i] - sum_dy[c] * inv_m - xhat * (sum_dy_xhat[c] * inv_m))
+            invstd = acc(1) / math.sqrt(var[c] + eps)
+            xhat = (acc(x[i]) - mean[c]) * invstd
+            dx[i] = dt((weight[c] * invstd) * (acc(dy[i]) - sum_dy[c] * inv_m - xhat * (sum_dy_xhat[c] * inv_m)))
     return kernel
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
 def batchnorm_bwd_data_cpu(x, dy, mean, var, weight, sum_dy, sum_dy_xhat, eps, inv_m, dx, n_images, plane):
     C = mean.shape[0]
-    one = x.dtype.type(1)
+    one = mean.dtype.type(1)
     if plane == 1:  # (N, C): a row runs over the channels, vectorise along it
         for n in prange(n_images):
             xs = x[n * C:(n + 1) * C]
@@ -228,8 +247,9 @@ def batchnorm_bwd_data_cpu(x, dy, mean, var, weight, sum_dy, sum_dy_xhat, eps, i
             dxs = dx[n * C:(n + 1) * C]
             for c in range(C):
                 invstd = one / math.sqrt(var[c] + eps)
-                dxs[c] = weight[c] * invstd * (gs[c] - sum_dy[c] * inv_m
-                                               - (xs[c] - mean[c]) * (sum_dy_xhat[c] * inv_m * invstd))
+                dxs[c] = narrow(weight[c] * invstd * (widen(gs[c]) - sum_dy[c] * inv_m
+                                                      - (widen(xs[c]) - mean[c]) * (sum_dy_xhat[c] * inv_m * invstd)),
+                                dxs)
         return
     for nc in prange(n_images * C):
         c = nc % C
@@ -242,33 +262,37 @@ def batchnorm_bwd_data_cpu(x, dy, mean, var, weight, sum_dy, sum_dy_xhat, eps, i
         gs = dy[nc * plane:(nc + 1) * plane]
         dxs = dx[nc * plane:(nc + 1) * plane]
         for j in range(plane):
-            dxs[j] = scale * (gs[j] - k_dy - (xs[j] - mu) * k_x)
+            dxs[j] = narrow(scale * (widen(gs[j]) - k_dy - (widen(xs[j]) - mu) * k_x), dxs)
 
 
 def _reduce_cuda(mode, x1, dy1, mean, var, eps, out0, out1, n_images, plane):
     """The per-channel sums of ``mode`` over flat device arrays into ``out0`` (and ``out1``)."""
-    C, m, dt = out0.shape[0], n_images * plane, x1.dtype.type
+    C, m = out0.shape[0], n_images * plane
+    dt = out0.dtype.type
     kernel = batchnorm_partials_cuda[x1.dtype]
     splits = wave_splits(C, blocks(m, REDUCE_THREADS * MIN_PER_THREAD), resident_blocks(kernel, REDUCE_THREADS))
     chunk = blocks(blocks(m, splits), REDUCE_THREADS) * REDUCE_THREADS
     splits = blocks(m, chunk)
-    partials = device_empty((C, splits, 2), x1.dtype)
+    partials = device_empty((C, splits, 2), out0.dtype)
     kernel[(splits, C), REDUCE_THREADS, stream()](x1, dy1, mean, mode, partials, n_images, plane, chunk)
-    batchnorm_finish_cuda[x1.dtype][blocks(C, THREADS), THREADS, stream()](partials, mode, dt(m), var, dt(eps),
-                                                                          out0, out1)
+    batchnorm_finish_cuda[out0.dtype][blocks(C, THREADS), THREADS, stream()](partials, mode, dt(m), var, dt(eps),
+                                                                             out0, out1)
 
 
 def _check(name, x, per_channel, full):
-    """Check a 3-D (N, C, L) array, its (C,) per-channel arrays and its same-shape arrays.
+    """Check a 3-D (N, C, L) array, its (C,) per-channel arrays (float32 for float16 ``x``, else
+    x's dtype) and its same-shape arrays (x's dtype).
 
-    Returns the flat views of ``x`` and ``full``, N, L and whether they are CUDA device arrays.
+    Returns the flat views of ``x`` and ``full`` (float16 ones as the uint16 bits CPU kernels
+    read), N, L and whether they are CUDA device arrays.
     """
     if len(x.shape) != 3:
         raise ValueError(f"{name}: x must be a 3-D (N, C, L) array, got shape {x.shape}")
     if x.dtype not in batchnorm_fwd_cuda:
-        raise TypeError(f"{name}: x must be float32 or float64, got {x.dtype}")
+        raise TypeError(f"{name}: x must be float16, float32 or float64, got {x.dtype}")
     on_device = is_device_array(x)
     N, C, L = x.shape
+    stat_dtype = accumulator_dtype(x.dtype)
     for arg, a in per_channel.items():
         if a.shape != (C,):
             raise ValueError(f"{name}: {arg} must have shape (C,) = ({C},), got {a.shape}")
@@ -276,18 +300,23 @@ def _check(name, x, per_channel, full):
         if a.shape != x.shape:
             raise ValueError(f"{name}: {arg} must have x's shape {x.shape}, got {a.shape}")
     for arg, a in {**per_channel, **full}.items():
-        if a.dtype != x.dtype or is_device_array(a) != on_device:
-            raise TypeError(f"{name}: {arg} must have dtype {x.dtype} and be a "
+        want = stat_dtype if arg in per_channel else x.dtype
+        if a.dtype != want or is_device_array(a) != on_device:
+            per_what = f" (per-channel arrays of {x.dtype} data are {stat_dtype})" if want != x.dtype else ""
+            raise TypeError(f"{name}: {arg} must have dtype {want}{per_what} and be a "
                             f"{'CUDA device' if on_device else 'NumPy'} array like x")
     if not on_device and not all(a.flags.c_contiguous for a in (x, *per_channel.values(), *full.values())):
         raise ValueError(f"{name}: arrays must be C-contiguous")
-    return [a.reshape(a.size) for a in (x, *full.values())], N, L, on_device
+    flats = [a.reshape(a.size) for a in (x, *full.values())]
+    return (flats if on_device else [cpu_view(a) for a in flats]), N, L, on_device
 
 
 def _constant(value, C, dtype, on_device):
-    """A (C,) array of ``value``: the stand-in for an absent weight, bias or gradient sum."""
+    """A (C,) array of ``value`` in the per-channel dtype of ``dtype`` data: the stand-in for an
+    absent weight, bias or gradient sum."""
+    dtype = accumulator_dtype(dtype)
     if on_device:
-        return device_constant(("batchnorm", float(value), C, np.dtype(dtype).str), lambda: np.full(C, value, dtype))
+        return device_constant(("batchnorm", float(value), C, dtype.str), lambda: np.full(C, value, dtype))
     return np.full(C, value, dtype)
 
 
@@ -310,7 +339,7 @@ def batchnorm_fwd(x, mean, var, weight, bias, eps, y):
     bias = _constant(0.0, C, x.dtype, on_device) if bias is None else bias
     (x1, y1), N, L, on_device = _check("batchnorm_fwd", x, dict(mean=mean, var=var, weight=weight, bias=bias),
                                        dict(y=y))
-    eps = x.dtype.type(eps)
+    eps = accumulator_dtype(x.dtype).type(eps)
     if on_device:
         batchnorm_fwd_cuda[x.dtype][blocks(y1.size, THREADS), THREADS, stream()](x1, mean, var, weight, bias, eps, y1, L)
     else:
@@ -319,21 +348,26 @@ def batchnorm_fwd(x, mean, var, weight, bias, eps, y):
 
 def batchnorm_update_running(running_mean, running_var, mean, var, momentum, unbias):
     """In place: ``running_mean = (1-momentum)*running_mean + momentum*mean`` and
-    ``running_var = (1-momentum)*running_var + momentum*var*unbias``; all arrays (C,)."""
-    arrays = dict(running_mean=running_mean, running_var=running_var, mean=mean, var=var)
-    on_device = is_device_array(mean)
-    for arg, a in arrays.items():
-        if a.shape != mean.shape or len(a.shape) != 1:
-            raise ValueError(f"batchnorm_update_running: {arg} must have shape {mean.shape} like mean, got {a.shape}")
-        if a.dtype != mean.dtype or is_device_array(a) != on_device or a.dtype not in batchnorm_fwd_cuda:
-            raise TypeError(f"batchnorm_update_running: {arg} must be a float32 or float64 array with the "
-                            "dtype and device of mean")
+    ``running_var = (1-momentum)*running_var + momentum*var*unbias``; all arrays (C,). The
+    running statistics are float16, float32 or float64, the batch's ``mean`` and ``var`` in
+    their accumulator dtype (float32 for float16 running statistics)."""
+    on_device = is_device_array(running_mean)
+    dtype = running_mean.dtype
+    for arg, a in dict(running_mean=running_mean, running_var=running_var, mean=mean, var=var).items():
+        if a.shape != running_mean.shape or len(a.shape) != 1:
+            raise ValueError(f"batchnorm_update_running: {arg} must have shape {running_mean.shape} like "
+                             f"running_mean, got {a.shape}")
+        want = dtype if arg.startswith("running") else accumulator_dtype(dtype)
+        if a.dtype != want or is_device_array(a) != on_device or dtype not in batchnorm_update_running_cuda:
+            raise TypeError(f"batchnorm_update_running: {arg} must be a {want} array on running_mean's device "
+                            "(running statistics float16, float32 or float64, the batch statistics float32 "
+                            "for float16 ones, else of their dtype)")
     momentum, unbias = mean.dtype.type(momentum), mean.dtype.type(unbias)
     if on_device:
-        kernel = batchnorm_update_running_cuda[mean.dtype]
+        kernel = batchnorm_update_running_cuda[dtype]
         kernel[blocks(mean.size, THREADS), THREADS, stream()](running_mean, running_var, mean, var, momentum, unbias)
     else:
-        batchnorm_update_running_cpu(running_mean, running_var, mean, var, momentum, unbias)
+        batchnorm_update_running_cpu(cpu_view(running_mean), cpu_view(running_var), mean, var, momentum, unbias)
 
 
 def batchnorm_bwd_reduce(x, dy, mean, var, eps, sum_dy, sum_dy_xhat):
@@ -342,7 +376,7 @@ def batchnorm_bwd_reduce(x, dy, mean, var, eps, sum_dy, sum_dy_xhat):
     (x1, dy1), N, L, on_device = _check("batchnorm_bwd_reduce", x,
                                         dict(mean=mean, var=var, sum_dy=sum_dy, sum_dy_xhat=sum_dy_xhat),
                                         dict(dy=dy))
-    eps = x.dtype.type(eps)
+    eps = accumulator_dtype(x.dtype).type(eps)
     if on_device:
         _reduce_cuda(DOT, x1, dy1, mean, var, eps, sum_dy, sum_dy_xhat, N, L)
     else:
@@ -365,8 +399,8 @@ def batchnorm_bwd_data(x, dy, mean, var, weight, sum_dy, sum_dy_xhat, eps, train
     (x1, dy1, dx1), N, L, on_device = _check(
         "batchnorm_bwd_data", x, dict(mean=mean, var=var, weight=weight, sum_dy=sum_dy, sum_dy_xhat=sum_dy_xhat),
         dict(dy=dy, dx=dx))
-    eps = x.dtype.type(eps)
-    inv_m = x.dtype.type(1.0 / (N * L) if training else 0.0)
+    stat = accumulator_dtype(x.dtype).type
+    eps, inv_m = stat(eps), stat(1.0 / (N * L) if training else 0.0)
     if on_device:
         batchnorm_bwd_data_cuda[x.dtype][blocks(dx1.size, THREADS), THREADS, stream()](
             x1, dy1, mean, var, weight, sum_dy, sum_dy_xhat, eps, inv_m, dx1, L)

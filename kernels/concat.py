@@ -8,19 +8,21 @@ Concatenating along a dimension d views each input as (outer, width_i) with
 - ``concat_bwd(src, dst, offset)``: ``dst[o, j] = src[o, offset + j]`` (the slice of the output
   gradient that belongs to one input).
 
+float16 arrays are copied as they are (the CPU kernels move their uint16 bits, ``cpu_view``).
 The CPU kernels split each row into chunks of ``CPU_CHUNK`` columns so that a concatenation
 along dimension 0 (a single row) is still copied in parallel.
 """
 from numba import cuda, int64, njit, prange
 
 from .cuda_util import SIMULATOR, array2, blocks, is_device_array, per_dtype, stream
+from .float16 import cpu_view
 
 THREADS = 32 if SIMULATOR else 256               # elementwise block size
 CPU_CHUNK = 1 << 14                              # columns per parallel CPU task
 
 
 # one thread per element (o, j) of src
-@per_dtype(lambda dt: (array2(dt), array2(dt), int64), threads=THREADS)
+@per_dtype(lambda dt: (array2(dt), array2(dt), int64), threads=THREADS, half=True)
 def concat_fwd_cuda(dt):
     @cuda.jit
     def kernel(src, dst, offset):
@@ -48,7 +50,7 @@ def concat_fwd_cpu(src, dst, offset):
 
 
 # one thread per element (o, j) of dst
-@per_dtype(lambda dt: (array2(dt), array2(dt), int64), threads=THREADS)
+@per_dtype(lambda dt: (array2(dt), array2(dt), int64), threads=THREADS, half=True)
 def concat_bwd_cuda(dt):
     @cuda.jit
     def kernel(src, dst, offset):
@@ -81,7 +83,7 @@ def _check(name, part, whole, offset):
     if len(part.shape) != 2 or len(whole.shape) != 2:
         raise ValueError(f"{name}: expected 2-D (outer, width) arrays, got {part.shape} and {whole.shape}")
     if part.dtype not in concat_fwd_cuda:
-        raise TypeError(f"{name}: arrays must be float32 or float64, got {part.dtype}")
+        raise TypeError(f"{name}: arrays must be float16, float32 or float64, got {part.dtype}")
     on_device = is_device_array(part)
     if whole.dtype != part.dtype or is_device_array(whole) != on_device:
         raise TypeError(f"{name}: both arrays must have dtype {part.dtype} and be "
@@ -102,7 +104,7 @@ def concat_fwd(src, dst, offset):
     if on_device:
         concat_fwd_cuda[src.dtype][blocks(src.size, THREADS), THREADS, stream()](src, dst, offset)
     else:
-        concat_fwd_cpu(src, dst, offset)
+        concat_fwd_cpu(cpu_view(src), cpu_view(dst), offset)
 
 
 def concat_bwd(src, dst, offset):
@@ -113,4 +115,4 @@ def concat_bwd(src, dst, offset):
     if on_device:
         concat_bwd_cuda[dst.dtype][blocks(dst.size, THREADS), THREADS, stream()](src, dst, offset)
     else:
-        concat_bwd_cpu(src, dst, offset)
+        concat_bwd_cpu(cpu_view(src), cpu_view(dst), offset)

@@ -2,11 +2,13 @@
 the arrays every conv launcher receives.
 
 An algorithm is a name, one launcher per pass and two questions answered from the geometry
-alone: ``supports(g, device, pass_) -> (ok, reason)`` (can it run this pass at all; the reason
-says why not) and ``preference(g, device, pass_) -> int`` (the heuristic's rank for ``auto``
-without timing: lower first, ties broken by registry order). An algorithm that computes some
-dtype in lower precision than the dtype itself (TF32 tensor-core math for float32) says so in
-``reduced_precision``; ``auto`` skips it for that dtype unless the user allowed it
+alone: ``supports(g, device, pass_, dtype=None) -> (ok, reason)`` (can it run this pass at all,
+on data of ``dtype`` when given; the reason says why not) and ``preference(g, device, pass_) ->
+int`` (the heuristic's rank for ``auto`` without timing: lower first, ties broken by registry
+order). Each algorithm declares the dtypes it takes (``dtypes``: float32 and float64 unless it
+says more; float16 is storage with float32 arithmetic, ``float16.py``). An algorithm that
+computes some dtype in lower precision than the dtype itself (TF32 tensor-core math for float32)
+says so in ``reduced_precision``; ``auto`` skips it for that dtype unless the user allowed it
 (``convkern.allow_tf32``), and ``tolerance(dtype)`` is what its results are tested against. Launchers are
 ``launch(a, b, out, g)`` with the operands of ``ConvGeometry.operand_shapes(pass_)``; they
 overwrite ``out`` and pick the CPU or CUDA kernel by the array type.
@@ -17,6 +19,8 @@ from .cuda_util import is_device_array
 from .shapes import PASSES
 
 DEVICES = ("cpu", "cuda")
+FLOAT_DTYPES = ("float32", "float64")
+WITH_HALF = ("float16", "float32", "float64")
 ROLES = {"fwd": ("input", "weight", "output"), "bwd_data": ("grad_output", "weight", "grad_input"),
          "bwd_filter": ("grad_output", "input", "grad_weight")}
 
@@ -29,31 +33,47 @@ class ConvAlgorithm:
     """One registry entry. ``ranks``: the spatial ranks its kernels take (a rank-1 geometry
     reaches them as rank 2, see ``ConvGeometry.as_2d``); ``limits(g, device, pass_)`` adds the
     algorithm's own conditions as ``(ok, reason)``; ``preference`` defaults to 5 everywhere.
-    ``reduced_precision``: ``{dtype: (rtol, atol)}`` for the dtypes it computes in lower
-    precision, with the tolerance of its results against a float64 reference."""
+    ``dtypes``: the dtypes its launchers take, a sequence (each for every rank in ``ranks``) or
+    ``{dtype: ranks}``; default float32 and float64. ``reduced_precision``: ``{dtype: (rtol,
+    atol)}`` for the dtypes it computes in lower precision, with the tolerance of its results
+    against a float64 reference."""
 
     def __init__(self, name, fwd, bwd_data, bwd_filter, ranks=(2,), limits=always, preference=None, summary="",
-                 reduced_precision=None):
+                 reduced_precision=None, dtypes=FLOAT_DTYPES):
         self.name = name
         self.launchers = {"fwd": fwd, "bwd_data": bwd_data, "bwd_filter": bwd_filter}
         self.ranks = tuple(ranks)
+        by_dtype = dtypes if isinstance(dtypes, dict) else dict.fromkeys(dtypes, self.ranks)
+        # narrowest first, so that messages list float16, float32, float64
+        self.dtypes = {np.dtype(d).name: tuple(r)
+                       for d, r in sorted(by_dtype.items(), key=lambda item: np.dtype(item[0]).itemsize)}
         self._limits = limits
         self._preference = preference or (lambda g, device, pass_: 5)
         self.summary = summary
         self.reduced_precision = {np.dtype(d).name: tuple(tol) for d, tol in (reduced_precision or {}).items()}
 
-    def supports(self, g, device, pass_):
-        """``(True, "")`` when this algorithm can run ``pass_`` of geometry ``g`` on ``device``,
-        else ``(False, reason)``."""
+    def supports(self, g, device, pass_, dtype=None):
+        """``(True, "")`` when this algorithm can run ``pass_`` of geometry ``g`` on ``device``
+        (on arrays of ``dtype``, when given), else ``(False, reason)``."""
         if device not in DEVICES:
             raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
         if pass_ not in PASSES:
             raise ValueError(f"pass must be one of {PASSES}, got {pass_!r}")
         rank = g.as_2d().rank
         if rank not in self.ranks:
-            dims = " and ".join(f"{r}-D" for r in self.ranks)
-            return False, f"{self.name} runs {dims} convolutions only; this one is {g.rank}-D"
+            return False, f"{self.name} runs {_dims(self.ranks)} convolutions only; this one is {g.rank}-D"
+        if dtype is not None:
+            name = np.dtype(dtype).name
+            if name not in self.dtypes:
+                return False, f"{self.name} takes {' and '.join(self.dtypes)} arrays, not {name}"
+            if rank not in self.dtypes[name]:
+                return False, (f"{self.name} takes {name} for {_dims(self.dtypes[name])} convolutions only; "
+                               f"this one is {g.rank}-D")
         return self._limits(g, device, pass_)
+
+    def takes(self, dtype):
+        """True when some rank of this algorithm takes arrays of ``dtype``."""
+        return np.dtype(dtype).name in self.dtypes
 
     def preference(self, g, device, pass_):
         return self._preference(g, device, pass_)
@@ -75,6 +95,10 @@ class ConvAlgorithm:
         return f"ConvAlgorithm({self.name!r})"
 
 
+def _dims(ranks):
+    return " and ".join(f"{r}-D" for r in ranks)
+
+
 def by_rank(launch_2d, launch_3d):
     """One launcher for an algorithm whose 2-D and 3-D kernels live in separate files: it runs
     ``launch_3d`` on a rank-3 geometry and ``launch_2d`` otherwise."""
@@ -85,16 +109,17 @@ def by_rank(launch_2d, launch_3d):
     return launch
 
 
-def check_conv_arrays(name, g, pass_, a, b, out):
+def check_conv_arrays(name, g, pass_, a, b, out, dtypes=FLOAT_DTYPES):
     """Raise TypeError/ValueError unless ``a, b, out`` are the C-contiguous operands of
-    ``pass_`` of geometry ``g``: one float dtype (float32 or float64), all NumPy arrays or all
-    CUDA device arrays, shapes ``g.operand_shapes(pass_)``. ``name`` prefixes the message."""
+    ``pass_`` of geometry ``g``: one dtype of ``dtypes`` (by default float32 or float64), all
+    NumPy arrays or all CUDA device arrays, shapes ``g.operand_shapes(pass_)``. ``name``
+    prefixes the message."""
     arrays = (a, b, out)
     roles = ROLES[pass_]
-    dtypes = [np.dtype(x.dtype) for x in arrays]
-    if len(set(dtypes)) > 1 or dtypes[0] not in (np.float32, np.float64):
-        raise TypeError(f"{name} {pass_}: arrays must all be float32 or all float64, got "
-                        + ", ".join(f"{r} {d}" for r, d in zip(roles, dtypes)))
+    got = [np.dtype(x.dtype) for x in arrays]
+    if len(set(got)) > 1 or got[0].name not in dtypes:
+        raise TypeError(f"{name} {pass_}: arrays must all be {' or all '.join(dtypes)}, got "
+                        + ", ".join(f"{r} {d}" for r, d in zip(roles, got)))
     on_device = [is_device_array(x) for x in arrays]
     if len(set(on_device)) > 1:
         raise TypeError(f"{name} {pass_}: arrays must be all NumPy arrays or all CUDA device arrays, got "

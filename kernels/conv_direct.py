@@ -26,6 +26,11 @@ innermost loop long and branch-free. Backward-data is the same sum run on ``dy``
 that grid with zeros in the extra columns, one input phase at a time. No atomics anywhere:
 every output element is owned by one thread or loop iteration, so all three passes are bitwise
 reproducible.
+
+float16 (1-D and 2-D; ``float16.py``): every pass reads float16 into float32, sums in float32
+and rounds once when it stores. The CUDA kernels stage their shared tiles in float32; the CPU
+kernels run on float32 copies (the phase split, the gathered weights and the flattened ``dy``
+are copies already, and float16 widens to float32 exactly) and round into the float16 output.
 """
 import functools
 import math
@@ -35,8 +40,9 @@ import numba
 import numpy as np
 from numba import cuda, int32, int64, njit, prange
 
-from .conv_algorithm import ConvAlgorithm, by_rank, check_conv_arrays
+from .conv_algorithm import WITH_HALF, ConvAlgorithm, by_rank, check_conv_arrays
 from .cuda_util import SIMULATOR, array4, blocks, is_device_array, per_dtype, resident_blocks, stream, wave_splits
+from .float16 import accumulator, accumulator_dtype, cpu_view, narrow, widen
 
 # CUDA forward: output channels per thread, and (rows, cols) output tiles in order of preference;
 # the launcher takes the first whose input footprint fits in FWD_SMEM_IN elements.
@@ -90,7 +96,7 @@ def pad_phases_cpu(x, xs, pad_h, pad_w, sh, sw, hq, wq, h_need, w_need):
                     j1 = min(wq, (min(w_ + pad_w, w_need) - b + sw - 1) // sw)
                     row = ((c * sh + a) * sw + b) * plane + i * wq
                     for j in range(j0, j1):
-                        xs[n, row + j] = x[n, c, h, j * sw + b - pad_w]
+                        xs[n, row + j] = widen(x[n, c, h, j * sw + b - pad_w])
 
 
 @njit(cache=True)
@@ -104,7 +110,7 @@ def flatten_rows_cpu(dy, dyz, front, ld, wq):
         for p in range(p_):
             row = k * ld + front + p * wq
             for q in range(q_):
-                dyz[n, row + q] = dy[n, k, p, q]
+                dyz[n, row + q] = widen(dy[n, k, p, q])
 
 
 @njit(fastmath=FASTMATH, cache=True)
@@ -256,14 +262,16 @@ def _signature(dt):
 
 
 # one thread per output pixel (n, p, q) of a blockDim.y x blockDim.x tile, for FWD_KT channels k
-@per_dtype(_signature, threads=FWD_TILES[0][0] * FWD_TILES[0][1])
+@per_dtype(_signature, threads=FWD_TILES[0][0] * FWD_TILES[0][1], half=True)
 def conv2d_fwd_direct_cuda(dt):
+    at = accumulator(dt)
+
     @cuda.jit
     def kernel(x, w, y, sh, sw, ph, pw, dh, dw, groups):
-        x_tile = cuda.shared.array(FWD_SMEM_IN, dt)
-        w_tile = cuda.shared.array(SMEM_W, dt)
+        x_tile = cuda.shared.array(FWD_SMEM_IN, at)
+        w_tile = cuda.shared.array(SMEM_W, at)
         tap_at = cuda.shared.array(FWD_TAPS, int32)
-        acc = cuda.local.array(FWD_KT, dt)
+        acc = cuda.local.array(FWD_KT, at)
         h_, w_ = x.shape[2], x.shape[3]
         k_, cg, r_, s_ = w.shape
         p_, q_ = y.shape[2], y.shape[3]
@@ -285,7 +293,7 @@ def conv2d_fwd_direct_cuda(dt):
         fw = (tq - 1) * sw + (s_ - 1) * dw + 1
         cb = min(cg, min(FWD_SMEM_IN // (fh * fw), FWD_TAPS // rs))
         for kk in range(FWD_KT):
-            acc[kk] = dt(0)
+            acc[kk] = at(0)
         if cb > 0:
             h0, w0 = p0 * sh - ph, q0 * sw - pw
             for c0 in range(0, cg, cb):
@@ -298,9 +306,9 @@ def conv2d_fwd_direct_cuda(dt):
                         h = h0 + i
                         j = tx
                         while j < fw:
-                            v = dt(0)
+                            v = at(0)
                             if 0 <= h < h_ and 0 <= w0 + j < w_:
-                                v = xc[h, w0 + j]
+                                v = at(xc[h, w0 + j])
                             x_tile[(cc * fh + i) * fw + j] = v
                             j += tq
                         i += tp
@@ -310,9 +318,9 @@ def conv2d_fwd_direct_cuda(dt):
                     t = e // FWD_KT
                     cc = t // rs
                     r = (t - cc * rs) // s_
-                    v = dt(0)
+                    v = at(0)
                     if kk < kn:
-                        v = w[k0 + kk, c0 + cc, r, t - cc * rs - r * s_]
+                        v = at(w[k0 + kk, c0 + cc, r, t - cc * rs - r * s_])
                     w_tile[e] = v
                     if kk == 0:
                         tap_at[t] = (cc * fh + r * dh) * fw + (t - cc * rs - r * s_) * dw
@@ -332,14 +340,14 @@ def conv2d_fwd_direct_cuda(dt):
                     for s in range(s_):
                         wi = q * sw - pw + s * dw
                         if 0 <= h < h_ and 0 <= wi < w_:
-                            xv = xc[h, wi]
+                            xv = at(xc[h, wi])
                             for kk in range(FWD_KT):
                                 if kk < kn:
-                                    acc[kk] += xv * w[k0 + kk, c, r, s]
+                                    acc[kk] += xv * at(w[k0 + kk, c, r, s])
         if p < p_ and q < q_:
             for kk in range(FWD_KT):
                 if kk < kn:
-                    y[n, k0 + kk, p, q] = acc[kk]
+                    y[n, k0 + kk, p, q] = dt(acc[kk])
     return kernel
 
 
@@ -357,7 +365,7 @@ def conv2d_fwd_direct_cpu(xs, wt, toff, ntap, y, group_stride, wq, rows):
         gi = item // nkb % groups
         k0 = item % nkb * KB
         kn = min(KB, kg - k0)
-        acc = np.empty((KB, rows * wq + VEC), y.dtype)
+        acc = np.empty((KB, rows * wq + VEC), xs.dtype)
         for p0 in range(0, p_, rows):
             p1 = min(p_, p0 + rows)
             m = -(-(p1 - p0) * wq // VEC) * VEC
@@ -375,7 +383,7 @@ def conv2d_fwd_direct_cpu(xs, wt, toff, ntap, y, group_stride, wq, rows):
                 for p in range(p0, p1):
                     u = (p - p0) * wq
                     for q in range(q_):
-                        y[n, gi * kg + k0 + i, p, q] = acc[i, u + q]
+                        y[n, gi * kg + k0 + i, p, q] = narrow(acc[i, u + q], y)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -383,11 +391,13 @@ def conv2d_fwd_direct_cpu(xs, wt, toff, ntap, y, group_stride, wq, rows):
 # ---------------------------------------------------------------------------------------------
 
 # one thread per input element (n, c, h, w) of a blockDim.y x blockDim.x tile
-@per_dtype(_signature, threads=BWD_TILE[0] * BWD_TILE[1])
+@per_dtype(_signature, threads=BWD_TILE[0] * BWD_TILE[1], half=True)
 def conv2d_bwd_data_direct_cuda(dt):
+    at = accumulator(dt)
+
     @cuda.jit
     def kernel(dy, w, dx, sh, sw, ph, pw, dh, dw, groups):
-        w_tile = cuda.shared.array(SMEM_W, dt)
+        w_tile = cuda.shared.array(SMEM_W, at)
         k_, cg, r_, s_ = w.shape
         p_, q_ = dy.shape[2], dy.shape[3]
         h_, w_ = dx.shape[2], dx.shape[3]
@@ -403,7 +413,7 @@ def conv2d_bwd_data_direct_cuda(dt):
         rs = r_ * s_
         tc = min(rs, SMEM_W)
         kc = min(kg, SMEM_W // tc)
-        acc = dt(0)
+        acc = at(0)
         for k0 in range(gi * kg, (gi + 1) * kg, kc):
             kn = min(kc, (gi + 1) * kg - k0)
             for t0 in range(0, rs, tc):
@@ -414,7 +424,7 @@ def conv2d_bwd_data_direct_cuda(dt):
                     kk = e // tn
                     t = t0 + e - kk * tn
                     r = t // s_
-                    w_tile[e] = w[k0 + kk, cl, r, t - r * s_]
+                    w_tile[e] = at(w[k0 + kk, cl, r, t - r * s_])
                     e += th * tw
                 cuda.syncthreads()
                 if h < h_ and wi < w_:
@@ -426,9 +436,9 @@ def conv2d_bwd_data_direct_cuda(dt):
                         q = wp // sw
                         if hp >= 0 and p * sh == hp and p < p_ and wp >= 0 and q * sw == wp and q < q_:
                             for kk in range(kn):
-                                acc += dy[n, k0 + kk, p, q] * w_tile[kk * tn + t]
+                                acc += at(dy[n, k0 + kk, p, q]) * w_tile[kk * tn + t]
         if h < h_ and wi < w_:
-            dx[n, c, h, wi] = acc
+            dx[n, c, h, wi] = dt(acc)
     return kernel
 
 
@@ -453,7 +463,7 @@ def conv2d_bwd_data_direct_cpu(dyz, wtd, tofd, ntap, dx, group_stride, pad_h, pa
         b = ab % sw
         j0 = max(0, (pad_w - b + sw - 1) // sw)
         j1 = min(wq, (w_ + pad_w - b + sw - 1) // sw)
-        acc = np.empty((KB, rows * wq + VEC), dx.dtype)
+        acc = np.empty((KB, rows * wq + VEC), dyz.dtype)
         for i0 in range(0, hq, rows):
             i1 = min(hq, i0 + rows)
             m = -(-(i1 - i0) * wq // VEC) * VEC
@@ -472,7 +482,7 @@ def conv2d_bwd_data_direct_cpu(dyz, wtd, tofd, ntap, dx, group_stride, pad_h, pa
                     if 0 <= h < h_:
                         u = (ii - i0) * wq
                         for j in range(j0, j1):
-                            dx[n, gi * cg + c0 + i, h, j * sw + b - pad_w] = acc[i, u + j]
+                            dx[n, gi * cg + c0 + i, h, j * sw + b - pad_w] = narrow(acc[i, u + j], dx)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -481,11 +491,13 @@ def conv2d_bwd_data_direct_cpu(dyz, wtd, tofd, ntap, dx, group_stride, pad_h, pa
 
 # one block per (k, c, chunk of taps (r, s)); each thread sums its share of the (p, q) plane over n
 # for every tap of the chunk, then each tap's partial sums are added in thread order
-@per_dtype(_signature, threads=FILTER_THREADS)
+@per_dtype(_signature, threads=FILTER_THREADS, half=True)
 def conv2d_bwd_filter_direct_cuda(dt):
+    at = accumulator(dt)
+
     @cuda.jit
     def kernel(dy, x, dweight, sh, sw, ph, pw, dh, dw, groups):
-        part = cuda.shared.array(FILTER_SMEM, dt)
+        part = cuda.shared.array(FILTER_SMEM, at)
         n_, _, h_, w_ = x.shape
         k_, cg, r_, s_ = dweight.shape
         p_, q_ = dy.shape[2], dy.shape[3]
@@ -503,7 +515,7 @@ def conv2d_bwd_filter_direct_cuda(dt):
         for t in range(tn):
             r = (t0 + t) // s_
             s = (t0 + t) % s_
-            acc = dt(0)
+            acc = at(0)
             for pq in range(tid, p_ * q_, nt):
                 p = pq // q_
                 q = pq % q_
@@ -511,14 +523,14 @@ def conv2d_bwd_filter_direct_cuda(dt):
                 wi = q * sw - pw + s * dw
                 if 0 <= h < h_ and 0 <= wi < w_:
                     for n in range(n_):
-                        acc += dy[n, k, p, q] * x[n, xc, h, wi]
+                        acc += at(dy[n, k, p, q]) * at(x[n, xc, h, wi])
             part[tid * FILTER_TAPS + t] = acc
         cuda.syncthreads()
         for t in range(tid, tn, nt):
-            total = dt(0)
+            total = at(0)
             for j in range(nt):
                 total += part[j * FILTER_TAPS + t]
-            dweight[k, c, (t0 + t) // s_, (t0 + t) % s_] = total
+            dweight[k, c, (t0 + t) // s_, (t0 + t) % s_] = dt(total)
     return kernel
 
 
@@ -539,7 +551,7 @@ def conv2d_bwd_filter_direct_cpu(dyz, xs, toff, dw2, groups, group_stride, ld, t
         kn = min(KB, (gi + 1) * kg - k0)
         t0 = item % ntc * tchunk
         t1 = min(ntap, t0 + tchunk)
-        acc = np.zeros((KB, tchunk), dw2.dtype)
+        acc = np.zeros((KB, tchunk), xs.dtype)
         for n in range(n_):
             src = xs[n, gi * group_stride:]
             g = dyz[n, k0 * ld:]
@@ -550,7 +562,7 @@ def conv2d_bwd_filter_direct_cpu(dyz, xs, toff, dw2, groups, group_stride, ld, t
                     _shift_dot1(acc[i], g[i * ld:], src, toff, t0, t1, ld)
         for i in range(kn):
             for t in range(t0, min(t1, t_)):
-                dw2[k0 + i, t] = acc[i, t - t0]
+                dw2[k0 + i, t] = narrow(acc[i, t - t0], dw2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -635,22 +647,23 @@ def _cpu_plan(g):
 
 
 def _gather(w, index):
-    """w.ravel()[index], with index == w.size reading zero."""
-    flat = np.zeros(w.size + 1, w.dtype)
+    """w.ravel()[index] in the accumulator dtype (float16 widened, exactly), with index == w.size
+    reading zero."""
+    flat = np.zeros(w.size + 1, accumulator_dtype(w.dtype))
     flat[:-1] = w.ravel()
     return flat[index]
 
 
 def _phase_split(x, g, plan):
-    xs = np.zeros((g.N, plan.x_cols), x.dtype)
-    pad_phases_cpu(x, xs, g.pad_h, g.pad_w, g.stride_h, g.stride_w, plan.hq, plan.wq,
+    xs = np.zeros((g.N, plan.x_cols), accumulator_dtype(x.dtype))
+    pad_phases_cpu(cpu_view(x), xs, g.pad_h, g.pad_w, g.stride_h, g.stride_w, plan.hq, plan.wq,
                    plan.h_need, plan.w_need)
     return xs
 
 
 def _flat_dy(dy, g, front, ld, wq, slack):
-    dyz = np.zeros((g.N, g.K * ld + slack), dy.dtype)
-    flatten_rows_cpu(dy, dyz, front, ld, wq)
+    dyz = np.zeros((g.N, g.K * ld + slack), accumulator_dtype(dy.dtype))
+    flatten_rows_cpu(cpu_view(dy), dyz, front, ld, wq)
     return dyz
 
 
@@ -682,7 +695,7 @@ def conv2d_fwd_direct(x, w, y, g):
     ``y[n,k,p,q] = sum_{c,r,s} x[n, gi*Cg+c, p*sh-ph+r*dh, q*sw-pw+s*dw] * w[k,c,r,s]``
     (gi = k // Kg, reads outside x are zero). NumPy arrays run on the CPU, CUDA device arrays
     on the GPU."""
-    check_conv_arrays("direct", g, "fwd", x, w, y)
+    check_conv_arrays("direct", g, "fwd", x, w, y, WITH_HALF)
     if is_device_array(x):
         tp, tq = _fwd_tile(g)
         grid = (blocks(g.P, tp) * blocks(g.Q, tq), g.groups * blocks(g.K // g.groups, FWD_KT), g.N)
@@ -690,15 +703,15 @@ def conv2d_fwd_direct(x, w, y, g):
         return
     plan = _cpu_plan(g)
     xs = _phase_split(x, g, plan)
-    conv2d_fwd_direct_cpu(xs, _gather(w, plan.fwd_index), plan.toff, g.C // g.groups * g.R * g.S, y, plan.x_group,
-                          plan.wq, plan.rows)
+    conv2d_fwd_direct_cpu(xs, _gather(w, plan.fwd_index), plan.toff, g.C // g.groups * g.R * g.S, cpu_view(y),
+                          plan.x_group, plan.wq, plan.rows)
 
 
 def conv2d_bwd_data_direct(dy, w, dx, g):
     """Data gradient into ``dx`` (overwritten): ``dx[n,c,h,w] = sum dy[n,k,p,q] * w[k,c',r,s]``
     over the k of c's group and the (r, s, p, q) with ``h = p*sh-ph+r*dh``, ``w = q*sw-pw+s*dw``
     (c' = c mod Cg). Gather form: each element of dx has one owner."""
-    check_conv_arrays("direct", g, "bwd_data", dy, w, dx)
+    check_conv_arrays("direct", g, "bwd_data", dy, w, dx, WITH_HALF)
     if is_device_array(dy):
         th, tw = BWD_TILE
         grid = (blocks(g.H, th) * blocks(g.W, tw), g.C, g.N)
@@ -707,7 +720,7 @@ def conv2d_bwd_data_direct(dy, w, dx, g):
     plan = _cpu_plan(g)
     dyz = _flat_dy(dy, g, plan.dy_front, plan.dy_plane, plan.wq, VEC)
     dx.fill(0)
-    conv2d_bwd_data_direct_cpu(dyz, _gather(w, plan.data_index), plan.tofd, plan.ntap, dx,
+    conv2d_bwd_data_direct_cpu(dyz, _gather(w, plan.data_index), plan.tofd, plan.ntap, cpu_view(dx),
                                g.K // g.groups * plan.dy_plane, g.pad_h, g.pad_w, g.stride_h,
                                g.stride_w, plan.hq, plan.wq, plan.rows)
 
@@ -716,7 +729,7 @@ def conv2d_bwd_filter_direct(dy, x, dw, g):
     """Filter gradient into ``dw`` (overwritten):
     ``dw[k,c,r,s] = sum_{n,p,q} dy[n,k,p,q] * x[n, gi*Cg+c, p*sh-ph+r*dh, q*sw-pw+s*dw]``.
     Each element of dw has one owner that sums in a fixed order."""
-    check_conv_arrays("direct", g, "bwd_filter", dy, x, dw)
+    check_conv_arrays("direct", g, "bwd_filter", dy, x, dw, WITH_HALF)
     if is_device_array(dy):
         kernel = conv2d_bwd_filter_direct_cuda[dy.dtype]
         chunks = filter_chunks(g.R * g.S, g.K * (g.C // g.groups), resident_blocks(kernel, FILTER_THREADS))
@@ -729,7 +742,7 @@ def conv2d_bwd_filter_direct(dy, x, dw, g):
     items = g.groups * blocks(g.K // g.groups, KB)
     split = blocks(8 * numba.get_num_threads(), items)
     tchunk = _round_up(blocks(plan.toff.shape[0], split), TB)
-    conv2d_bwd_filter_direct_cpu(dyz, xs, plan.toff, dw.reshape(g.K, -1), g.groups, plan.x_group,
+    conv2d_bwd_filter_direct_cpu(dyz, xs, plan.toff, cpu_view(dw).reshape(g.K, -1), g.groups, plan.x_group,
                                  plan.dy_row, tchunk)
 
 
@@ -754,4 +767,5 @@ ALGORITHM = ConvAlgorithm("direct", by_rank(conv2d_fwd_direct, conv3d_direct.con
                           by_rank(conv2d_bwd_data_direct, conv3d_direct.conv3d_bwd_data_direct),
                           by_rank(conv2d_bwd_filter_direct, conv3d_direct.conv3d_bwd_filter_direct),
                           ranks=(2, 3), preference=_preference,
+                          dtypes={np.float16: (2,), np.float32: (2, 3), np.float64: (2, 3)},
                           summary="one output (or input-gradient) element per thread, taps staged in shared memory")

@@ -10,7 +10,8 @@ Element ``i`` is kept when ``u_i >= p`` for the uniform ``u_i = (h_i >> 11) * 2^
   ``z ^= z >> 30; z *= 0xBF58476D1CE4E5B9; z ^= z >> 27; z *= 0x94D049BB133111EB; z ^= z >> 31``.
 
 The test ``u_i >= p`` is done exactly on integers, ``(h_i >> 11) >= ceil(p * 2^53)``, so a
-seed gives the same mask on the CPU, on a GPU and in the simulator, in float32 and float64.
+seed gives the same mask on the CPU, on a GPU and in the simulator, in float16, float32 and
+float64 (float16 data is scaled in float32 and rounded once, kernels/float16.py).
 The backward pass is the same kernel applied to the output gradient with the same seed.
 
 The 64-bit products wrap modulo 2^64. They are assembled from 32-bit halves, so no step
@@ -22,6 +23,7 @@ from numba import cuda, njit, prange, uint64
 
 from .cuda_util import SIMULATOR, array1, blocks, per_dtype, stream
 from .elementwise import flat_operands
+from .float16 import accumulator, accumulator_dtype, cpu_view, narrow, widen, zero
 
 THREADS = 32 if SIMULATOR else 256
 
@@ -58,23 +60,25 @@ _mix64_cpu = njit(inline="always")(_mix64_with(njit(inline="always")(_mul64)))
 
 
 # one thread per element i
-@per_dtype(lambda dt: (array1(dt), array1(dt), uint64, uint64, dt), threads=THREADS)
+@per_dtype(lambda dt: (array1(dt), array1(dt), uint64, uint64, accumulator(dt)), threads=THREADS, half=True)
 def dropout_cuda(dt):
+    acc = accumulator(dt)
+
     @cuda.jit
     def kernel(x, out, key, threshold, scale):
         i = cuda.grid(1)
         if i < out.shape[0]:
             keep = (_mix64_cuda(key + uint64(i)) >> SHIFT11) >= threshold
-            out[i] = x[i] * scale if keep else dt(0)
+            out[i] = dt(acc(x[i]) * scale) if keep else dt(0)
     return kernel
 
 
 @njit(parallel=True, cache=True)
 def dropout_cpu(x, out, key, threshold, scale):
-    zero = x.dtype.type(0)
+    dropped = narrow(zero(x), out)
     for i in prange(out.shape[0]):
         keep = (_mix64_cpu(key + uint64(i)) >> SHIFT11) >= threshold
-        out[i] = x[i] * scale if keep else zero
+        out[i] = narrow(widen(x[i]) * scale, out) if keep else dropped
 
 
 def dropout_key(seed):
@@ -102,8 +106,8 @@ def dropout(x, out, seed, p):
     (x1, out1), on_device = flat_operands(x, out)
     key = np.uint64(dropout_key(seed))
     threshold = np.uint64(dropout_threshold(p))
-    scale = out.dtype.type(1 / (1 - p))
+    scale = accumulator_dtype(out.dtype).type(1 / (1 - p))
     if on_device:
         dropout_cuda[out.dtype][blocks(out.size, THREADS), THREADS, stream()](x1, out1, key, threshold, scale)
     else:
-        dropout_cpu(x1, out1, key, threshold, scale)
+        dropout_cpu(cpu_view(x1), cpu_view(out1), key, threshold, scale)

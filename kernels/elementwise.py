@@ -4,19 +4,23 @@
 - ``scalar(op, a, v, out)``: ``out = a + v | a - v | v - a | a * v | a / v | v / a | a ** v``.
 - ``unary(op, a, out)``: ``out = -a | exp(a) | log(a) | sqrt(a)``.
 - ``fill(out, v)``: ``out[...] = v``; ``broadcast_scalar(a, out)``: ``out[...] = a[0]``.
-- ``sum_all(a, out)``: ``out[0] = sum(a)``.
+- ``sum_all(a, out, scale=1)``: ``out[0] = scale * sum(a)``.
 - ``bias_add_nchw(y, b)``: ``y[n, k, p, q] += b[k]`` in place.
 - ``bias_grad_nchw(dy, db)``: ``db[k] = sum_{n,p,q} dy[n, k, p, q]``.
+- ``cast(src, dst)``: ``dst[...] = src`` converted to ``dst``'s dtype (float16, float32, float64).
 
-Arrays are C-contiguous and share one float dtype; the elementwise ops treat them as flat,
-so ``out`` may be one of the inputs. Math runs in the arrays' dtype (a Python scalar is cast
-to it first). Every op name maps to a small int code and each family is one kernel that
-branches on it per element (on the CPU, LLVM hoists that loop-invariant branch out of the
-loop and vectorises each arm). Both reductions are deterministic: a fixed split of the data into blocks,
-summed in a fixed order (a shared-memory tree on the GPU), never atomics, so repeated runs
-give bitwise-identical sums. The bias gradient cuts each channel into as many splits as fill
-whole waves of the device's resident blocks (one block per channel leaves most SMs idle), so
-its sums are reproducible on one device.
+Arrays are C-contiguous and share one float dtype (float16, float32 or float64; ``cast``
+converts between them); the elementwise ops treat them as flat, so ``out`` may be one of the
+inputs. Math runs in the arrays' accumulator dtype (``float16.accumulator_dtype``): their own
+dtype for float32 and float64, float32 for float16 data, which is rounded once when it is
+stored (kernels/float16.py); a Python scalar is cast to the accumulator dtype first. Every op
+name maps to a small int code and each family is one kernel that branches on it per element
+(on the CPU, LLVM hoists that loop-invariant branch out of the loop and vectorises each arm).
+Both reductions are deterministic: a fixed split of the data into blocks, summed in a fixed
+order (a shared-memory tree on the GPU), never atomics, so repeated runs give bitwise-identical
+sums; partial sums are kept in the accumulator dtype. The bias gradient cuts each channel into
+as many splits as fill whole waves of the device's resident blocks (one block per channel
+leaves most SMs idle), so its sums are reproducible on one device.
 
 The CPU loops index slices from 0 rather than a big array at ``base + j``: Numba then knows
 the index is non-negative, drops its negative-index wraparound and LLVM vectorises the loop
@@ -25,10 +29,12 @@ the index is non-negative, drops its negative-index wraparound and LLVM vectoris
 import math
 
 import numpy as np
-from numba import cuda, int64, njit, prange
+from numba import cuda, float32, float64, int64, njit, prange
+from numba.types import float16
 
 from .cuda_util import (SIMULATOR, array1, array2, block_sum, blocks, device_empty, is_device_array, per_dtype,
                         resident_blocks, stream, wave_splits)
+from .float16 import HALF, accumulator, accumulator_dtype, cpu_view, narrow, widen, zero
 
 THREADS = 32 if SIMULATOR else 256               # elementwise block size
 REDUCE_THREADS = 16 if SIMULATOR else 256        # tree-reduction block size, a power of two
@@ -44,137 +50,150 @@ UNARY_OPS = {"neg": NEG, "exp": EXP, "log": LOG, "sqrt": SQRT}
 
 
 # one thread per element i
-@per_dtype(lambda dt: (int64, array1(dt), array1(dt), array1(dt)), threads=THREADS)
+@per_dtype(lambda dt: (int64, array1(dt), array1(dt), array1(dt)), threads=THREADS, half=True)
 def binary_cuda(dt):
+    acc = accumulator(dt)
+
     @cuda.jit
     def kernel(op, a, b, out):
         i = cuda.grid(1)
         if i < out.shape[0]:
-            x = a[i]
-            y = b[i]
+            x = acc(a[i])
+            y = acc(b[i])
             if op == ADD:
-                out[i] = x + y
+                r = x + y
             elif op == SUB:
-                out[i] = x - y
+                r = x - y
             elif op == MUL:
-                out[i] = x * y
+                r = x * y
             else:
-                out[i] = x / y
+                r = x / y
+            out[i] = dt(r)
     return kernel
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
 def binary_cpu(op, a, b, out):
     for i in prange(out.shape[0]):
-        x = a[i]
-        y = b[i]
+        x = widen(a[i])
+        y = widen(b[i])
         if op == ADD:
-            out[i] = x + y
+            r = x + y
         elif op == SUB:
-            out[i] = x - y
+            r = x - y
         elif op == MUL:
-            out[i] = x * y
+            r = x * y
         else:
-            out[i] = x / y
+            r = x / y
+        out[i] = narrow(r, out)
 
 
 # one thread per element i
-@per_dtype(lambda dt: (int64, array1(dt), dt, array1(dt)), threads=THREADS)
+@per_dtype(lambda dt: (int64, array1(dt), accumulator(dt), array1(dt)), threads=THREADS, half=True)
 def scalar_cuda(dt):
+    acc = accumulator(dt)
+
     @cuda.jit
     def kernel(op, a, value, out):
         i = cuda.grid(1)
         if i < out.shape[0]:
-            x = a[i]
+            x = acc(a[i])
             if op == ADD:
-                out[i] = x + value
+                r = x + value
             elif op == SUB:
-                out[i] = x - value
+                r = x - value
             elif op == RSUB:
-                out[i] = value - x
+                r = value - x
             elif op == MUL:
-                out[i] = x * value
+                r = x * value
             elif op == DIV:
-                out[i] = x / value
+                r = x / value
             elif op == RDIV:
-                out[i] = value / x
+                r = value / x
             else:
-                out[i] = math.pow(x, value)
+                r = math.pow(x, value)
+            out[i] = dt(r)
     return kernel
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
 def scalar_cpu(op, a, value, out):
     for i in prange(out.shape[0]):
-        x = a[i]
+        x = widen(a[i])
         if op == ADD:
-            out[i] = x + value
+            r = x + value
         elif op == SUB:
-            out[i] = x - value
+            r = x - value
         elif op == RSUB:
-            out[i] = value - x
+            r = value - x
         elif op == MUL:
-            out[i] = x * value
+            r = x * value
         elif op == DIV:
-            out[i] = x / value
+            r = x / value
         elif op == RDIV:
-            out[i] = value / x
+            r = value / x
         else:
-            out[i] = math.pow(x, value)
+            r = math.pow(x, value)
+        out[i] = narrow(r, out)
 
 
 # one thread per element i
-@per_dtype(lambda dt: (int64, array1(dt), array1(dt)), threads=THREADS)
+@per_dtype(lambda dt: (int64, array1(dt), array1(dt)), threads=THREADS, half=True)
 def unary_cuda(dt):
+    acc = accumulator(dt)
+
     @cuda.jit
     def kernel(op, a, out):
         i = cuda.grid(1)
         if i < out.shape[0]:
-            x = a[i]
+            x = acc(a[i])
             if op == NEG:
-                out[i] = -x
+                r = -x
             elif op == EXP:
-                out[i] = math.exp(x)
+                r = math.exp(x)
             elif op == LOG:
-                out[i] = math.log(x)
+                r = math.log(x)
             else:
-                out[i] = math.sqrt(x)
+                r = math.sqrt(x)
+            out[i] = dt(r)
     return kernel
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
 def unary_cpu(op, a, out):
     for i in prange(out.shape[0]):
-        x = a[i]
+        x = widen(a[i])
         if op == NEG:
-            out[i] = -x
+            r = -x
         elif op == EXP:
-            out[i] = math.exp(x)
+            r = math.exp(x)
         elif op == LOG:
-            out[i] = math.log(x)
+            r = math.log(x)
         else:
-            out[i] = math.sqrt(x)
+            r = math.sqrt(x)
+        out[i] = narrow(r, out)
 
 
 # one thread per element i
-@per_dtype(lambda dt: (array1(dt), dt), threads=THREADS)
+@per_dtype(lambda dt: (array1(dt), accumulator(dt)), threads=THREADS, half=True)
 def fill_cuda(dt):
     @cuda.jit
     def kernel(out, value):
         i = cuda.grid(1)
         if i < out.shape[0]:
-            out[i] = value
+            out[i] = dt(value)
     return kernel
 
 
 @njit(parallel=True, cache=True)
 def fill_cpu(out, value):
+    v = narrow(value, out)
     for i in prange(out.shape[0]):
-        out[i] = value
+        out[i] = v
 
 
 # one thread per element i of out
-@per_dtype(lambda dt: (array1(dt), array1(dt)), threads=THREADS)
+@per_dtype(lambda dt: (array1(dt), array1(dt)), threads=THREADS, half=True)
 def broadcast_scalar_cuda(dt):
     @cuda.jit
     def kernel(a, out):
@@ -191,48 +210,93 @@ def broadcast_scalar_cpu(a, out):
         out[i] = v
 
 
-# one block per partial sum partials[blockIdx.x]; thread t sums a[blockIdx.x*blockDim.x + t :: gridDim.x*blockDim.x]
-@per_dtype(lambda dt: (array1(dt), array1(dt)), threads=REDUCE_THREADS)
-def sum_blocks_cuda(dt):
+# one thread per element i: dst[i] = src[i] converted to dst's type. float64 -> float16 rounds
+# through float32 (as PyTorch's Half does, on both devices), so the CPU, the simulator and a GPU agree.
+def _cast_cuda(to):
+    mid = float32 if to == float16 else to
+
     @cuda.jit
-    def kernel(a, partials):
-        buf = cuda.shared.array(REDUCE_THREADS, dt)
-        t = cuda.threadIdx.x
-        acc = dt(0)
-        for i in range(cuda.blockIdx.x * REDUCE_THREADS + t, a.shape[0], cuda.gridDim.x * REDUCE_THREADS):
-            acc += a[i]
-        buf[t] = acc
-        cuda.syncthreads()
-        half = REDUCE_THREADS // 2
-        while half > 0:
-            if t < half:
-                buf[t] += buf[t + half]
-            cuda.syncthreads()
-            half //= 2
-        if t == 0:
-            partials[cuda.blockIdx.x] = buf[0]
+    def kernel(src, dst):
+        i = cuda.grid(1)
+        if i < dst.shape[0]:
+            dst[i] = to(mid(src[i]))
     return kernel
 
 
+@per_dtype(lambda dt: (array1(dt), array1(float16)), threads=THREADS, half=True)
+def cast_to_float16_cuda(dt):
+    return _cast_cuda(float16)
+
+
+@per_dtype(lambda dt: (array1(dt), array1(float32)), threads=THREADS, half=True)
+def cast_to_float32_cuda(dt):
+    return _cast_cuda(float32)
+
+
+@per_dtype(lambda dt: (array1(dt), array1(float64)), threads=THREADS, half=True)
+def cast_to_float64_cuda(dt):
+    return _cast_cuda(float64)
+
+
+CAST_CUDA = {HALF: cast_to_float16_cuda, np.dtype(np.float32): cast_to_float32_cuda,
+             np.dtype(np.float64): cast_to_float64_cuda}
+
+
+@njit(parallel=True, cache=True)
+def cast_cpu(src, dst):
+    for i in prange(dst.shape[0]):
+        dst[i] = narrow(widen(src[i]), dst)
+
+
+# one block per partial sum partials[blockIdx.x]; thread t sums a[blockIdx.x*blockDim.x + t :: gridDim.x*blockDim.x]
+# in the accumulator type and the block's total times scale is stored in partials' type
+def _sum_blocks_cuda(acc, stored):
+    @cuda.jit
+    def kernel(a, partials, scale):
+        buf = cuda.shared.array(REDUCE_THREADS, acc)
+        t = cuda.threadIdx.x
+        s = acc(0)
+        for i in range(cuda.blockIdx.x * REDUCE_THREADS + t, a.shape[0], cuda.gridDim.x * REDUCE_THREADS):
+            s += acc(a[i])
+        total = block_sum(buf, s)
+        if t == 0:
+            partials[cuda.blockIdx.x] = stored(total * scale)
+    return kernel
+
+
+# pass 1 of sum_all: the data (dt) into partial sums (accumulator dtype)
+@per_dtype(lambda dt: (array1(dt), array1(accumulator(dt)), accumulator(dt)), threads=REDUCE_THREADS, half=True)
+def sum_blocks_cuda(dt):
+    return _sum_blocks_cuda(accumulator(dt), accumulator(dt))
+
+
+# pass 2 of sum_all: the partial sums (accumulator dtype) into the result (dt)
+@per_dtype(lambda dt: (array1(accumulator(dt)), array1(dt), accumulator(dt)), threads=REDUCE_THREADS, half=True)
+def sum_partials_cuda(dt):
+    return _sum_blocks_cuda(accumulator(dt), dt)
+
+
 @njit(parallel=True, cache=True, fastmath={"reassoc"})
-def sum_blocks_cpu(a, partials):
+def sum_blocks_cpu(a, partials, scale):
     chunk = (a.shape[0] + partials.shape[0] - 1) // partials.shape[0]
     for j in prange(partials.shape[0]):
         seg = a[j * chunk:(j + 1) * chunk]
-        acc = a.dtype.type(0)
+        acc = zero(a)
         for i in range(seg.shape[0]):
-            acc += seg[i]
-        partials[j] = acc
+            acc += widen(seg[i])
+        partials[j] = narrow(acc * scale, partials)
 
 
 # one thread per element i of y, channel k = (i // plane) % K
-@per_dtype(lambda dt: (array1(dt), array1(dt), int64), threads=THREADS)
+@per_dtype(lambda dt: (array1(dt), array1(dt), int64), threads=THREADS, half=True)
 def bias_add_nchw_cuda(dt):
+    acc = accumulator(dt)
+
     @cuda.jit
     def kernel(y, b, plane):
         i = cuda.grid(1)
         if i < y.shape[0]:
-            y[i] += b[(i // plane) % b.shape[0]]
+            y[i] = dt(acc(y[i]) + acc(b[(i // plane) % b.shape[0]]))
     return kernel
 
 
@@ -240,46 +304,50 @@ def bias_add_nchw_cuda(dt):
 def bias_add_nchw_cpu(y, b, n_images, plane):
     K = b.shape[0]
     for nk in prange(n_images * K):
-        bk = b[nk % K]
+        bk = widen(b[nk % K])
         yk = y[nk * plane:(nk + 1) * plane]
         for j in range(plane):
-            yk[j] += bk
+            yk[j] = narrow(widen(yk[j]) + bk, yk)
 
 
 # one block per (split s, channel k): thread t sums the values lo + t, lo + t + REDUCE_THREADS, ... below
 # hi of channel k, [lo, hi) being split s of its N*P*Q values; the block's sum goes to partials[s, k]
-@per_dtype(lambda dt: (array1(dt), array2(dt), int64, int64, int64), threads=REDUCE_THREADS)
+@per_dtype(lambda dt: (array1(dt), array2(accumulator(dt)), int64, int64, int64), threads=REDUCE_THREADS, half=True)
 def bias_grad_partials_cuda(dt):
+    acc = accumulator(dt)
+
     @cuda.jit
     def kernel(dy, partials, n_images, plane, chunk):
-        buf = cuda.shared.array(REDUCE_THREADS, dt)
+        buf = cuda.shared.array(REDUCE_THREADS, acc)
         s = cuda.blockIdx.x
         k = cuda.blockIdx.y
         K = partials.shape[1]
         t = cuda.threadIdx.x
         lo = s * chunk
         hi = min(n_images * plane, lo + chunk)
-        acc = dt(0)
+        a = acc(0)
         for e in range(lo + t, hi, REDUCE_THREADS):
             n = e // plane
-            acc += dy[(n * K + k) * plane + e - n * plane]
-        total = block_sum(buf, acc)
+            a += acc(dy[(n * K + k) * plane + e - n * plane])
+        total = block_sum(buf, a)
         if t == 0:
             partials[s, k] = total
     return kernel
 
 
 # one thread per column k: out[k] = the sum of partials[:, k] in row order
-@per_dtype(lambda dt: (array2(dt), array1(dt)), threads=THREADS)
+@per_dtype(lambda dt: (array2(accumulator(dt)), array1(dt)), threads=THREADS, half=True)
 def sum_rows_cuda(dt):
+    acc = accumulator(dt)
+
     @cuda.jit
     def kernel(partials, out):
         k = cuda.grid(1)
         if k < out.shape[0]:
-            acc = dt(0)
+            a = acc(0)
             for s in range(partials.shape[0]):
-                acc += partials[s, k]
-            out[k] = acc
+                a += partials[s, k]
+            out[k] = dt(a)
     return kernel
 
 
@@ -287,12 +355,12 @@ def sum_rows_cuda(dt):
 def bias_grad_nchw_cpu(dy, db, n_images, plane):
     K = db.shape[0]
     for k in prange(K):
-        acc = db.dtype.type(0)
+        acc = zero(dy)
         for n in range(n_images):
             dyk = dy[(n * K + k) * plane:(n * K + k + 1) * plane]
             for j in range(plane):
-                acc += dyk[j]
-        db[k] = acc
+                acc += widen(dyk[j])
+        db[k] = narrow(acc, db)
 
 
 def flat_operands(*arrays):
@@ -302,7 +370,7 @@ def flat_operands(*arrays):
     """
     first = arrays[0]
     if first.dtype not in binary_cuda:
-        raise TypeError(f"elementwise kernels need float32 or float64 arrays, got {first.dtype}")
+        raise TypeError(f"elementwise kernels need float16, float32 or float64 arrays, got {first.dtype}")
     on_device = is_device_array(first)
     for other in arrays[1:]:
         if other.shape != first.shape:
@@ -342,18 +410,18 @@ def binary(op, a, b, out):
     if on_device:
         binary_cuda[out.dtype][blocks(out.size, THREADS), THREADS, stream()](code, a1, b1, out1)
     else:
-        binary_cpu(code, a1, b1, out1)
+        binary_cpu(code, cpu_view(a1), cpu_view(b1), cpu_view(out1))
 
 
 def scalar(op, a, value, out):
     """``out = a + v, a - v, v - a, a * v, a / v, v / a, a ** v`` for op add, sub, rsub, mul, div, rdiv, pow."""
     code = op_code(SCALAR_OPS, op, "scalar")
     (a1, out1), on_device = flat_operands(a, out)
-    value = out.dtype.type(value)
+    value = accumulator_dtype(out.dtype).type(value)
     if on_device:
         scalar_cuda[out.dtype][blocks(out.size, THREADS), THREADS, stream()](code, a1, value, out1)
     else:
-        scalar_cpu(code, a1, value, out1)
+        scalar_cpu(code, cpu_view(a1), value, cpu_view(out1))
 
 
 def unary(op, a, out):
@@ -363,17 +431,17 @@ def unary(op, a, out):
     if on_device:
         unary_cuda[out.dtype][blocks(out.size, THREADS), THREADS, stream()](code, a1, out1)
     else:
-        unary_cpu(code, a1, out1)
+        unary_cpu(code, cpu_view(a1), cpu_view(out1))
 
 
 def fill(out, value):
-    """``out[...] = value`` (cast to ``out``'s dtype)."""
+    """``out[...] = value`` (rounded to ``out``'s dtype)."""
     (out1,), on_device = flat_operands(out)
-    value = out.dtype.type(value)
+    value = accumulator_dtype(out.dtype).type(value)
     if on_device:
         fill_cuda[out.dtype][blocks(out.size, THREADS), THREADS, stream()](out1, value)
     else:
-        fill_cpu(out1, value)
+        fill_cpu(cpu_view(out1), value)
 
 
 def broadcast_scalar(a, out):
@@ -385,29 +453,52 @@ def broadcast_scalar(a, out):
     if on_device:
         broadcast_scalar_cuda[out.dtype][blocks(out.size, THREADS), THREADS, stream()](a, out1)
     else:
-        broadcast_scalar_cpu(a, out1)
+        broadcast_scalar_cpu(cpu_view(a), cpu_view(out1))
 
 
-def sum_all(a, out):
-    """``out[0] = sum of all elements of a``; ``out`` has shape (1,). Deterministic.
+def cast(src, dst):
+    """``dst[...] = src`` converted to ``dst``'s dtype, rounding to nearest even (float64 ->
+    float16 through float32, as PyTorch); any pair of float16, float32 and float64 arrays of one
+    shape and device (equal dtypes copy)."""
+    if src.dtype not in binary_cuda or dst.dtype not in binary_cuda:
+        raise TypeError(f"cast: src and dst must be float16, float32 or float64 arrays, got {src.dtype} and "
+                        f"{dst.dtype}")
+    if src.shape != dst.shape:
+        raise ValueError(f"cast: src and dst must share one shape, got {src.shape} and {dst.shape}")
+    on_device = is_device_array(src)
+    if is_device_array(dst) != on_device:
+        raise TypeError("cast: src and dst must both be CUDA device arrays or both NumPy arrays")
+    if not on_device and not (src.flags.c_contiguous and dst.flags.c_contiguous):
+        raise ValueError("cast: src and dst must be C-contiguous")
+    s1, d1 = src.reshape(src.size), dst.reshape(dst.size)
+    if on_device:
+        CAST_CUDA[np.dtype(dst.dtype)][src.dtype][blocks(dst.size, THREADS), THREADS, stream()](s1, d1)
+    else:
+        cast_cpu(cpu_view(s1), cpu_view(d1))
 
-    Two passes of one kernel: a fixed number of partial sums (set by ``a.size`` alone), then
-    the sum of the partials.
+
+def sum_all(a, out, scale=1.0):
+    """``out[0] = scale * (sum of all elements of a)``; ``out`` has shape (1,). Deterministic.
+
+    Two passes: a fixed number of partial sums (set by ``a.size`` alone) in the accumulator
+    dtype, then their sum times ``scale``, rounded once to ``out``'s dtype (so a float16 mean,
+    ``scale = 1/n``, does not overflow where the sum would).
     """
     (a1,), on_device = flat_operands(a)
     if out.shape != (1,):
         raise ValueError(f"sum_all: out must have shape (1,), got {out.shape}")
     _match("sum_all", "out", out, a, on_device)
+    acc = accumulator_dtype(a.dtype)
+    one, scale = acc.type(1), acc.type(scale)
     if on_device:
-        kernel = sum_blocks_cuda[a.dtype]
         n_partials = min(blocks(a.size, REDUCE_THREADS), SUM_MAX_BLOCKS)
-        partials = device_empty(n_partials, a.dtype)
-        kernel[n_partials, REDUCE_THREADS, stream()](a1, partials)
-        kernel[1, REDUCE_THREADS, stream()](partials, out)
+        partials = device_empty(n_partials, acc)
+        sum_blocks_cuda[a.dtype][n_partials, REDUCE_THREADS, stream()](a1, partials, one)
+        sum_partials_cuda[a.dtype][1, REDUCE_THREADS, stream()](partials, out, scale)
     else:
-        partials = np.empty(blocks(a.size, CPU_SUM_CHUNK), a.dtype)
-        sum_blocks_cpu(a1, partials)
-        sum_blocks_cpu(partials, out)
+        partials = np.empty(blocks(a.size, CPU_SUM_CHUNK), acc)
+        sum_blocks_cpu(cpu_view(a1), partials, one)
+        sum_blocks_cpu(partials, cpu_view(out), scale)
 
 
 def bias_add_nchw(y, b):
@@ -417,7 +508,7 @@ def bias_add_nchw(y, b):
     if on_device:
         bias_add_nchw_cuda[y.dtype][blocks(y.size, THREADS), THREADS, stream()](y1, b, P * Q)
     else:
-        bias_add_nchw_cpu(y1, b, N, P * Q)
+        bias_add_nchw_cpu(cpu_view(y1), cpu_view(b), N, P * Q)
 
 
 def bias_grad_nchw(dy, db):
@@ -431,8 +522,8 @@ def bias_grad_nchw(dy, db):
         splits = wave_splits(K, blocks(m, REDUCE_THREADS * MIN_PER_THREAD), resident_blocks(kernel, REDUCE_THREADS))
         chunk = blocks(blocks(m, splits), REDUCE_THREADS) * REDUCE_THREADS
         splits = blocks(m, chunk)
-        partials = device_empty((splits, K), dy.dtype)
+        partials = device_empty((splits, K), accumulator_dtype(dy.dtype))
         kernel[(splits, K), REDUCE_THREADS, stream()](dy1, partials, N, P * Q, chunk)
         sum_rows_cuda[dy.dtype][blocks(K, THREADS), THREADS, stream()](partials, db)
     else:
-        bias_grad_nchw_cpu(dy1, db, N, P * Q)
+        bias_grad_nchw_cpu(cpu_view(dy1), cpu_view(db), N, P * Q)

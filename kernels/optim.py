@@ -8,72 +8,85 @@
   ``d = g + weight_decay * p``; ``m = beta1 m + (1 - beta1) d``; ``v = beta2 v + (1 - beta2) d²``;
   ``p -= lr / (1 - beta1^step) * m / (sqrt(v) / sqrt(1 - beta2^step) + eps)``.
 
-All arrays are flat, contiguous and of one float dtype; hyper-parameters are cast to it, so
-float32 parameters are updated in float32 math on both devices.
+All arrays are flat, contiguous and of one float dtype (float16, float32 or float64; the state
+has the parameter's dtype, as in PyTorch); hyper-parameters are cast to the accumulator dtype,
+so float32 parameters are updated in float32 math on both devices, and float16 parameters too:
+each element is read into float32, updated, and rounded once per stored array
+(kernels/float16.py). (In float16 an ``eps`` of 1e-8 would round to 0; in float32 it does not.)
 """
 import math
 
+import numpy as np
 from numba import boolean, cuda, njit, prange
 
 from .cuda_util import SIMULATOR, array1, blocks, is_device_array, per_dtype, stream
+from .float16 import accumulator, accumulator_dtype, cpu_view, narrow, widen, zero
 
 THREADS = 32 if SIMULATOR else 256
 
 
 # one thread per parameter element i
-@per_dtype(lambda dt: (array1(dt), array1(dt), array1(dt), dt, dt, dt, dt, boolean, boolean), threads=THREADS)
+@per_dtype(lambda dt: (array1(dt),) * 3 + (accumulator(dt),) * 4 + (boolean, boolean), threads=THREADS, half=True)
 def sgd_step_cuda(dt):
+    acc = accumulator(dt)
+
     @cuda.jit
     def kernel(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first):
         i = cuda.grid(1)
         if i < p.shape[0]:
-            d = g[i] + weight_decay * p[i]
-            if momentum != dt(0):
-                b = d if first else momentum * buf[i] + (dt(1) - dampening) * d
-                buf[i] = b
+            pi = acc(p[i])
+            d = acc(g[i]) + weight_decay * pi
+            if momentum != acc(0):
+                b = d if first else momentum * acc(buf[i]) + (acc(1) - dampening) * d
+                buf[i] = dt(b)
                 d = d + momentum * b if nesterov else b
-            p[i] -= lr * d
+            p[i] = dt(pi - lr * d)
     return kernel
 
 
 @njit(parallel=True, cache=True)
 def sgd_step_cpu(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first):
-    one = p.dtype.type(1)
+    one = zero(p) + np.float32(1)        # the accumulator's 1 (float32 + float32 stays float32)
     for i in prange(p.shape[0]):
-        d = g[i] + weight_decay * p[i]
+        pi = widen(p[i])
+        d = widen(g[i]) + weight_decay * pi
         if momentum != 0:
-            b = d if first else momentum * buf[i] + (one - dampening) * d
-            buf[i] = b
+            b = d if first else momentum * widen(buf[i]) + (one - dampening) * d
+            buf[i] = narrow(b, buf)
             d = d + momentum * b if nesterov else b
-        p[i] -= lr * d
+        p[i] = narrow(pi - lr * d, p)
 
 
 # one thread per parameter element i
-@per_dtype(lambda dt: (array1(dt), array1(dt), array1(dt), array1(dt), dt, dt, dt, dt, dt, dt), threads=THREADS)
+@per_dtype(lambda dt: (array1(dt),) * 4 + (accumulator(dt),) * 6, threads=THREADS, half=True)
 def adam_step_cuda(dt):
+    acc = accumulator(dt)
+
     @cuda.jit
     def kernel(p, g, m, v, step_size, beta1, beta2, eps, weight_decay, sqrt_bc2):
         i = cuda.grid(1)
         if i < p.shape[0]:
-            d = g[i] + weight_decay * p[i]
-            mi = beta1 * m[i] + (dt(1) - beta1) * d
-            vi = beta2 * v[i] + (dt(1) - beta2) * d * d
-            m[i] = mi
-            v[i] = vi
-            p[i] -= step_size * mi / (math.sqrt(vi) / sqrt_bc2 + eps)
+            pi = acc(p[i])
+            d = acc(g[i]) + weight_decay * pi
+            mi = beta1 * acc(m[i]) + (acc(1) - beta1) * d
+            vi = beta2 * acc(v[i]) + (acc(1) - beta2) * d * d
+            m[i] = dt(mi)
+            v[i] = dt(vi)
+            p[i] = dt(pi - step_size * mi / (math.sqrt(vi) / sqrt_bc2 + eps))
     return kernel
 
 
 @njit(parallel=True, cache=True)
 def adam_step_cpu(p, g, m, v, step_size, beta1, beta2, eps, weight_decay, sqrt_bc2):
-    one = p.dtype.type(1)
+    one = zero(p) + np.float32(1)        # the accumulator's 1 (float32 + float32 stays float32)
     for i in prange(p.shape[0]):
-        d = g[i] + weight_decay * p[i]
-        mi = beta1 * m[i] + (one - beta1) * d
-        vi = beta2 * v[i] + (one - beta2) * d * d
-        m[i] = mi
-        v[i] = vi
-        p[i] -= step_size * mi / (math.sqrt(vi) / sqrt_bc2 + eps)
+        pi = widen(p[i])
+        d = widen(g[i]) + weight_decay * pi
+        mi = beta1 * widen(m[i]) + (one - beta1) * d
+        vi = beta2 * widen(v[i]) + (one - beta2) * d * d
+        m[i] = narrow(mi, m)
+        v[i] = narrow(vi, v)
+        p[i] = narrow(pi - step_size * mi / (math.sqrt(vi) / sqrt_bc2 + eps), p)
 
 
 def _check(name, p, *others):
@@ -88,22 +101,22 @@ def _check(name, p, *others):
 def sgd_step(p, g, buf, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, first=False):
     """One SGD step on flat arrays, in place on ``p`` and ``buf`` (see the module docstring)."""
     on_device = _check("sgd_step", p, g, buf)
-    t = p.dtype.type
-    args = (p, g, buf, t(lr), t(momentum), t(dampening), t(weight_decay), bool(nesterov), bool(first))
+    t = accumulator_dtype(p.dtype).type
+    scalars = (t(lr), t(momentum), t(dampening), t(weight_decay), bool(nesterov), bool(first))
     if on_device:
-        sgd_step_cuda[p.dtype][blocks(p.size, THREADS), THREADS, stream()](*args)
+        sgd_step_cuda[p.dtype][blocks(p.size, THREADS), THREADS, stream()](p, g, buf, *scalars)
     else:
-        sgd_step_cpu(*args)
+        sgd_step_cpu(cpu_view(p), cpu_view(g), cpu_view(buf), *scalars)
 
 
 def adam_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step):
     """One Adam step (``step`` counts from 1) on flat arrays, in place on ``p``, ``m``, ``v``."""
     on_device = _check("adam_step", p, g, m, v)
-    t = p.dtype.type
+    t = accumulator_dtype(p.dtype).type
     step_size = lr / (1.0 - beta1 ** step)
     sqrt_bc2 = math.sqrt(1.0 - beta2 ** step)
-    args = (p, g, m, v, t(step_size), t(beta1), t(beta2), t(eps), t(weight_decay), t(sqrt_bc2))
+    scalars = (t(step_size), t(beta1), t(beta2), t(eps), t(weight_decay), t(sqrt_bc2))
     if on_device:
-        adam_step_cuda[p.dtype][blocks(p.size, THREADS), THREADS, stream()](*args)
+        adam_step_cuda[p.dtype][blocks(p.size, THREADS), THREADS, stream()](p, g, m, v, *scalars)
     else:
-        adam_step_cpu(*args)
+        adam_step_cpu(cpu_view(p), cpu_view(g), cpu_view(m), cpu_view(v), *scalars)

@@ -42,6 +42,11 @@ bitwise-identical results, and no two loop iterations touch one volume. The aver
 adds dy/divisor at every tap's offset of the phase-split gradient slices, then copies the
 phases back. The CPU kernels' indices into flat arrays are cast to unsigned so that Numba drops
 its negative-index wraparound.
+
+float16 (kernels/float16.py): every kernel reads float16 data into float32, accumulates and
+compares in float32 and rounds once when it stores. On the CPU the phase-split slices and
+running maxima/sums are float32 scratch, and the two scatter backwards (max, adaptive) add into a
+float32 workspace that is rounded into dx at the end.
 """
 import math
 
@@ -51,6 +56,9 @@ from numba import cuda, int64, njit, prange, types, uint64
 
 from .cuda_util import (SIMULATOR, array1, array4, blocks, check_flag, device_check, device_empty, is_device_array,
                         per_dtype, stream)
+from .elementwise import cast
+from .float16 import accumulator, accumulator_dtype, cpu_view, narrow, widen
+from .float16 import zero as zero_of
 
 THREADS = 32 if SIMULATOR else 256
 # CPU: volumes per prange iteration are grouped so that each group allocates its scratch once
@@ -91,8 +99,10 @@ def _avg_extent_cuda(o, size, window, stride, pad, pad_after, count_include_pad)
 # ---------------------------------------------------------------------------------------------
 
 # one thread per output element (n, c, o, p, q)
-@per_dtype(lambda dt: (array1(dt), array1(dt), array1(int64)) + (TRIPLE,) * 6 + (int64,), threads=THREADS)
+@per_dtype(lambda dt: (array1(dt), array1(dt), array1(int64)) + (TRIPLE,) * 6 + (int64,), threads=THREADS, half=True)
 def maxpool_fwd_cuda(dt):
+    at = accumulator(dt)
+
     @cuda.jit
     def kernel(x, y, idx, size, out, window, stride, pad, dil, global_index):
         i = cuda.grid(1)
@@ -108,7 +118,7 @@ def maxpool_fwd_cuda(dt):
         z0 = o * stride[0] - pad[0]
         h0 = p * stride[1] - pad[1]
         w0 = q * stride[2] - pad[2]
-        m = dt(-math.inf)
+        m = at(-math.inf)
         mi = int64(-1)
         for t in range(window[0]):
             z = z0 + t * dil[0]
@@ -119,13 +129,13 @@ def maxpool_fwd_cuda(dt):
                         for s in range(window[2]):
                             w = w0 + s * dil[2]
                             if w >= 0 and w < W:
-                                v = x[xo + (z * H + h) * W + w]
+                                v = at(x[xo + (z * H + h) * W + w])
                                 if v > m or v != v or mi < 0:
                                     m = v
                                     mi = (z * H + h) * W + w
         if global_index != 0 and mi >= 0:
             mi += xo
-        y[i] = m
+        y[i] = dt(m)
         idx[i] = mi
     return kernel
 
@@ -198,7 +208,7 @@ def _split_phases_cpu(x1, xo, H, W, xs, sh, sw, ph, pw, hq, wq, pad_value):
                     xs[uint64(ro + j)] = pad_value
                 base = xo + h * W + j0 * sw + b - pw
                 for j in range(j1 - j0):
-                    xs[uint64(ro + j0 + j)] = x1[uint64(base + j * sw)]
+                    xs[uint64(ro + j0 + j)] = widen(x1[uint64(base + j * sw)])
                 for j in range(j1, wq):
                     xs[uint64(ro + j)] = pad_value
     for j in range(sh * sw * plane, xs.shape[0]):
@@ -230,7 +240,7 @@ def _maxpool_volume_cpu(x1, y1, i1, nc, xs, yb, ib, size, out, stride, pad, dd, 
     HW = H * W
     slab = stride[1] * stride[2] * hq * wq + wq
     n_out = P * wq
-    neg = x1.dtype.type(-np.inf)
+    neg = xs.dtype.type(-np.inf)
     base = nc * D * HW if global_index else 0
     for z in range(D):
         _split_phases_cpu(x1, (nc * D + z) * HW, H, W, xs[z * slab:(z + 1) * slab], stride[1], stride[2], pad[1],
@@ -246,7 +256,7 @@ def _maxpool_volume_cpu(x1, y1, i1, nc, xs, yb, ib, size, out, stride, pad, dd, 
         for p in range(P):
             row = ((nc * O + o) * P + p) * Q
             for q in range(Q):
-                y1[uint64(row + q)] = yb[p * wq + q]
+                y1[uint64(row + q)] = narrow(yb[p * wq + q], y1)
                 i1[uint64(row + q)] = ib[p * wq + q] + base
             for q in range(Q):
                 if ib[p * wq + q] < 0:
@@ -257,10 +267,10 @@ def _maxpool_volume_cpu(x1, y1, i1, nc, xs, yb, ib, size, out, stride, pad, dd, 
 
 @njit(parallel=True, cache=True, error_model="numpy")
 def maxpool_fwd_cpu(x1, y1, i1, planes, n_chunks, size, out, stride, pad, dd, T, hq, wq, toff, pos, tpos, tdh,
-                    tdw, global_index):
+                    tdw, global_index, acc):
     for chunk in prange(n_chunks):
-        xs = np.empty(size[0] * (stride[1] * stride[2] * hq * wq + wq), x1.dtype)
-        yb = np.empty(out[1] * wq, x1.dtype)
+        xs = np.empty(size[0] * (stride[1] * stride[2] * hq * wq + wq), acc)
+        yb = np.empty(out[1] * wq, acc)
         ib = np.empty(out[1] * wq, np.int32)
         for nc in range(chunk * planes // n_chunks, (chunk + 1) * planes // n_chunks):
             _maxpool_volume_cpu(x1, y1, i1, nc, xs, yb, ib, size, out, stride, pad, dd, T, hq, wq, toff, pos, tpos,
@@ -268,8 +278,10 @@ def maxpool_fwd_cpu(x1, y1, i1, planes, n_chunks, size, out, stride, pad, dd, T,
 
 
 # one thread per input element (n, c, z, h, w)
-@per_dtype(lambda dt: (array1(dt), array1(int64), array1(dt)) + (TRIPLE,) * 6 + (int64,), threads=THREADS)
+@per_dtype(lambda dt: (array1(dt), array1(int64), array1(dt)) + (TRIPLE,) * 6 + (int64,), threads=THREADS, half=True)
 def maxpool_bwd_cuda(dt):
+    at = accumulator(dt)
+
     @cuda.jit
     def kernel(dy, idx, dx, size, out, window, stride, pad, dil, global_index):
         i = cuda.grid(1)
@@ -287,14 +299,14 @@ def maxpool_bwd_cuda(dt):
         me = (z * H + h) * W + w
         if global_index != 0:
             me += nc * D * H * W
-        acc = dt(0)
+        acc = at(0)
         for o in range(o_lo, o_hi + 1):
             for p in range(p_lo, p_hi + 1):
                 row = ((nc * O + o) * P + p) * Q
                 for q in range(q_lo, q_hi + 1):
                     if idx[row + q] == me:
-                        acc += dy[row + q]
-        dx[i] = acc
+                        acc += at(dy[row + q])
+        dx[i] = dt(acc)
     return kernel
 
 
@@ -309,7 +321,7 @@ def maxpool_bwd_cpu(dy1, i1, dx1, planes, vol_in, vol_out, global_index):
         for k in range(vol_out):
             j = i1[uint64(yo + k)] - base
             if j >= 0 and j < vol_in:
-                dx1[uint64(xo + j)] += dy1[uint64(yo + k)]
+                dx1[uint64(xo + j)] += widen(dy1[uint64(yo + k)])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -317,8 +329,10 @@ def maxpool_bwd_cpu(dy1, i1, dx1, planes, vol_in, vol_out, global_index):
 # ---------------------------------------------------------------------------------------------
 
 # one thread per output element (n, c, o, p, q)
-@per_dtype(lambda dt: (array1(dt), array1(dt)) + (TRIPLE,) * 6 + (int64,), threads=THREADS)
+@per_dtype(lambda dt: (array1(dt), array1(dt)) + (TRIPLE,) * 6 + (int64,), threads=THREADS, half=True)
 def avgpool_fwd_cuda(dt):
+    at = accumulator(dt)
+
     @cuda.jit
     def kernel(x, y, size, out, window, stride, pad, pad_after, count_include_pad):
         i = cuda.grid(1)
@@ -333,13 +347,13 @@ def avgpool_fwd_cuda(dt):
         z0, z1, nd = _avg_extent_cuda(o, D, window[0], stride[0], pad[0], pad_after[0], count_include_pad)
         h0, h1, nh = _avg_extent_cuda(p, H, window[1], stride[1], pad[1], pad_after[1], count_include_pad)
         w0, w1, nw = _avg_extent_cuda(q, W, window[2], stride[2], pad[2], pad_after[2], count_include_pad)
-        acc = dt(0)
+        acc = at(0)
         for z in range(z0, z1):
             for h in range(h0, h1):
                 row = ((nc * D + z) * H + h) * W
                 for w in range(w0, w1):
-                    acc += x[row + w]
-        y[i] = acc / dt(nd * nh * nw)
+                    acc += at(x[row + w])
+        y[i] = dt(acc / at(nd * nh * nw))
     return kernel
 
 
@@ -373,10 +387,10 @@ def avgpool_fwd_cpu(x1, y1, planes, n_chunks, size, out, stride, pad, T, hq, wq,
     HW = H * W
     slab = stride[1] * stride[2] * hq * wq + wq
     n_out = P * wq
-    zero = x1.dtype.type(0)
+    zero = div.dtype.type(0)
     for chunk in prange(n_chunks):
-        xs = np.empty(D * slab, x1.dtype)
-        acc = np.empty(n_out, x1.dtype)
+        xs = np.empty(D * slab, div.dtype)
+        acc = np.empty(n_out, div.dtype)
         for nc in range(chunk * planes // n_chunks, (chunk + 1) * planes // n_chunks):
             for z in range(D):
                 _split_phases_cpu(x1, (nc * D + z) * HW, H, W, xs[z * slab:(z + 1) * slab], stride[1], stride[2],
@@ -391,12 +405,14 @@ def avgpool_fwd_cpu(x1, y1, planes, n_chunks, size, out, stride, pad, T, hq, wq,
                 for p in range(P):
                     row = ((nc * O + o) * P + p) * Q
                     for q in range(Q):
-                        y1[uint64(row + q)] = acc[p * wq + q] / div[(o * P + p) * Q + q]
+                        y1[uint64(row + q)] = narrow(acc[p * wq + q] / div[(o * P + p) * Q + q], y1)
 
 
 # one thread per input element (n, c, z, h, w)
-@per_dtype(lambda dt: (array1(dt), array1(dt)) + (TRIPLE,) * 6 + (int64,), threads=THREADS)
+@per_dtype(lambda dt: (array1(dt), array1(dt)) + (TRIPLE,) * 6 + (int64,), threads=THREADS, half=True)
 def avgpool_bwd_cuda(dt):
+    at = accumulator(dt)
+
     @cuda.jit
     def kernel(dy, dx, size, out, window, stride, pad, pad_after, count_include_pad):
         i = cuda.grid(1)
@@ -411,7 +427,7 @@ def avgpool_bwd_cuda(dt):
         o_lo, o_hi = _covering_cuda(z, pad[0], window[0], stride[0], 1, O)
         p_lo, p_hi = _covering_cuda(h, pad[1], window[1], stride[1], 1, P)
         q_lo, q_hi = _covering_cuda(w, pad[2], window[2], stride[2], 1, Q)
-        acc = dt(0)
+        acc = at(0)
         for o in range(o_lo, o_hi + 1):
             nd = _avg_extent_cuda(o, D, window[0], stride[0], pad[0], pad_after[0], count_include_pad)[2]
             for p in range(p_lo, p_hi + 1):
@@ -419,8 +435,8 @@ def avgpool_bwd_cuda(dt):
                 row = ((nc * O + o) * P + p) * Q
                 for q in range(q_lo, q_hi + 1):
                     nw = _avg_extent_cuda(q, W, window[2], stride[2], pad[2], pad_after[2], count_include_pad)[2]
-                    acc += dy[row + q] / dt(nd * nh * nw)
-        dx[i] = acc
+                    acc += at(dy[row + q]) / at(nd * nh * nw)
+        dx[i] = dt(acc)
     return kernel
 
 
@@ -435,7 +451,7 @@ def _merge_phases_cpu(dxs, dx1, xo, H, W, sh, sw, ph, pw, hq, wq):
     """dx1[xo + h*W + w] = the phase-split padded slice dxs at (h + ph, w + pw) (inverse of
     _split_phases_cpu; positions no phase holds get 0)."""
     plane = hq * wq
-    zero = dx1.dtype.type(0)
+    zero = narrow(zero_of(dxs), dx1)
     for h in range(H):
         ro = xo + h * W
         i = (h + ph) // sh
@@ -446,7 +462,7 @@ def _merge_phases_cpu(dxs, dx1, xo, H, W, sh, sw, ph, pw, hq, wq):
             for b in range(sw):
                 src = (a * sw + b) * plane + i * wq
                 for j in range(max(0, (pw - b + sw - 1) // sw), min(wq, (W + pw - b + sw - 1) // sw)):
-                    dx1[uint64(ro + j * sw + b - pw)] = dxs[src + j]
+                    dx1[uint64(ro + j * sw + b - pw)] = narrow(dxs[src + j], dx1)
         for w in range(w_end, W):
             dx1[uint64(ro + w)] = zero
 
@@ -460,10 +476,10 @@ def avgpool_bwd_cpu(dy1, dx1, planes, n_chunks, size, out, stride, pad, T, hq, w
     HW = H * W
     slab = stride[1] * stride[2] * hq * wq + wq
     n_out = P * wq
-    zero = dy1.dtype.type(0)
+    zero = div.dtype.type(0)
     for chunk in prange(n_chunks):
-        g = np.zeros(n_out, dy1.dtype)
-        dxs = np.empty(D * slab, dy1.dtype)
+        g = np.zeros(n_out, div.dtype)
+        dxs = np.empty(D * slab, div.dtype)
         for nc in range(chunk * planes // n_chunks, (chunk + 1) * planes // n_chunks):
             for k in range(dxs.shape[0]):
                 dxs[k] = zero
@@ -471,7 +487,7 @@ def avgpool_bwd_cpu(dy1, dx1, planes, n_chunks, size, out, stride, pad, T, hq, w
                 for p in range(P):
                     row = ((nc * O + o) * P + p) * Q
                     for q in range(Q):
-                        g[p * wq + q] = dy1[uint64(row + q)] / div[(o * P + p) * Q + q]
+                        g[p * wq + q] = widen(dy1[uint64(row + q)]) / div[(o * P + p) * Q + q]
                 for t in range(T):
                     z = o * stride[0] - pad[0] + t
                     if z >= 0 and z < D:
@@ -487,8 +503,10 @@ def avgpool_bwd_cpu(dy1, dx1, planes, n_chunks, size, out, stride, pad, T, hq, w
 # ---------------------------------------------------------------------------------------------
 
 # one thread per output element (n, c, o, p, q)
-@per_dtype(lambda dt: (array1(dt), array1(dt), TRIPLE, TRIPLE), threads=THREADS)
+@per_dtype(lambda dt: (array1(dt), array1(dt), TRIPLE, TRIPLE), threads=THREADS, half=True)
 def adaptive_avgpool_fwd_cuda(dt):
+    at = accumulator(dt)
+
     @cuda.jit
     def kernel(x, y, size, out):
         i = cuda.grid(1)
@@ -506,13 +524,13 @@ def adaptive_avgpool_fwd_cuda(dt):
         h1 = ((p + 1) * H + P - 1) // P
         w0 = (q * W) // Q
         w1 = ((q + 1) * W + Q - 1) // Q
-        acc = dt(0)
+        acc = at(0)
         for z in range(z0, z1):
             for h in range(h0, h1):
                 row = ((nc * D + z) * H + h) * W
                 for w in range(w0, w1):
-                    acc += x[row + w]
-        y[i] = acc / dt((z1 - z0) * (h1 - h0) * (w1 - w0))
+                    acc += at(x[row + w])
+        y[i] = dt(acc / at((z1 - z0) * (h1 - h0) * (w1 - w0)))
     return kernel
 
 
@@ -526,19 +544,22 @@ def adaptive_avgpool_fwd_cpu(x1, y1, planes, size, out, zs, ze, hs, he, ws, we):
         for o in range(O):
             for p in range(P):
                 for q in range(Q):
-                    acc = x1.dtype.type(0)
+                    acc = zero_of(x1)
                     for z in range(zs[o], ze[o]):
                         for h in range(hs[p], he[p]):
                             base = xo + (z * H + h) * W
                             for w in range(ws[q], we[q]):
-                                acc += x1[uint64(base + w)]
+                                acc += widen(x1[uint64(base + w)])
                     count = (ze[o] - zs[o]) * (he[p] - hs[p]) * (we[q] - ws[q])
-                    y1[uint64(yo + (o * P + p) * Q + q)] = acc / x1.dtype.type(count)
+                    # a count is exact in float32, and float32 / float32 stays float32 (float64 / float32: float64)
+                    y1[uint64(yo + (o * P + p) * Q + q)] = narrow(acc / np.float32(count), y1)
 
 
 # one thread per input element (n, c, z, h, w)
-@per_dtype(lambda dt: (array1(dt), array1(dt), TRIPLE, TRIPLE), threads=THREADS)
+@per_dtype(lambda dt: (array1(dt), array1(dt), TRIPLE, TRIPLE), threads=THREADS, half=True)
 def adaptive_avgpool_bwd_cuda(dt):
+    at = accumulator(dt)
+
     @cuda.jit
     def kernel(dy, dx, size, out):
         i = cuda.grid(1)
@@ -550,7 +571,7 @@ def adaptive_avgpool_bwd_cuda(dt):
         h = (i // W) % H
         z = (i // (H * W)) % D
         nc = i // (D * H * W)
-        acc = dt(0)
+        acc = at(0)
         for o in range((z * O) // D, min(O, ((z + 1) * O + D - 1) // D)):
             nd = ((o + 1) * D + O - 1) // O - (o * D) // O
             for p in range((h * P) // H, min(P, ((h + 1) * P + H - 1) // H)):
@@ -558,8 +579,8 @@ def adaptive_avgpool_bwd_cuda(dt):
                 row = ((nc * O + o) * P + p) * Q
                 for q in range((w * Q) // W, min(Q, ((w + 1) * Q + W - 1) // W)):
                     nw = ((q + 1) * W + Q - 1) // Q - (q * W) // Q
-                    acc += dy[row + q] / dt(nd * nh * nw)
-        dx[i] = acc
+                    acc += at(dy[row + q]) / at(nd * nh * nw)
+        dx[i] = dt(acc)
     return kernel
 
 
@@ -577,7 +598,7 @@ def adaptive_avgpool_bwd_cpu(dy1, dx1, planes, size, out, zs, ze, hs, he, ws, we
             for p in range(P):
                 for q in range(Q):
                     count = (ze[o] - zs[o]) * (he[p] - hs[p]) * (we[q] - ws[q])
-                    g = dy1[uint64(yo + (o * P + p) * Q + q)] / dy1.dtype.type(count)
+                    g = widen(dy1[uint64(yo + (o * P + p) * Q + q)]) / np.float32(count)
                     for z in range(zs[o], ze[o]):
                         for h in range(hs[p], he[p]):
                             base = xo + (z * H + h) * W
@@ -590,7 +611,7 @@ def adaptive_avgpool_bwd_cpu(dy1, dx1, planes, size, out, zs, ze, hs, he, ws, we
 # ---------------------------------------------------------------------------------------------
 
 # one thread per output element: owner = -1 (no input element lands there yet)
-@per_dtype(lambda dt: (array1(int64),), threads=THREADS)
+@per_dtype(lambda dt: (array1(int64),), threads=THREADS, half=True)
 def maxunpool2d_clear_cuda(dt):
     @cuda.jit
     def kernel(owner):
@@ -603,7 +624,7 @@ def maxunpool2d_clear_cuda(dt):
 # one thread per input element (n, c, p, q): owner[n, c, k] = the largest p*Q + q whose index is k.
 # An integer atomic max does not depend on the order the threads run in, so duplicate indices
 # resolve as the sequential CPU loop does (the last one wins) and the result is deterministic.
-@per_dtype(lambda dt: (array4(int64), array1(int64), array1(int64)), threads=THREADS)
+@per_dtype(lambda dt: (array4(int64), array1(int64), array1(int64)), threads=THREADS, half=True)
 def maxunpool2d_owner_cuda(dt):
     @cuda.jit
     def kernel(idx, owner, bad):
@@ -622,7 +643,7 @@ def maxunpool2d_owner_cuda(dt):
 
 
 # one thread per output element (n, c, k): gathers the input element that owns it, else 0
-@per_dtype(lambda dt: (array1(dt), array1(int64), array1(dt), int64), threads=THREADS)
+@per_dtype(lambda dt: (array1(dt), array1(int64), array1(dt), int64), threads=THREADS, half=True)
 def maxunpool2d_fwd_cuda(dt):
     @cuda.jit
     def kernel(x1, owner, out1, PQ):
@@ -654,7 +675,7 @@ def maxunpool2d_fwd_cpu(x1, i1, out1, planes, PQ, HW):
 
 
 # one thread per input element (n, c, p, q)
-@per_dtype(lambda dt: (array4(dt), array4(int64), array4(dt), array1(int64)), threads=THREADS)
+@per_dtype(lambda dt: (array4(dt), array4(int64), array4(dt), array1(int64)), threads=THREADS, half=True)
 def maxunpool2d_bwd_cuda(dt):
     @cuda.jit
     def kernel(dy, idx, dx, bad):
@@ -704,7 +725,7 @@ def _check(name, arrays, shapes, index=None):
     returns True for CUDA device arrays."""
     first = arrays[0]
     if first.dtype not in maxpool_fwd_cuda:
-        raise TypeError(f"{name}: expected float32 or float64 arrays, got {first.dtype}")
+        raise TypeError(f"{name}: expected float16, float32 or float64 arrays, got {first.dtype}")
     on_device = is_device_array(first)
     for a, shape in zip(arrays + ((index,) if index is not None else ()), shapes):
         is_index = a is index
@@ -723,6 +744,28 @@ def _check(name, arrays, shapes, index=None):
 
 def _flat(a):
     return a.reshape(a.size)
+
+
+def _cpu(a):
+    """The flat array a CPU kernel takes (float16 as its uint16 bits, kernels/float16.py)."""
+    return cpu_view(_flat(a))
+
+
+class _scatter_target:
+    """The flat array a CPU scatter kernel adds into for ``dx``: ``dx`` itself, or for float16 a
+    float32 workspace rounded into ``dx`` at the end, so that every sum is accumulated in float32
+    (as the CUDA gather does) and rounded once."""
+
+    def __init__(self, dx):
+        self.dx = _flat(dx)
+        self.work = np.empty(dx.size, np.float32) if dx.dtype == np.float16 else self.dx
+
+    def __enter__(self):
+        return self.work
+
+    def __exit__(self, *exc):
+        if self.work is not self.dx and exc[0] is None:
+            cast(self.work, self.dx)
 
 
 def _chunks(g):
@@ -779,9 +822,9 @@ def maxpool_fwd(x, y, indices, g, global_index=False):
     _, ph, pw = g3.pad_before
     # input position of window origin (p, q) on the P x wq grid, and of each tap relative to it
     pos = (np.arange(g3.out_size[1])[:, None] * sh - ph) * W + np.arange(wq) * sw - pw
-    maxpool_fwd_cpu(_flat(x), _flat(y), _flat(indices), g.N * g.C, _chunks(g), g3.in_size, g3.out_size, g3.stride,
+    maxpool_fwd_cpu(_cpu(x), _cpu(y), _flat(indices), g.N * g.C, _chunks(g), g3.in_size, g3.out_size, g3.stride,
                     g3.pad_before, g3.dilation[0], g3.kernel[0], hq, wq, toff, pos.astype(np.int32).ravel(),
-                    (tdh * W + tdw).astype(np.int32), tdh, tdw, bool(global_index))
+                    (tdh * W + tdw).astype(np.int32), tdh, tdw, bool(global_index), accumulator_dtype(x.dtype))
 
 
 def maxpool_bwd(dy, indices, dx, g, global_index=False):
@@ -791,8 +834,9 @@ def maxpool_bwd(dy, indices, dx, g, global_index=False):
         maxpool_bwd_cuda[dy.dtype][blocks(dx.size, THREADS), THREADS, stream()](
             _flat(dy), _flat(indices), _flat(dx), *_cuda_geometry(g.as_3d()), int(bool(global_index)))
     else:
-        maxpool_bwd_cpu(_flat(dy), _flat(indices), _flat(dx), g.N * g.C, math.prod(g.in_size), math.prod(g.out_size),
-                        bool(global_index))
+        with _scatter_target(dx) as target:
+            maxpool_bwd_cpu(_cpu(dy), _flat(indices), target, g.N * g.C, math.prod(g.in_size), math.prod(g.out_size),
+                            bool(global_index))
 
 
 def _avg_args(name, g, count_include_pad):
@@ -812,8 +856,8 @@ def avgpool_fwd(x, y, g, count_include_pad=True):
         avgpool_fwd_cuda[x.dtype][blocks(y.size, THREADS), THREADS, stream()](_flat(x), _flat(y), *args)
     else:
         hq, wq, toff = _phase_plan(g3)[:3]
-        avgpool_fwd_cpu(_flat(x), _flat(y), g.N * g.C, _chunks(g), g3.in_size, g3.out_size, g3.stride, g3.pad_before,
-                        g3.kernel[0], hq, wq, toff, _avg_divisors(g3, count_include_pad, x.dtype))
+        avgpool_fwd_cpu(_cpu(x), _cpu(y), g.N * g.C, _chunks(g), g3.in_size, g3.out_size, g3.stride, g3.pad_before,
+                        g3.kernel[0], hq, wq, toff, _avg_divisors(g3, count_include_pad, accumulator_dtype(x.dtype)))
 
 
 def avgpool_bwd(dy, dx, g, count_include_pad=True):
@@ -824,8 +868,8 @@ def avgpool_bwd(dy, dx, g, count_include_pad=True):
         avgpool_bwd_cuda[dy.dtype][blocks(dx.size, THREADS), THREADS, stream()](_flat(dy), _flat(dx), *args)
     else:
         hq, wq, toff = _phase_plan(g3)[:3]
-        avgpool_bwd_cpu(_flat(dy), _flat(dx), g.N * g.C, _chunks(g), g3.in_size, g3.out_size, g3.stride, g3.pad_before,
-                        g3.kernel[0], hq, wq, toff, _avg_divisors(g3, count_include_pad, dy.dtype))
+        avgpool_bwd_cpu(_cpu(dy), _cpu(dx), g.N * g.C, _chunks(g), g3.in_size, g3.out_size, g3.stride, g3.pad_before,
+                        g3.kernel[0], hq, wq, toff, _avg_divisors(g3, count_include_pad, accumulator_dtype(dy.dtype)))
 
 
 def adaptive_windows(size, out):
@@ -845,7 +889,11 @@ def _adaptive(name, src, dst, src_is_input, cuda_kernel, cpu_kernel):
         cuda_kernel[src.dtype][blocks(dst.size, THREADS), THREADS, stream()](_flat(src), _flat(dst), size, out)
     else:
         windows = [w for i, o in zip(size, out) for w in adaptive_windows(i, o)]
-        cpu_kernel(_flat(src), _flat(dst), x.shape[0] * x.shape[1], size, out, *windows)
+        if src_is_input:
+            cpu_kernel(_cpu(src), _cpu(dst), x.shape[0] * x.shape[1], size, out, *windows)
+        else:
+            with _scatter_target(dst) as target:
+                cpu_kernel(_cpu(src), target, x.shape[0] * x.shape[1], size, out, *windows)
 
 
 def adaptive_avgpool_fwd(x, y):
@@ -877,7 +925,7 @@ def _unpool(name, small, indices, big, cuda_kernel, cpu_kernel, zero_big):
             cuda_kernel[small.dtype][blocks(small.size, THREADS), THREADS, stream()](big, indices, small, bad)
         return
     args = (small, indices, big) if zero_big else (big, indices, small)
-    if cpu_kernel(*(_flat(a) for a in args), N * C, P * Q, Ho * Wo):
+    if cpu_kernel(*(_cpu(a) for a in args), N * C, P * Q, Ho * Wo):
         raise ValueError(message)
 
 

@@ -33,6 +33,14 @@ contiguous row per ``prange`` iteration; other views run ``prange`` over the out
 the inner index innermost (contiguous), the running max and sum kept in small per-position
 workspaces that the launcher allocates.
 Every reduction is in a fixed order: results are bitwise reproducible.
+
+float16 logits and gradients are storage only (kernels/float16.py): every kernel reads them into
+float32, computes in float32 and rounds each output element once; the per-row arrays of the
+cross-entropy (loss, stats, counted, the incoming gradient g) and argmax_hits' hits are float32
+then (their accumulator dtype), so a mean over many rows neither rounds each loss to float16
+nor counts rows in float16 (exact only up to 2048). On the CPU a float32 or float64 softmax
+keeps ``exp(x - m)`` in ``y`` between its passes; a float16 ``y`` cannot hold it unrounded, so
+the last pass evaluates it again (``reuse`` false).
 """
 import math
 
@@ -41,6 +49,7 @@ from numba import cuda, int64, njit, prange
 
 from .cuda_util import (SIMULATOR, array1, array2, block_sum, blocks, check_flag, device_check, is_device_array, per_dtype,
                         stream)
+from .float16 import HALF, accumulator, accumulator_dtype, cpu_view, narrow, widen, zero
 
 ROW_THREADS = 8 if SIMULATOR else 256          # most threads per row block, a power of two
 MIN_ROW_THREADS = 2 if SIMULATOR else 32       # one warp
@@ -71,38 +80,40 @@ def _block_max(buf, v):
 
 
 # one block per row (o, i); thread t handles c = t, t + blockDim.x, ...
-@per_dtype(lambda dt: (int64, _array3(dt), _array3(dt)), threads=ROW_THREADS)
+@per_dtype(lambda dt: (int64, _array3(dt), _array3(dt)), threads=ROW_THREADS, half=True)
 def softmax_fwd_cuda(dt):
+    acc = accumulator(dt)
+
     @cuda.jit
     def kernel(mode, x, y):
-        buf = cuda.shared.array(ROW_THREADS, dt)
+        buf = cuda.shared.array(ROW_THREADS, acc)
         C = x.shape[1]
         inner = x.shape[2]
         o = cuda.blockIdx.x // inner
         i = cuda.blockIdx.x - o * inner
         t = cuda.threadIdx.x
         nt = cuda.blockDim.x
-        m = dt(-math.inf)
+        m = acc(-math.inf)
         for c in range(t, C, nt):
-            m = max(m, x[o, c, i])
+            m = max(m, acc(x[o, c, i]))
         m = _block_max(buf, m)
-        s = dt(0)
+        s = acc(0)
         for c in range(t, C, nt):
-            s += math.exp(x[o, c, i] - m)
+            s += math.exp(acc(x[o, c, i]) - m)
         s = block_sum(buf, s)
         if mode == SOFTMAX:
-            inv = dt(1) / s
+            inv = acc(1) / s
             for c in range(t, C, nt):
-                y[o, c, i] = math.exp(x[o, c, i] - m) * inv
+                y[o, c, i] = dt(math.exp(acc(x[o, c, i]) - m) * inv)
         else:
             log_s = math.log(s)
             for c in range(t, C, nt):
-                y[o, c, i] = (x[o, c, i] - m) - log_s
+                y[o, c, i] = dt((acc(x[o, c, i]) - m) - log_s)
     return kernel
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def softmax_fwd_cpu(mode, x, y, m, s):
+def softmax_fwd_cpu(mode, reuse, x, y, m, s):
     C = x.shape[1]
     inner = x.shape[2]
     for o in prange(x.shape[0]):
@@ -111,26 +122,29 @@ def softmax_fwd_cpu(mode, x, y, m, s):
         mo = m[o]
         so = s[o]
         for j in range(inner):
-            mo[j] = xo[0, j]
+            mo[j] = widen(xo[0, j])
             so[j] = 0
         for c in range(1, C):
             xc = xo[c]
             for j in range(inner):
-                mo[j] = max(mo[j], xc[j])
+                mo[j] = max(mo[j], widen(xc[j]))
         for c in range(C):
             xc = xo[c]
             yc = yo[c]
             for j in range(inner):
-                e = math.exp(xc[j] - mo[j])
-                yc[j] = e
+                e = math.exp(widen(xc[j]) - mo[j])
+                if reuse:
+                    yc[j] = narrow(e, yc)
                 so[j] += e
         if mode == SOFTMAX:
             for j in range(inner):
-                so[j] = x.dtype.type(1) / so[j]
+                so[j] = s.dtype.type(1) / so[j]
             for c in range(C):
+                xc = xo[c]
                 yc = yo[c]
                 for j in range(inner):
-                    yc[j] *= so[j]
+                    e = widen(yc[j]) if reuse else math.exp(widen(xc[j]) - mo[j])
+                    yc[j] = narrow(e * so[j], yc)
         else:
             for j in range(inner):
                 so[j] = math.log(so[j])
@@ -138,58 +152,61 @@ def softmax_fwd_cpu(mode, x, y, m, s):
                 xc = xo[c]
                 yc = yo[c]
                 for j in range(inner):
-                    yc[j] = (xc[j] - mo[j]) - so[j]
+                    yc[j] = narrow((widen(xc[j]) - mo[j]) - so[j], yc)
 
 
 
 @njit(parallel=True, cache=True, error_model="numpy", fastmath={"reassoc"})
-def softmax_fwd_rows_cpu(mode, x, y):
-    one = x.dtype.type(1)
+def softmax_fwd_rows_cpu(mode, reuse, x, y):
     for o in prange(x.shape[0]):
         xr = x[o]
         yr = y[o]
-        m = xr[0]
+        m = widen(xr[0])
         for c in range(1, xr.shape[0]):
-            m = max(m, xr[c])
-        s = x.dtype.type(0)
+            m = max(m, widen(xr[c]))
+        s = zero(x)
         for c in range(xr.shape[0]):
-            e = math.exp(xr[c] - m)
-            yr[c] = e
+            e = math.exp(widen(xr[c]) - m)
+            if reuse:
+                yr[c] = narrow(e, yr)
             s += e
         if mode == SOFTMAX:
-            inv = one / s
+            inv = np.float32(1) / s     # a float32 1: the division runs in s's type
             for c in range(xr.shape[0]):
-                yr[c] *= inv
+                e = widen(yr[c]) if reuse else math.exp(widen(xr[c]) - m)
+                yr[c] = narrow(e * inv, yr)
         else:
             log_s = math.log(s)
             for c in range(xr.shape[0]):
-                yr[c] = (xr[c] - m) - log_s
+                yr[c] = narrow((widen(xr[c]) - m) - log_s, yr)
 
 # one block per row (o, i); thread t handles c = t, t + blockDim.x, ...
-@per_dtype(lambda dt: (int64, _array3(dt), _array3(dt), _array3(dt)), threads=ROW_THREADS)
+@per_dtype(lambda dt: (int64, _array3(dt), _array3(dt), _array3(dt)), threads=ROW_THREADS, half=True)
 def softmax_bwd_cuda(dt):
+    acc = accumulator(dt)
+
     @cuda.jit
     def kernel(mode, y, g, dx):
-        buf = cuda.shared.array(ROW_THREADS, dt)
+        buf = cuda.shared.array(ROW_THREADS, acc)
         C = y.shape[1]
         inner = y.shape[2]
         o = cuda.blockIdx.x // inner
         i = cuda.blockIdx.x - o * inner
         t = cuda.threadIdx.x
         nt = cuda.blockDim.x
-        acc = dt(0)
+        total = acc(0)
         if mode == SOFTMAX:
             for c in range(t, C, nt):
-                acc += g[o, c, i] * y[o, c, i]
-            acc = block_sum(buf, acc)
+                total += acc(g[o, c, i]) * acc(y[o, c, i])
+            total = block_sum(buf, total)
             for c in range(t, C, nt):
-                dx[o, c, i] = y[o, c, i] * (g[o, c, i] - acc)
+                dx[o, c, i] = dt(acc(y[o, c, i]) * (acc(g[o, c, i]) - total))
         else:
             for c in range(t, C, nt):
-                acc += g[o, c, i]
-            acc = block_sum(buf, acc)
+                total += acc(g[o, c, i])
+            total = block_sum(buf, total)
             for c in range(t, C, nt):
-                dx[o, c, i] = g[o, c, i] - math.exp(y[o, c, i]) * acc
+                dx[o, c, i] = dt(acc(g[o, c, i]) - math.exp(acc(y[o, c, i])) * total)
     return kernel
 
 
@@ -209,24 +226,24 @@ def softmax_bwd_cpu(mode, y, g, dx, w):
                 yc = yo[c]
                 gc = go[c]
                 for j in range(inner):
-                    wo[j] += gc[j] * yc[j]
+                    wo[j] += widen(gc[j]) * widen(yc[j])
             for c in range(C):
                 yc = yo[c]
                 gc = go[c]
                 dxc = dxo[c]
                 for j in range(inner):
-                    dxc[j] = yc[j] * (gc[j] - wo[j])
+                    dxc[j] = narrow(widen(yc[j]) * (widen(gc[j]) - wo[j]), dxc)
         else:
             for c in range(C):
                 gc = go[c]
                 for j in range(inner):
-                    wo[j] += gc[j]
+                    wo[j] += widen(gc[j])
             for c in range(C):
                 yc = yo[c]
                 gc = go[c]
                 dxc = dxo[c]
                 for j in range(inner):
-                    dxc[j] = gc[j] - math.exp(yc[j]) * wo[j]
+                    dxc[j] = narrow(widen(gc[j]) - math.exp(widen(yc[j])) * wo[j], dxc)
 
 
 
@@ -236,36 +253,38 @@ def softmax_bwd_rows_cpu(mode, y, g, dx):
         yr = y[o]
         gr = g[o]
         dxr = dx[o]
-        acc = y.dtype.type(0)
+        acc = zero(y)
         if mode == SOFTMAX:
             for c in range(yr.shape[0]):
-                acc += gr[c] * yr[c]
+                acc += widen(gr[c]) * widen(yr[c])
             for c in range(yr.shape[0]):
-                dxr[c] = yr[c] * (gr[c] - acc)
+                dxr[c] = narrow(widen(yr[c]) * (widen(gr[c]) - acc), dxr)
         else:
             for c in range(yr.shape[0]):
-                acc += gr[c]
+                acc += widen(gr[c])
             for c in range(yr.shape[0]):
-                dxr[c] = gr[c] - math.exp(yr[c]) * acc
+                dxr[c] = narrow(widen(gr[c]) - math.exp(widen(yr[c])) * acc, dxr)
 
 # one block per sample n; thread t handles c = t, t + blockDim.x, ...
-@per_dtype(lambda dt: (array2(dt), array1(int64), int64, array1(dt), array2(dt), array1(dt), array1(int64)),
-           threads=ROW_THREADS)
+@per_dtype(lambda dt: (array2(dt), array1(int64), int64, array1(accumulator(dt)), array2(accumulator(dt)),
+                       array1(accumulator(dt)), array1(int64)), threads=ROW_THREADS, half=True)
 def cross_entropy_fwd_cuda(dt):
+    acc = accumulator(dt)
+
     @cuda.jit
     def kernel(x, labels, ignore_index, loss, stats, counted, bad):
-        buf = cuda.shared.array(ROW_THREADS, dt)
+        buf = cuda.shared.array(ROW_THREADS, acc)
         n = cuda.blockIdx.x
         C = x.shape[1]
         t = cuda.threadIdx.x
         nt = cuda.blockDim.x
-        m = dt(-math.inf)
+        m = acc(-math.inf)
         for c in range(t, C, nt):
-            m = max(m, x[n, c])
+            m = max(m, acc(x[n, c]))
         m = _block_max(buf, m)
-        s = dt(0)
+        s = acc(0)
         for c in range(t, C, nt):
-            s += math.exp(x[n, c] - m)
+            s += math.exp(acc(x[n, c]) - m)
         s = block_sum(buf, s)
         if t == 0:
             log_s = math.log(s)
@@ -273,14 +292,14 @@ def cross_entropy_fwd_cuda(dt):
             stats[n, 1] = log_s
             label = labels[n]
             if label == ignore_index:
-                loss[n] = dt(0)
-                counted[n] = dt(0)
+                loss[n] = acc(0)
+                counted[n] = acc(0)
             elif label >= 0 and label < C:
-                loss[n] = (m - x[n, label]) + log_s
-                counted[n] = dt(1)
+                loss[n] = (m - acc(x[n, label])) + log_s
+                counted[n] = acc(1)
             else:
-                loss[n] = dt(math.nan)
-                counted[n] = dt(1)
+                loss[n] = acc(math.nan)
+                counted[n] = acc(1)
                 bad[0] = 1
     return kernel
 
@@ -292,12 +311,12 @@ def cross_entropy_fwd_cpu(x, labels, ignore_index, loss, stats, counted):
     bad = 0
     for n in prange(x.shape[0]):
         xn = x[n]
-        m = xn[0]
+        m = widen(xn[0])
         for c in range(1, C):
-            m = max(m, xn[c])
-        s = x.dtype.type(0)
+            m = max(m, widen(xn[c]))
+        s = zero(x)
         for c in range(C):
-            s += math.exp(xn[c] - m)
+            s += math.exp(widen(xn[c]) - m)
         log_s = math.log(s)
         stats[n, 0] = m
         stats[n, 1] = log_s
@@ -306,7 +325,7 @@ def cross_entropy_fwd_cpu(x, labels, ignore_index, loss, stats, counted):
             loss[n] = 0
             counted[n] = 0
         elif label >= 0 and label < C:
-            loss[n] = (m - xn[label]) + log_s
+            loss[n] = (m - widen(xn[label])) + log_s
             counted[n] = 1
         else:
             loss[n] = math.nan
@@ -316,8 +335,11 @@ def cross_entropy_fwd_cpu(x, labels, ignore_index, loss, stats, counted):
 
 
 # one thread per element (n, c)
-@per_dtype(lambda dt: (array2(dt), array2(dt), array1(int64), int64, array1(dt), dt, array2(dt)), threads=THREADS)
+@per_dtype(lambda dt: (array2(dt), array2(accumulator(dt)), array1(int64), int64, array1(accumulator(dt)),
+                       accumulator(dt), array2(dt)), threads=THREADS, half=True)
 def cross_entropy_bwd_cuda(dt):
+    acc = accumulator(dt)
+
     @cuda.jit
     def kernel(x, stats, labels, ignore_index, g, scale, dx):
         e = cuda.grid(1)
@@ -330,8 +352,8 @@ def cross_entropy_bwd_cuda(dt):
                 dx[n, c] = dt(0)
             else:
                 gn = (g[n] if g.shape[0] > 1 else g[0]) * scale
-                p = math.exp((x[n, c] - stats[n, 0]) - stats[n, 1])
-                dx[n, c] = (p - dt(1) if c == label else p) * gn
+                p = math.exp((acc(x[n, c]) - stats[n, 0]) - stats[n, 1])
+                dx[n, c] = dt((p - acc(1) if c == label else p) * gn)
     return kernel
 
 
@@ -350,8 +372,8 @@ def cross_entropy_bwd_cpu(x, stats, labels, ignore_index, g, scale, dx):
             m = stats[n, 0]
             log_s = stats[n, 1]
             for c in range(C):
-                dxn[c] = math.exp((xn[c] - m) - log_s) * gn
-            dxn[label] = (math.exp((xn[label] - m) - log_s) - x.dtype.type(1)) * gn
+                dxn[c] = narrow(math.exp((widen(xn[c]) - m) - log_s) * gn, dxn)
+            dxn[label] = narrow((math.exp((widen(xn[label]) - m) - log_s) - stats.dtype.type(1)) * gn, dxn)
 
 
 def _row_threads(C):
@@ -360,16 +382,20 @@ def _row_threads(C):
 
 
 def _check(name, arrays, kinds):
-    """Check that ``arrays`` share device and float dtype and are C-contiguous; returns the device flag."""
+    """Check that ``arrays`` share a device and are C-contiguous, the "data" ones of the first
+    array's float dtype (float16, float32 or float64), the "acc" ones of its accumulator dtype
+    (float32 for float16 data, else the same) and the "int" ones int64; returns the device flag."""
     first = arrays[0]
     if first.dtype not in softmax_fwd_cuda:
-        raise TypeError(f"{name}: expected float32 or float64 arrays, got {first.dtype}")
+        raise TypeError(f"{name}: expected float16, float32 or float64 arrays, got {first.dtype}")
     on_device = is_device_array(first)
+    wants = {"data": np.dtype(first.dtype), "acc": accumulator_dtype(first.dtype), "int": np.dtype(np.int64)}
     for a, kind in zip(arrays, kinds):
-        want = first.dtype if kind == "float" else np.dtype(np.int64)
+        want = wants[kind]
         if a.dtype != want or is_device_array(a) != on_device:
+            what = {"data": "data", "acc": "per-row", "int": "index"}[kind]
             raise TypeError(f"{name}: every operand must be a {'CUDA device' if on_device else 'NumPy'} array "
-                            f"and the {kind} ones of dtype {want}, got one of dtype {a.dtype}")
+                            f"and the {what} ones of dtype {want} for {first.dtype} data, got one of dtype {a.dtype}")
         contiguous = a.is_c_contiguous() if on_device else a.flags.c_contiguous
         if not contiguous:
             raise ValueError(f"{name}: operands must be C-contiguous")
@@ -395,26 +421,32 @@ def softmax_fwd(mode, x, y):
     """``y`` = softmax or log-softmax of ``x`` over axis 1 of the (outer, C, inner) arrays."""
     code = _mode(mode, "softmax_fwd")
     outer, C, inner = _view3("softmax_fwd", (x.shape, y.shape))
-    if _check("softmax_fwd", (x, y), ("float", "float")):
+    if _check("softmax_fwd", (x, y), ("data", "data")):
         if outer * inner:
             softmax_fwd_cuda[y.dtype][outer * inner, _row_threads(C), stream()](code, x, y)
-    elif inner == 1:
-        softmax_fwd_rows_cpu(code, x.reshape((outer, C)), y.reshape((outer, C)))
+        return
+    reuse, work = y.dtype != HALF, accumulator_dtype(y.dtype)
+    x, y = cpu_view(x), cpu_view(y)
+    if inner == 1:
+        softmax_fwd_rows_cpu(code, reuse, x.reshape((outer, C)), y.reshape((outer, C)))
     else:
-        softmax_fwd_cpu(code, x, y, np.empty((outer, inner), x.dtype), np.empty((outer, inner), x.dtype))
+        softmax_fwd_cpu(code, reuse, x, y, np.empty((outer, inner), work), np.empty((outer, inner), work))
 
 
 def softmax_bwd(mode, y, g, dx):
     """``dx`` from the forward output ``y`` and its gradient ``g`` (all (outer, C, inner))."""
     code = _mode(mode, "softmax_bwd")
     outer, C, inner = _view3("softmax_bwd", (y.shape, g.shape, dx.shape))
-    if _check("softmax_bwd", (y, g, dx), ("float",) * 3):
+    if _check("softmax_bwd", (y, g, dx), ("data",) * 3):
         if outer * inner:
             softmax_bwd_cuda[dx.dtype][outer * inner, _row_threads(C), stream()](code, y, g, dx)
-    elif inner == 1:
+        return
+    work = accumulator_dtype(y.dtype)
+    y, g, dx = cpu_view(y), cpu_view(g), cpu_view(dx)
+    if inner == 1:
         softmax_bwd_rows_cpu(code, y.reshape((outer, C)), g.reshape((outer, C)), dx.reshape((outer, C)))
     else:
-        softmax_bwd_cpu(code, y, g, dx, np.empty((outer, inner), y.dtype))
+        softmax_bwd_cpu(code, y, g, dx, np.empty((outer, inner), work))
 
 
 def _ce_shapes(name, x, labels, loss, stats, counted=None):
@@ -440,8 +472,7 @@ def cross_entropy_fwd(x, labels, ignore_index, loss, stats, counted):
     read raises ``DeviceCheckError`` (a ValueError).
     """
     _ce_shapes("cross_entropy_fwd", x, labels, loss, stats, counted)
-    on_device = _check("cross_entropy_fwd", (x, labels, loss, stats, counted), ("float", "int", "float", "float",
-                                                                                 "float"))
+    on_device = _check("cross_entropy_fwd", (x, labels, loss, stats, counted), ("data", "int", "acc", "acc", "acc"))
     N, C = x.shape
     if not N:
         return
@@ -451,7 +482,7 @@ def cross_entropy_fwd(x, labels, ignore_index, loss, stats, counted):
         bad = check_flag(CE_CHECK, message)
         cross_entropy_fwd_cuda[x.dtype][N, _row_threads(C), stream()](x, labels, ignore_index, loss, stats, counted,
                                                                        bad)
-    elif cross_entropy_fwd_cpu(x, labels, ignore_index, loss, stats, counted):
+    elif cross_entropy_fwd_cpu(cpu_view(x), labels, ignore_index, loss, stats, counted):
         raise ValueError(message.replace("the CUDA kernel", "the CPU kernel"))
 
 
@@ -465,29 +496,34 @@ def cross_entropy_bwd(x, stats, labels, ignore_index, g, scale, dx):
     if dx.shape != x.shape or g.shape not in ((1,), (x.shape[0],)):
         raise ValueError(f"cross_entropy_bwd: dx must have the logits' shape {tuple(x.shape)} and g shape (1,) "
                          f"or ({x.shape[0]},), got {tuple(dx.shape)} and {tuple(g.shape)}")
-    on_device = _check("cross_entropy_bwd", (x, stats, labels, g, dx), ("float", "float", "int", "float", "float"))
-    scale = x.dtype.type(scale)
+    on_device = _check("cross_entropy_bwd", (x, stats, labels, g, dx), ("data", "acc", "int", "acc", "data"))
+    scale = accumulator_dtype(x.dtype).type(scale)
     if not x.size:
         return
     if on_device:
         cross_entropy_bwd_cuda[x.dtype][blocks(x.size, THREADS), THREADS, stream()](x, stats, labels, ignore_index, g,
                                                                            scale, dx)
     else:
-        cross_entropy_bwd_cpu(x, stats, labels, ignore_index, g, scale, dx)
+        cross_entropy_bwd_cpu(cpu_view(x), stats, labels, ignore_index, g, scale, cpu_view(dx))
 
 
 # one thread per row n
-@per_dtype(lambda dt: (array2(dt), array1(int64), array1(dt)), threads=THREADS)
+@per_dtype(lambda dt: (array2(dt), array1(int64), array1(accumulator(dt))), threads=THREADS, half=True)
 def argmax_hits_cuda(dt):
+    acc = accumulator(dt)
+
     @cuda.jit
     def kernel(x, labels, hits):
         n = cuda.grid(1)
         if n < x.shape[0]:
             best = 0
+            top = acc(x[n, 0])
             for c in range(1, x.shape[1]):
-                if x[n, c] > x[n, best]:
+                v = acc(x[n, c])
+                if v > top:
                     best = c
-            hits[n] = dt(1) if best == labels[n] else dt(0)
+                    top = v
+            hits[n] = acc(1) if best == labels[n] else acc(0)
     return kernel
 
 
@@ -496,23 +532,27 @@ def argmax_hits_cpu(x, labels, hits):
     for n in prange(x.shape[0]):
         xn = x[n]
         best = 0
+        top = widen(xn[0])
         for c in range(1, xn.shape[0]):
-            if xn[c] > xn[best]:
+            v = widen(xn[c])
+            if v > top:
                 best = c
+                top = v
         hits[n] = 1 if best == labels[n] else 0
 
 
 def argmax_hits(x, labels, hits):
     """``hits[n] = 1`` where the first maximum of the logits ``x[n]`` (N, C) is at ``labels[n]``
-    (int64), else 0; ``hits`` (N,) has the logits' dtype."""
+    (int64), else 0; ``hits`` (N,) has the logits' accumulator dtype (float32 for float16 logits,
+    so that a sum of hits counts exactly past 2048)."""
     N = x.shape[0]
     if len(x.shape) != 2 or x.shape[1] < 1 or labels.shape != (N,) or hits.shape != (N,):
         raise ValueError(f"argmax_hits: expected logits (N, C) with C >= 1 and labels, hits (N,), got "
                          f"{tuple(x.shape)}, {tuple(labels.shape)}, {tuple(hits.shape)}")
-    on_device = _check("argmax_hits", (x, labels, hits), ("float", "int", "float"))
+    on_device = _check("argmax_hits", (x, labels, hits), ("data", "int", "acc"))
     if not N:
         return
     if on_device:
         argmax_hits_cuda[x.dtype][blocks(N, THREADS), THREADS, stream()](x, labels, hits)
     else:
-        argmax_hits_cpu(x, labels, hits)
+        argmax_hits_cpu(cpu_view(x), labels, hits)

@@ -23,6 +23,11 @@ PTX instruction as inline assembly (sm_80 and later):
   committed groups are in flight (``cp.async.wait_group n``; ``n`` is an immediate in PTX).
 - ``round_tf32(x)``: float32 rounded to TF32 (10-bit mantissa), to nearest, ties to even, by
   integer arithmetic on the bits, so that the CPU kernels (``round_tf32_cpu``) round identically.
+- ``pack_f16x2(lo, hi) -> word`` and ``unpack_f16x2(word) -> (lo, hi)``: two float16 as the bits
+  of one float32 (``lo`` in the low half), the .f16x2 register that ``mma_f16_m16n8k16`` reads:
+  float16 tiles live in shared arrays of 32-bit words, which ``cp_async`` (4 bytes) fills and
+  ``ldmatrix_x4`` reads. Pure bit moves (no rounding); the compiler folds a pair unpacked from
+  ``ldmatrix`` and packed again by the MMA into the register itself.
 
 Fragment layouts (PTX ISA, "Matrix fragments for mma"): with ``g = lane >> 2`` and
 ``t = lane & 3``, register ``i`` of a lane holds the matrix element ``*_layout(lane, i)`` (row,
@@ -354,6 +359,15 @@ def _sim_cp_async_wait(n):
     return wait
 
 
+def _sim_pack_f16x2(lo, hi):
+    return np.array([lo, hi], np.float16).view(np.float32)[0]
+
+
+def _sim_unpack_f16x2(word):
+    lo, hi = np.array([word], np.float32).view(np.float16)
+    return lo, hi
+
+
 def _sim_round_tf32(x):
     bits = np.array(x, np.float32).view(np.uint32)
     return np.array(tf32_bits.py_func(int(bits)), np.uint32).view(np.float32)[()]
@@ -368,7 +382,7 @@ def _build_intrinsics():
     from numba.cuda.api_util import normalize_indices
     from numba.cuda.extending import intrinsic
 
-    i32, f32, f64, f16 = ir.IntType(32), ir.FloatType(), ir.DoubleType(), ir.HalfType()
+    i16, i32, f32, f64 = ir.IntType(16), ir.IntType(32), ir.FloatType(), ir.DoubleType()
 
     def element_pointer(context, builder, arr_ty, arr, idx_ty, idx):
         idx_ty, indices = normalize_indices(context, builder, idx_ty, idx, arr_ty, arr_ty.dtype)
@@ -418,12 +432,15 @@ def _build_intrinsics():
         sig = types.UniTuple(types.float32, 4)(a, b, c)
 
         def codegen(context, builder, sig, args):
+            def bits(h):
+                # numba-cuda lowers float16 values as i16 (their bits); an LLVM half is cast to them
+                return h if h.type == i16 else builder.bitcast(h, i16)
+
             def pack(halves):
                 regs = []
                 for lo, hi in zip(halves[::2], halves[1::2]):
-                    v = builder.insert_element(ir.Constant(ir.VectorType(f16, 2), None), lo, ir.Constant(i32, 0))
-                    v = builder.insert_element(v, hi, ir.Constant(i32, 1))
-                    regs.append(builder.bitcast(v, i32))
+                    hi32 = builder.shl(builder.zext(bits(hi), i32), ir.Constant(i32, 16))
+                    regs.append(builder.or_(builder.zext(bits(lo), i32), hi32))
                 return regs
             ab = pack(cgutils.unpack_tuple(builder, args[0])) + pack(cgutils.unpack_tuple(builder, args[1]))
             cv = cgutils.unpack_tuple(builder, args[2])
@@ -516,8 +533,31 @@ def _build_intrinsics():
             return builder.bitcast(builder.select(special, bits, rounded), f32)
         return sig, codegen
 
+    @intrinsic
+    def pack_f16x2(typingctx, lo, hi):
+        if lo != types.float16 or hi != types.float16:
+            raise TypeError(f"pack_f16x2: expected two float16, got {lo}, {hi}")
+        sig = types.float32(lo, hi)
+
+        def codegen(context, builder, sig, args):
+            hi = builder.shl(builder.zext(args[1], i32), ir.Constant(i32, 16))
+            return builder.bitcast(builder.or_(builder.zext(args[0], i32), hi), f32)
+        return sig, codegen
+
+    @intrinsic
+    def unpack_f16x2(typingctx, word):
+        if word != types.float32:
+            raise TypeError(f"unpack_f16x2: expected a float32 word, got {word}")
+        sig = types.UniTuple(types.float16, 2)(word)
+
+        def codegen(context, builder, sig, args):
+            bits = builder.bitcast(args[0], i32)
+            halves = [builder.trunc(bits, i16), builder.trunc(builder.lshr(bits, ir.Constant(i32, 16)), i16)]
+            return context.make_tuple(builder, sig.return_type, halves)
+        return sig, codegen
+
     return (mma_tf32_m16n8k8, mma_f16_m16n8k16, mma_f64_m8n8k4, ldmatrix_x4, cp_async, cp_async_commit,
-            cp_async_wait, round_tf32)
+            cp_async_wait, round_tf32, pack_f16x2, unpack_f16x2)
 
 
 if SIMULATOR:
@@ -529,6 +569,8 @@ if SIMULATOR:
     cp_async_commit = _sim_cp_async_commit
     cp_async_wait = _sim_cp_async_wait
     round_tf32 = _sim_round_tf32
+    pack_f16x2 = _sim_pack_f16x2
+    unpack_f16x2 = _sim_unpack_f16x2
 else:
     (mma_tf32_m16n8k8, mma_f16_m16n8k16, mma_f64_m8n8k4, ldmatrix_x4, cp_async, cp_async_commit,
-     cp_async_wait, round_tf32) = _build_intrinsics()
+     cp_async_wait, round_tf32, pack_f16x2, unpack_f16x2) = _build_intrinsics()

@@ -21,8 +21,9 @@ def as_tensor(value, name, op):
                     f"or an object with __cuda_array_interface__), got {type(value).__name__}")
 
 
-HALF_OPS = ("conv2d (algorithm direct or implicit_gemm_tc), linear, relu, add and the other elementwise "
-            "ops, pooling, batch_norm, softmax, log_softmax and cross_entropy")
+HALF_OPS = ("conv1d, conv2d and their transposes (algorithm direct or implicit_gemm_tc), linear, the "
+            "arithmetic ops (+ - * / **, sum, mean), relu, tanh, sigmoid, dropout, flatten, cat, bias_add, "
+            "every pooling op, batch_norm, softmax, log_softmax and cross_entropy")
 
 
 def check_float(t, name, op, half=False):

@@ -3,7 +3,9 @@ algorithm dispatch through the registry, and the public wrappers (``conv1d/2d/3d
 ``conv_transpose1d/2d/3d``, ``depthwise_conv2d``, ``separable_conv2d``, ``atrous_conv2d``)."""
 import numbers
 
-from convkern import autotune, backend
+import numpy as np
+
+from convkern import amp, autotune, backend
 from convkern.autograd import Function
 from convkern.kernels import elementwise
 from convkern.kernels.conv_registry import ALGORITHMS, BY_NAME
@@ -14,15 +16,16 @@ LAYOUTS = {1: ("(N, C, L)", "(K, C/groups, kL)"), 2: ("(N, C, H, W)", "(K, C/gro
            3: ("(N, C, D, H, W)", "(K, C/groups, kD, R, S)")}
 
 
-def conv_algorithms(device="cpu", geometry=None, passes=PASSES):
+def conv_algorithms(device="cpu", geometry=None, passes=PASSES, dtype=None):
     """Names usable as ``algorithm=`` on ``device`` (besides "auto"), in registry order.
 
     With a ``geometry`` (``convkern.conv_geometry(...)``), only the algorithms that support
-    every pass in ``passes`` of it (``ConvAlgorithm.supports``)."""
+    every pass in ``passes`` of it (``ConvAlgorithm.supports``); with a ``dtype``, only those
+    that take arrays of it (float16: ``direct`` and ``implicit_gemm_tc``)."""
     backend.check_device(device)
     if geometry is None:
-        return [a.name for a in ALGORITHMS]
-    return [a.name for a in ALGORITHMS if all(a.supports(geometry, device, p)[0] for p in passes)]
+        return [a.name for a in ALGORITHMS if dtype is None or a.takes(dtype)]
+    return [a.name for a in ALGORITHMS if all(a.supports(geometry, device, p, dtype)[0] for p in passes)]
 
 
 _TF32 = {"allowed": False}
@@ -48,8 +51,9 @@ def allow_tf32(enabled=None):
 
 def auto_candidates(g, device, pass_, dtype):
     """The algorithms ``auto`` chooses among for one pass of ``g`` in ``dtype``: those that
-    support it, less those computing ``dtype`` in reduced precision unless ``allow_tf32``."""
-    return [a.name for a in ALGORITHMS if a.supports(g, device, pass_)[0]
+    support it on arrays of ``dtype``, less those computing ``dtype`` in reduced precision unless
+    ``allow_tf32``."""
+    return [a.name for a in ALGORITHMS if a.supports(g, device, pass_, dtype)[0]
             and (_TF32["allowed"] or not a.reduces_precision(dtype))]
 
 
@@ -62,19 +66,34 @@ def heuristic_algorithm(g, device, pass_, dtype="float32"):
     return min(ranked)[2]
 
 
-def check_algorithm(algorithm, g, device, passes, op):
+def check_algorithm(algorithm, g, device, passes, op, dtype=None):
     """Raise ValueError unless ``algorithm`` is "auto" or a registered name that supports every
-    pass in ``passes`` of ``g`` on ``device`` (the message carries the algorithm's reason)."""
+    pass in ``passes`` of ``g`` on ``device`` (the message carries the algorithm's reason).
+    With a ``dtype`` the algorithm must take arrays of it for this geometry too (TypeError when
+    it does not), and "auto" needs an algorithm that does for every pass."""
     if algorithm == "auto":
+        # only a dtype that some algorithms refuse can leave a pass without candidates
+        narrow = dtype is not None and not all(a.takes(dtype) for a in ALGORITHMS)
+        for pass_ in passes if narrow else ():
+            if not auto_candidates(g, device, pass_, dtype):
+                why = "; ".join(a.supports(g, device, pass_, dtype)[1] for a in ALGORITHMS if a.takes(dtype))
+                raise TypeError(f"{op}: no algorithm takes this {g.rank}-D {np.dtype(dtype).name} convolution's "
+                                f"{pass_} pass on {device}: {why}")
         return
     if algorithm not in BY_NAME:
         raise ValueError(f"{op}: unknown algorithm {algorithm!r}; expected 'auto' or one of "
                          f"{conv_algorithms(device)}")
+    alg = BY_NAME[algorithm]
     for pass_ in passes:
-        ok, why = BY_NAME[algorithm].supports(g, device, pass_)
+        ok, why = alg.supports(g, device, pass_)
         if not ok:
             raise ValueError(f"{op}: algorithm {algorithm!r} cannot run the {pass_} pass of this "
                              f"convolution on {device}: {why}")
+    if dtype is not None:
+        ok, why = alg.supports(g, device, passes[0], dtype)
+        if not ok:
+            raise TypeError(f"{op}: algorithm {algorithm!r} cannot run this convolution: {why}; the algorithms "
+                            f"that take {np.dtype(dtype).name} are {conv_algorithms(device, dtype=dtype)}")
 
 
 def launcher(algorithm, g, device, pass_):
@@ -253,11 +272,12 @@ def conv_transpose_geometry(input_shape, weight_shape, stride=1, padding=0, outp
 
 
 def _operands(op, input, weight, bias, rank, layouts, bias_len, bias_name="K"):
+    input, weight, bias = amp.autocast_inputs(op, input, weight, bias)
     x = as_tensor(input, "input", op)
     w = as_tensor(weight, "weight", op)
     check_rank(x, rank + 2, "input", layouts[0], op)
     check_rank(w, rank + 2, "weight", layouts[1], op)
-    check_float(x, "input", op)
+    check_float(x, "input", op, half=True)
     check_same(w, x, "weight", "input", op)
     b = None
     if bias is not None:
@@ -281,7 +301,7 @@ def _conv(op, rank, input, weight, bias, stride, padding, dilation, groups, algo
     layouts = (LAYOUTS[rank][0], LAYOUTS[rank][1])
     x, w, b = _operands(op, input, weight, bias, rank, layouts, lambda w: w.shape[0])
     g = conv_geometry(x.shape, w.shape, stride, padding, dilation, groups, op)
-    check_algorithm(algorithm, g, x.device, _passes(x, w), op)
+    check_algorithm(algorithm, g, x.device, _passes(x, w), op, x.dtype)
     return Conv.apply(x, w, b, geometry=g, algorithm=algorithm, transposed=False)
 
 
@@ -293,7 +313,7 @@ def _conv_transpose(op, rank, input, weight, bias, stride, padding, output_paddi
     # the transposed forward is the geometry's bwd_data; its input gradient is the geometry's fwd
     passes = ("bwd_data",) + (("fwd",) if "bwd_data" in _passes(x, w) else ()) + \
         (("bwd_filter",) if "bwd_filter" in _passes(x, w) else ())
-    check_algorithm(algorithm, g, x.device, passes, op)
+    check_algorithm(algorithm, g, x.device, passes, op, x.dtype)
     return Conv.apply(x, w, b, geometry=g, algorithm=algorithm, transposed=True)
 
 
@@ -304,8 +324,9 @@ _CONV_DOC = """{rank}-D convolution (cross-correlation), {layout}, PyTorch's sem
     the input. Output size per axis: ``out = floor((in + pad_before + pad_after - dilation*(k-1) - 1) / stride) + 1``.
 
     Args:
-        input: {layout}, float32 or float64.
-        weight: {wlayout}.
+        input: {layout}, float32 or float64; float16 in 1-D and 2-D (algorithms ``direct`` and
+            ``implicit_gemm_tc``: products summed in float32, the output rounded once to float16).
+        weight: {wlayout}, of the input's dtype.
         bias: (K,) or None.
         stride, dilation: an int or {rank} ints (default 1).
         padding: an int or {rank} ints (both sides), "valid" (none) or "same" (TensorFlow's rule for

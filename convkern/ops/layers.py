@@ -6,9 +6,10 @@ import numbers
 
 import numpy as np
 
-from convkern import backend, random
-from convkern.autograd import Function
+from convkern import amp, backend, random
+from convkern.autograd import Function, cast_array
 from convkern.kernels import activation, dropout as dropout_kernels, elementwise, gemm, softmax as softmax_kernels
+from convkern.kernels.float16 import accumulator_dtype
 from convkern.ops.common import as_tensor, check_float, check_rank, check_same
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -84,10 +85,12 @@ def linear(input, weight, bias=None):
     (out_features, in_features); bias (out_features,) or None. Returns a Tensor
     (*, out_features). The product runs on ``kernels.gemm``: BLAS on the CPU, the hand-written
     tiled kernel on CUDA; the bias is added per feature and its gradient is a deterministic
-    column sum.
+    column sum. float16 input, weight and bias are multiplied with fp32 accumulation and the
+    result rounded to float16 (the gradients likewise).
     """
     op = "linear"
-    x = _float_input(input, op)
+    input, weight, bias = amp.autocast_inputs(op, input, weight, bias)
+    x = _float_input(input, op, half=True)
     w = as_tensor(weight, "weight", op)
     check_same(w, x, "weight", "input", op)
     check_rank(w, 2, "weight", "(out_features, in_features)", op)
@@ -144,17 +147,17 @@ def relu(input, inplace=False):
     """``y = max(x, 0)`` elementwise (NaN passes through); the gradient is 0 where ``x <= 0``.
     ``inplace=True`` is not supported."""
     _no_inplace(inplace, "relu")
-    return Activation.apply(_float_input(input, "relu"), op="relu")
+    return Activation.apply(_float_input(input, "relu", half=True), op="relu")
 
 
 def tanh(input):
     """``y = tanh(x)`` elementwise; ``dx = dy * (1 - y^2)``."""
-    return Activation.apply(_float_input(input, "tanh"), op="tanh")
+    return Activation.apply(_float_input(input, "tanh", half=True), op="tanh")
 
 
 def sigmoid(input):
     """``y = 1 / (1 + exp(-x))`` elementwise, evaluated without overflow; ``dx = dy * y * (1 - y)``."""
-    return Activation.apply(_float_input(input, "sigmoid"), op="sigmoid")
+    return Activation.apply(_float_input(input, "sigmoid", half=True), op="sigmoid")
 
 
 class Dropout(Function):
@@ -178,13 +181,13 @@ def dropout(input, p=0.5, training=True, inplace=False, seed=None):
     returned unchanged.
 
     The mask is a pure function of ``seed`` and the element's flat index (see
-    ``kernels/dropout.py``): the same seed gives the same mask on the CPU and on CUDA, in float32
-    and float64. ``seed=None`` draws one from convkern's global generator, so
+    ``kernels/dropout.py``): the same seed gives the same mask on the CPU and on CUDA, in float16,
+    float32 and float64. ``seed=None`` draws one from convkern's global generator, so
     ``convkern.manual_seed`` makes a run reproducible. ``0 <= p < 1``; ``inplace=True`` is not
     supported.
     """
     op = "dropout"
-    x = _float_input(input, op)
+    x = _float_input(input, op, half=True)
     _no_inplace(inplace, op)
     if not isinstance(p, numbers.Real) or isinstance(p, bool):
         raise TypeError(f"{op}: p must be a number in [0, 1), got {p!r}")
@@ -226,7 +229,8 @@ class Softmax(Function):
 
 
 def _softmax(input, dim, mode):
-    x = _float_input(input, mode)
+    (input,) = amp.autocast_inputs(mode, input)
+    x = _float_input(input, mode, half=True)
     d = _dim(dim, x.ndim, "dim", mode)
     return Softmax.apply(x, mode=mode, view=_outer_c_inner(x.shape, d))
 
@@ -234,13 +238,14 @@ def _softmax(input, dim, mode):
 def softmax(input, dim):
     """``y = exp(x - m) / sum_dim exp(x - m)`` along ``dim`` (required; negative counts from the
     end) with ``m = max_dim x``, so no ``exp`` overflows. Any rank; the output has the input's
-    shape. Backward: ``dx = y * (g - sum_dim g * y)``."""
+    shape. Backward: ``dx = y * (g - sum_dim g * y)``. float16 input gives float16 output, computed
+    in float32 (under ``convkern.amp.autocast`` float16 input is cast to float32 first)."""
     return _softmax(input, dim, "softmax")
 
 
 def log_softmax(input, dim):
     """``y = (x - m) - log(sum_dim exp(x - m))`` along ``dim`` (required) with ``m = max_dim x``:
-    finite for any finite logits. Backward: ``dx = g - exp(y) * sum_dim g``."""
+    finite for any finite logits. Backward: ``dx = g - exp(y) * sum_dim g``. float16 as ``softmax``."""
     return _softmax(input, dim, "log_softmax")
 
 
@@ -248,40 +253,49 @@ class CrossEntropy(Function):
     """Per-row loss ``logsumexp(x[n]) - x[n, label]`` in one pass over the logits, then the
     reduction; backward ``dx = (softmax(x) - onehot(label)) * g`` (divided by the count of rows
     not ignored for "mean") from the saved logits and per-row max and log-sum. The count is
-    summed where the logits are, so a CUDA step never reads the labels on the host."""
+    summed where the logits are, so a CUDA step never reads the labels on the host.
+
+    Float16 logits: the per-row losses, statistics and count, the reduction and the incoming
+    gradient are float32 (``accumulator_dtype``); only the returned loss is rounded to float16."""
 
     def forward(self, x):
         labels, ignore, reduction = self.params["labels"], self.params["ignore_index"], self.params["reduction"]
         N = x.shape[0]
-        loss = backend.empty((N,), x.dtype, self.device)
-        stats = backend.empty((N, 2), x.dtype, self.device)
-        counted = backend.empty((N,), x.dtype, self.device)
+        acc = accumulator_dtype(x.dtype)
+        loss = backend.empty((N,), acc, self.device)
+        stats = backend.empty((N, 2), acc, self.device)
+        counted = backend.empty((N,), acc, self.device)
         softmax_kernels.cross_entropy_fwd(x, labels, ignore, loss, stats, counted)
         count = None
         if reduction == "mean":
-            count = backend.empty((1,), x.dtype, self.device)
+            count = backend.empty((1,), acc, self.device)
             elementwise.sum_all(counted, count)
         if self.needs_input_grad[0]:
             self.save_for_backward(x, stats, count)
         if reduction == "none":
-            return loss
-        total = backend.empty((1,), x.dtype, self.device)
+            return _to_dtype(loss, x.dtype)
+        total = backend.empty((1,), acc, self.device)
         elementwise.sum_all(loss, total)
         if reduction == "mean":
             elementwise.binary("div", total, count, total)
-        return total.reshape(())
+        return _to_dtype(total, x.dtype).reshape(())
 
     def backward(self, g):
         labels, ignore = self.params["labels"], self.params["ignore_index"]
         x, stats, count = self.saved
-        g = g.reshape(g.shape if g.ndim else (1,))
+        g = _to_dtype(g.reshape(g.shape if g.ndim else (1,)), stats.dtype)
         if count is not None:
-            scaled = backend.empty((1,), x.dtype, self.device)
+            scaled = backend.empty((1,), stats.dtype, self.device)
             elementwise.binary("div", g, count, scaled)
             g = scaled
         dx = backend.empty(x.shape, x.dtype, self.device)
         softmax_kernels.cross_entropy_bwd(x, stats, labels, ignore, g, 1.0, dx)
         return (dx,)
+
+
+def _to_dtype(a, dtype):
+    """``a`` itself when it has ``dtype``, else a converted copy."""
+    return a if a.dtype == dtype else cast_array(a, dtype)
 
 
 def _labels(target, x, ignore_index, op):
@@ -311,7 +325,9 @@ def _labels(target, x, ignore_index, op):
 def cross_entropy(input, target, *, reduction="mean", ignore_index=-100):
     """Softmax cross-entropy of logits, PyTorch's ``F.cross_entropy`` for class-index targets.
 
-    input: logits (N, C), float32 or float64. target: (N,) integer class indices in [0, C) (any
+    input: logits (N, C), float16, float32 or float64 (float16: computed in float32 and the loss
+    rounded to float16 as PyTorch; under ``convkern.amp.autocast`` float16 logits are cast to
+    float32 first, so the loss is float32). target: (N,) integer class indices in [0, C) (any
     integer dtype; values equal to ``ignore_index`` are skipped), on the input's device.
     Per row ``loss[n] = logsumexp(x[n]) - x[n, target[n]]`` with
     ``logsumexp(x[n]) = m + log(sum_c exp(x[n, c] - m))``, ``m = max_c x[n, c]``: finite for any
@@ -326,7 +342,8 @@ def cross_entropy(input, target, *, reduction="mean", ignore_index=-100):
     ``convkern.cuda.synchronize()``) raises ``convkern.cuda.DeviceCheckError`` (a ValueError).
     """
     op = "cross_entropy"
-    x = _float_input(input, op)
+    (input,) = amp.autocast_inputs(op, input)
+    x = _float_input(input, op, half=True)
     if x.ndim != 2 or x.shape[1] < 1:
         raise ValueError(f"{op}: input must be 2-D logits (N, C) with C >= 1, got shape {x.shape} (PyTorch's (C,) "
                          "and (N, C, d1, ...) forms are not supported: move the class axis last and reshape to "

@@ -5,8 +5,9 @@ import numbers
 import numpy as np
 
 from convkern import backend
-from convkern.autograd import Function
+from convkern.autograd import Function, cast_array
 from convkern.kernels import batchnorm, elementwise
+from convkern.kernels.float16 import accumulator_dtype
 from convkern.ops.common import as_tensor, check_float, check_same
 
 
@@ -16,9 +17,18 @@ def _copy(a):
     return out
 
 
+def _as(a, dtype):
+    """``a`` itself when it has ``dtype``, else a converted copy (None stays None)."""
+    return a if a is None or a.dtype == dtype else cast_array(a, dtype)
+
+
 class BatchNorm(Function):
     """y = (x - mean) * invstd * weight + bias per channel of x viewed as (N, C, L); in training
-    the batch statistics are used (and the running ones updated), in eval the running ones."""
+    the batch statistics are used (and the running ones updated), in eval the running ones.
+
+    The kernels take the per-channel arrays in the statistics dtype (float32 for float16 x):
+    float16 weight, bias or running statistics are converted for them, and the weight and bias
+    gradients converted back to their parameter's dtype."""
 
     def forward(self, x, w, b):
         p = self.params
@@ -30,9 +40,11 @@ class BatchNorm(Function):
             return backend.empty(x.shape, x.dtype, self.device)
         shape3 = (N, C, x.size // (N * C))
         x3 = x.reshape(shape3)
+        stat = accumulator_dtype(x.dtype)
+        w, b = _as(w, stat), _as(b, stat)
         if p["training"]:
-            mean = backend.empty((C,), x.dtype, self.device)
-            var = backend.empty((C,), x.dtype, self.device)
+            mean = backend.empty((C,), stat, self.device)
+            var = backend.empty((C,), stat, self.device)
             batchnorm.batchnorm_stats(x3, mean, var)
             if p["running_mean"] is not None:
                 m = shape3[0] * shape3[2]
@@ -40,7 +52,9 @@ class BatchNorm(Function):
                                                    p["momentum"], m / (m - 1))
         else:
             mean, var = p["running_mean"], p["running_var"]
-            if need_x or need_w:  # backward must see these values even if the buffers change later
+            if mean.dtype != stat:
+                mean, var = cast_array(mean, stat), cast_array(var, stat)
+            elif need_x or need_w:  # backward must see these values even if the buffers change later
                 mean, var = _copy(mean), _copy(var)
         y = backend.empty(x.shape, x.dtype, self.device)
         batchnorm.batchnorm_fwd(x3, mean, var, w, b, p["eps"], y.reshape(shape3))
@@ -53,35 +67,41 @@ class BatchNorm(Function):
         p = self.params
         need_x, need_w, need_b = self.needs_input_grad
         N, C, L = self.shape3
+        _, w_dtype, b_dtype = p["grad_dtypes"]
         if dy.size == 0:  # the sums over no values are zero
-            def zero():
-                return backend.zeros((C,), dy.dtype, self.device)
             return (backend.empty(dy.shape, dy.dtype, self.device) if need_x else None,
-                    zero() if need_w else None, zero() if need_b else None)
+                    backend.zeros((C,), w_dtype, self.device) if need_w else None,
+                    backend.zeros((C,), b_dtype, self.device) if need_b else None)
         if not (need_x or need_w):
-            db = backend.empty((C,), dy.dtype, self.device)
-            elementwise.bias_grad_nchw(dy.reshape((N, C, L, 1)), db)
+            # the bias's dtype throughout: a float32 bias of float16 data gets a float32 sum
+            dyb = _as(dy, b_dtype)
+            db = backend.empty((C,), dyb.dtype, self.device)
+            elementwise.bias_grad_nchw(dyb.reshape((N, C, L, 1)), db)
             return None, None, db
         x3, mean, var, w = self.saved
         dy3 = dy.reshape(self.shape3)
         sum_dy = sum_dy_xhat = dx = None
         if need_w or need_b or p["training"]:
-            sum_dy = backend.empty((C,), dy.dtype, self.device)
-            sum_dy_xhat = backend.empty((C,), dy.dtype, self.device)
+            sum_dy = backend.empty((C,), mean.dtype, self.device)
+            sum_dy_xhat = backend.empty((C,), mean.dtype, self.device)
             batchnorm.batchnorm_bwd_reduce(x3, dy3, mean, var, p["eps"], sum_dy, sum_dy_xhat)
         if need_x:
             dx = backend.empty(dy.shape, dy.dtype, self.device)
             batchnorm.batchnorm_bwd_data(x3, dy3, mean, var, w, sum_dy, sum_dy_xhat, p["eps"], p["training"],
                                          dx.reshape(self.shape3))
-        return dx, (sum_dy_xhat if need_w else None), (sum_dy if need_b else None)
+        return dx, (_as(sum_dy_xhat, w_dtype) if need_w else None), (_as(sum_dy, b_dtype) if need_b else None)
 
 
 def _per_channel(value, name, x, op):
-    """An optional (C,) argument as a Tensor of x's dtype and device (None stays None)."""
+    """An optional (C,) argument as a Tensor of x's dtype and device, or float16 or float32 for a
+    float16 x (PyTorch's half batch norm takes float32 parameters); None stays None."""
     if value is None:
         return None
     t = as_tensor(value, name, op)
-    check_same(t, x, name, "input", op)
+    if x.dtype != backend.HALF or t.device != x.device:
+        check_same(t, x, name, "input", op)
+    elif t.dtype not in (backend.HALF, np.dtype(np.float32)):
+        raise TypeError(f"{op}: {name} has dtype {t.dtype}; with a float16 input it must be float16 or float32")
     if t.shape != (x.shape[1],):
         raise ValueError(f"{op}: {name} must have shape (C,) = ({x.shape[1]},), got {t.shape}")
     return t
@@ -118,17 +138,23 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
 
     Gradients flow to input, weight and bias (in training through the batch statistics:
     ``dx = weight*invstd/M * (M*dy - Σdy - xhat*Σ(dy*xhat))``), never to the running statistics.
-    Returns a Tensor of input's shape.
+    Returns a Tensor of input's shape and dtype.
+
+    float16 input (storage; PyTorch's half batch norm): weight, bias, running_mean and
+    running_var may each be float16 or float32; the statistics are computed and the output
+    evaluated in float32 and rounded to float16 once. Each gradient has its tensor's dtype.
     """
     op = "batch_norm"
     x = as_tensor(input, "input", op)
-    check_float(x, "input", op)
+    check_float(x, "input", op, half=True)
     if x.ndim < 2:
         raise ValueError(f"{op}: input must be at least 2-D: (N, C), (N, C, L), (N, C, H, W), ..., got shape {x.shape}")
     rm = _running_stat(running_mean, "running_mean", x, op)
     rv = _running_stat(running_var, "running_var", x, op)
     if (rm is None) != (rv is None):
         raise ValueError(f"{op}: running_mean and running_var must be given together (or both None)")
+    if rm is not None and rm.dtype != rv.dtype:
+        raise TypeError(f"{op}: running_mean has dtype {rm.dtype} but running_var has dtype {rv.dtype}")
     if not training and rm is None:
         raise ValueError(f"{op}: running_mean and running_var are required when training=False")
     w = _per_channel(weight, "weight", x, op)
@@ -139,6 +165,7 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
         raise ValueError(f"{op}: eps must be >= 0, got {eps!r}")
     if training and x.size and x.size // x.shape[1] == 1:
         raise ValueError(f"{op}: expected more than 1 value per channel when training, got input size {x.shape}")
+    grad_dtypes = tuple(None if t is None else t.dtype for t in (x, w, b))
     return BatchNorm.apply(x, w, b, running_mean=rm, running_var=rv, training=bool(training),
-                           momentum=momentum, eps=eps)
+                           momentum=momentum, eps=eps, grad_dtypes=grad_dtypes)
 

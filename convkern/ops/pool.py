@@ -102,11 +102,12 @@ def _check_bool(value, name, op):
 
 
 def _float_input(input, rank, op, layout=None, may_be_empty=2):
-    """The float input of ``rank`` spatial axes; its first ``may_be_empty`` dimensions (batch and
-    channels) may be 0, giving an empty result, the windowed ones may not."""
+    """The float input (float16, float32 or float64) of ``rank`` spatial axes; its first
+    ``may_be_empty`` dimensions (batch and channels) may be 0, giving an empty result, the
+    windowed ones may not."""
     x = as_tensor(input, "input", op)
     check_rank(x, rank + 2, "input", layout or LAYOUTS[rank], op)
-    check_float(x, "input", op)
+    check_float(x, "input", op, half=True)
     if min(x.shape[may_be_empty:]) < 1:
         what = "batch and channel" if may_be_empty == 2 else "batch"
         raise ValueError(f"{op}: input must have no zero-size dimension other than the {what} dimension, "
@@ -255,7 +256,7 @@ _MAX_DOC = """{rank}-D max pooling, {layout}, PyTorch's semantics plus TensorFlo
     gradient flows to the argmax only (summed where windows share it).
 
     Args:
-        input: {layout}, float32 or float64.
+        input: {layout}, float16, float32 or float64 (float16 is computed in float32).
         kernel_size: {ints}.
         stride: {ints}; default (None) kernel_size.
         {padding}
@@ -279,7 +280,7 @@ _AVG_DOC = """{rank}-D average pooling, {layout}, PyTorch's semantics plus Tenso
     Output size as in ``max_pool{rank}d`` with dilation 1.
 
     Args:
-        input: {layout}, float32 or float64.
+        input: {layout}, float16, float32 or float64 (float16 is computed in float32).
         kernel_size: {ints}.
         stride: {ints}; default (None) kernel_size.
         {padding}
@@ -296,7 +297,7 @@ _ADAPTIVE_DOC = """Adaptive {rank}-D average pooling, {layout}, PyTorch's window
     average pooling.
 
     Args:
-        input: {layout}, float32 or float64.
+        input: {layout}, float16, float32 or float64 (float16 is computed in float32).
         output_size: {ints}; an entry None keeps that input size.
 
     Returns a Tensor (N, C, *output_size).
@@ -378,7 +379,7 @@ def max_pool_with_argmax(input, ksize, strides, padding, include_batch_in_index=
     viewed as one (H, W, C) volume per batch entry with a unit window along C.
 
     Args:
-        input: (N, H, W, C), float32 or float64.
+        input: (N, H, W, C), float16, float32 or float64.
         ksize, strides: an int or a list of 1, 2 (h, w) or 4 ints ([1, h, w, 1]).
         padding: "VALID" or "SAME" (either case).
         include_batch_in_index: whether the argmax counts the batch entries before n (default False).

@@ -50,7 +50,7 @@ class Cat(Function):
 def cat(tensors, dim=0):
     """Concatenate tensors along ``dim`` (negative counts from the end), PyTorch's ``torch.cat``.
 
-    All tensors have the same rank, dtype (float32 or float64) and device, and the same size in
+    All tensors have the same rank, dtype (float16, float32 or float64) and device, and the same size in
     every dimension but ``dim``; the output's size along ``dim`` is the sum of theirs. Viewing
     each input as (outer, width_i) with ``outer = prod(shape[:dim])``, input i occupies columns
     ``[sum_{j<i} width_j, ... + width_i)`` of the output viewed as (outer, Σ width). Gradients
@@ -63,7 +63,7 @@ def cat(tensors, dim=0):
         raise ValueError(f"{op}: expected a non-empty list of tensors")
     ts = [as_tensor(t, f"tensors[{i}]", op) for i, t in enumerate(tensors)]
     first = ts[0]
-    check_float(first, "tensors[0]", op)
+    check_float(first, "tensors[0]", op, half=True)
     if first.ndim == 0:
         raise ValueError(f"{op}: tensors[0] is zero-dimensional and cannot be concatenated")
     if not isinstance(dim, numbers.Integral) or isinstance(dim, bool):
@@ -109,7 +109,7 @@ def bias_add(input, bias):
     """
     op = "bias_add"
     x = as_tensor(input, "input", op)
-    check_float(x, "input", op)
+    check_float(x, "input", op, half=True)
     if not 2 <= x.ndim <= 4:
         raise ValueError(f"{op}: input must be 2-D (N, C), 3-D (N, C, L) or 4-D (N, C, H, W), got shape {x.shape}")
     b = as_tensor(bias, "bias", op)

@@ -1,9 +1,12 @@
 """The autograd core: Tensor arithmetic and reductions, accumulation, graph order, no_grad,
 device moves and the errors of misuse."""
+import warnings
+
 import numpy as np
 import pytest
 
 import convkern as ck
+from tests.convkern.half_check import check_half
 
 
 def _pair(device, dtype=np.float64, shape=(3, 4), seed=0):
@@ -120,3 +123,86 @@ def test_device_mismatch_in_arithmetic():
     b = ck.tensor(np.ones(3), device="cuda")
     with pytest.raises(ValueError, match="is on device 'cuda' but the tensor is on 'cpu'"):
         a + b
+
+
+# ---- float16 storage: Cast, half/float/double/to(dtype), arithmetic and reductions
+
+def test_cast_methods_convert_and_send_gradients_back_in_the_source_dtype(device):
+    a = np.linspace(-3, 3, 12, dtype=np.float32).reshape(3, 4) + np.float32(1e-4)   # not float16 numbers
+    t = ck.tensor(a, requires_grad=True, device=device)
+    h = t.half()
+    assert h.dtype == np.float16 and h.device == device and h.grad_fn is not None
+    np.testing.assert_array_equal(h.numpy(), a.astype(np.float16))
+    rounded = a.astype(np.float16)
+    for u, want in [(h.float(), rounded.astype(np.float32)), (h.double(), rounded.astype(np.float64)),
+                    (t.to(np.float16), rounded), (t.to(device, np.float64), a.astype(np.float64)),
+                    (h.to(dtype=np.float32), rounded.astype(np.float32))]:
+        assert u.dtype == want.dtype and u.device == device
+        np.testing.assert_array_equal(u.numpy(), want)
+    assert t.to(np.float32) is t and t.float() is t and h.half() is h
+    (h * h).sum().backward()
+    assert t.grad.dtype == np.float32                      # a float32 leaf gets a float32 gradient
+    np.testing.assert_array_equal(t.grad.numpy(), (2 * a.astype(np.float16)).astype(np.float32))
+
+
+def test_to_moves_and_casts_together_with_one_gradient_path():
+    a = np.arange(6, dtype=np.float64).reshape(2, 3)
+    t = ck.tensor(a, requires_grad=True)
+    u = t.to("cuda", np.float16)
+    assert u.device == "cuda" and u.dtype == np.float16
+    (u * 3.0).sum().backward()
+    assert t.grad.device == "cpu" and t.grad.dtype == np.float64
+    np.testing.assert_array_equal(t.grad.numpy(), np.full(a.shape, 3.0))
+
+
+def test_float16_arithmetic_matches_float64_of_the_same_values(device):
+    a, b, _, _ = _pair(device, np.float16)
+    # ~10 ops, each rounding its float16 result once (2^-11 relative): 1e-2 covers their chain
+    check_half(lambda x, y: ((x + y) * x - y / x + 2.0 * x - 3.0 / y + x ** 3 - (1.0 - y) + (-x)), [a, b], device,
+               rtol=1e-2, atol=1e-2)
+
+
+def test_float16_sum_and_mean_accumulate_in_float32(device):
+    """Float32 partial sums: 2100 ones sum to 2100 (a float16 running sum stops at 2048). The
+    mean scales before rounding: finite where the float16 sum overflows (inf, as in PyTorch)."""
+    assert ck.tensor(np.ones(2100, np.float16), device=device).sum().item() == 2100.0
+    big = ck.tensor(np.full(100, 1000.0, np.float16), requires_grad=True, device=device)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "overflow encountered in cast", RuntimeWarning)   # the simulator's float16()
+        total = big.sum()
+    assert total.dtype == np.float16 and total.item() == np.inf
+    m = big.mean()
+    assert m.dtype == np.float16 and m.item() == 1000.0
+    m.backward()
+    assert big.grad.dtype == np.float16
+    np.testing.assert_array_equal(big.grad.numpy(), np.float16(1 / 100))
+
+
+def test_float16_misuse_raises_clear_errors(device):
+    h = ck.tensor(np.ones(3, np.float16), device=device)
+    with pytest.raises(TypeError, match="other operand has dtype float32 but the tensor has dtype float16"):
+        h + ck.tensor(np.ones(3, np.float32), device=device)
+    with pytest.raises(TypeError, match="to: dtype must be float16, float32 or float64, got int32"):
+        h.to(np.int32)
+    with pytest.raises(TypeError, match="half: dtype must be"):
+        h._cast("not a dtype", "half")
+    with pytest.raises(TypeError, match=r"to: expected \(device, dtype\)"):
+        h.to(np.float32, np.float64)
+    ints = ck.tensor(np.arange(3), device=device)
+    if device == "cuda":
+        with pytest.raises(TypeError, match="cannot convert a CUDA tensor of dtype int64 to float16"):
+            ints.half()
+    else:
+        assert ints.half().dtype == np.float16 and ints.float().numpy().tolist() == [0.0, 1.0, 2.0]
+
+
+def test_sum_and_mean_run_in_float32_under_autocast(device):
+    x = ck.tensor(np.full(100, 1000.0, np.float16), requires_grad=True, device=device)
+    with ck.amp.autocast():
+        total, mean = x.sum(), x.mean()
+    assert total.dtype == mean.dtype == np.float32
+    assert total.item() == 100_000.0 and mean.item() == 1000.0       # 100 000 overflows float16
+    (total + mean).backward()
+    assert x.grad.dtype == np.float16
+    np.testing.assert_array_equal(x.grad.numpy(), np.float16(1 + 1 / 100))
+    assert ck.tensor(np.ones(2, np.float16), device=device).sum().dtype == np.float16   # outside autocast

@@ -60,7 +60,7 @@ def test_every_kernel_compiles_for_sm80_and_sm90_without_spills(report):
     returncode, rows = report
     assert buildcheck.load_all_kernels() == {}
     expected = {(e.name, e.dtype, cc) for e in cuda_util.REGISTRY for cc in ("sm_80", "sm_90")}
-    assert {e.dtype for e in cuda_util.REGISTRY} == {"float32", "float64"}
+    assert {e.dtype for e in cuda_util.REGISTRY} == {"float16", "float32", "float64"}
     failures = [r["error"] for r in rows if r["error"] is not None]
     assert not failures, f"{len(failures)} failed; the first:\n{failures[0]}\nall:\n" + "\n".join(
         e.splitlines()[0] for e in failures)
@@ -94,13 +94,14 @@ def test_every_kernel_reports_occupancy_and_sass_counts(report):
 
 
 def test_implicit_gemm_tc_kernels_run_on_tensor_cores(report):
-    """Issue 13's SASS targets: every implicit_gemm_tc kernel (each pass, both dtypes, sm_80 and
-    sm_90) has tensor-core MMAs and cp.async copies, no spills, and at least 25 % occupancy."""
+    """Issue 13's SASS targets: every implicit_gemm_tc kernel (each pass, every dtype: TF32, FP16 and
+    FP64 MMA, sm_80 and sm_90) has tensor-core MMAs and cp.async copies, no spills, and at least 25 %
+    occupancy."""
     _, rows = report
     tc = [r for r in rows if "implicit_gemm_tc" in r["name"]]
     passes = ("fwd", "bwd_data", "bwd_filter")
     assert sorted((p, r["dtype"], r["cc"]) for r in tc for p in passes if f"_{p}_" in r["name"]) == sorted(
-        (p, dtype, cc) for p in passes for dtype in ("float32", "float64") for cc in ("sm_80", "sm_90"))
+        (p, dtype, cc) for p in passes for dtype in ("float16", "float32", "float64") for cc in ("sm_80", "sm_90"))
     if any(r["mma_ops"] is None for r in tc):
         pytest.skip("no nvdisasm (pip install nvidia-cuda-nvdisasm): the SASS instruction counts are missing")
     bad = [r for r in tc if not (r["mma_ops"] > 0 and r["async_copies"] > 0 and r["spill_stores"] == 0

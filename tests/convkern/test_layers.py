@@ -6,6 +6,7 @@ import pytest
 
 import convkern as ck
 import convkern.functional as F
+from tests.convkern.half_check import check_half
 from tests.reference import tolerance
 
 DTYPES = [np.float32, np.float64]
@@ -189,6 +190,19 @@ def test_dropout_gradient_uses_the_forward_mask(device, rng):
     assert y.grad_fn.saved == ()
 
 
+@pytest.mark.parametrize("name, fn", [
+    ("relu", F.relu), ("tanh", F.tanh), ("sigmoid", F.sigmoid),
+    ("dropout", lambda x: F.dropout(x, 0.4, seed=5)),          # one seed: one mask in every dtype
+    ("flatten", lambda x: F.flatten(x, 1) * 1.0),
+])
+def test_float16_pointwise_layers_match_float64(name, fn, device, rng):
+    x = rng.uniform(-4, 4, (3, 5, 7)).astype(np.float16)
+    x.reshape(-1)[0] = 0.0                                     # relu's kink
+    y16, _ = check_half(fn, [x], device)
+    if name == "dropout":
+        np.testing.assert_array_equal(y16 != 0, F.dropout(x.astype(np.float64), 0.4, seed=5).numpy() != 0)
+
+
 def test_dropout_off_is_identity(device):
     x = ck.tensor(np.ones((2, 3), np.float32), device=device)
     assert F.dropout(x, 0.5, training=False) is x
@@ -238,7 +252,7 @@ BAD_INPUTS = [
     (dict(op="linear", x=()), ValueError, "input must have at least 1 dimension"),
     (dict(op="linear", b=(3,)), ValueError, "bias must have shape (out_features,) = (4,)"),
     (dict(op="linear", w_dtype=np.float64), TypeError, "weight has dtype float64 but input has dtype float32"),
-    (dict(op="relu", dtype=np.int32), TypeError, "relu: input must be float32 or float64"),
+    (dict(op="relu", dtype=np.int32), TypeError, "relu: input must be float16, float32 or float64"),
     (dict(op="relu", kw=dict(inplace=True)), ValueError, "inplace=True is not supported"),
     (dict(op="dropout", kw=dict(p=1.0)), ValueError, "dropout: p must be in [0, 1)"),
     (dict(op="dropout", kw=dict(p=-0.5)), ValueError, "dropout: p must be in [0, 1)"),

@@ -201,6 +201,27 @@ def test_to_moves_and_casts_parameters_and_buffers():
     assert model[1].num_batches_tracked.dtype == np.int64
 
 
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_half_float_double_cast_parameters_gradients_and_float_buffers(device):
+    """As torch.nn.Module.half(): every float parameter, its gradient and every float buffer
+    (BatchNorm's running statistics) is cast in place, on its device; integer buffers stay."""
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Linear(4, 3)).to(device)
+    model[2].weight.grad = ck.tensor(np.full((3, 4), 0.1, np.float32), device=device)
+    before = {name: p.numpy().copy() for name, p in model.named_parameters()}
+    assert model.half() is model
+    for name, p in model.named_parameters():
+        assert p.dtype == np.float16 and p.device == device and p.requires_grad and p.is_leaf
+        np.testing.assert_array_equal(p.numpy(), before[name].astype(np.float16))
+    assert model[2].weight.grad.dtype == np.float16
+    bn = model[1]
+    assert bn.running_mean.dtype == bn.running_var.dtype == np.float16 and bn.running_var.device == device
+    assert bn.num_batches_tracked.dtype == np.int64
+    model.float()
+    assert all(p.dtype == np.float32 for p in model.parameters()) and bn.running_var.dtype == np.float32
+    np.testing.assert_array_equal(model[0].weight.numpy(), before["0.weight"].astype(np.float16).astype(np.float32))
+    assert model.double()[0].bias.dtype == np.float64
+
+
 def test_default_initialisation_bounds_and_seed():
     ck.manual_seed(3)
     a = nn.Conv2d(4, 8, 3, groups=2)

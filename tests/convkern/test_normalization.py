@@ -151,7 +151,13 @@ BAD_INPUTS = [
     (dict(x=(1, 3), training=True), ValueError, "expected more than 1 value per channel when training"),
     (dict(x=(1, 3, 1, 1), training=True), ValueError, "expected more than 1 value per channel when training"),
     (dict(rm_dtype=np.float64), TypeError, "running_mean has dtype float64 but input has dtype float32"),
-    (dict(x_dtype=np.int64), TypeError, "input must be float32 or float64"),
+    (dict(x_dtype=np.int64), TypeError, "input must be float16, float32 or float64"),
+    (dict(x_dtype=np.float16, w=(3,), w_dtype=np.float64), TypeError,
+     "weight has dtype float64; with a float16 input it must be float16 or float32"),
+    (dict(x_dtype=np.float16, rv_dtype=np.float16), TypeError,
+     "running_mean has dtype float32 but running_var has dtype float16"),
+    (dict(rm_dtype=np.float16, rv_dtype=np.float16), TypeError,
+     "running_mean has dtype float16 but input has dtype float32"),
     (dict(momentum=None), TypeError, "momentum must be a finite real number"),
     (dict(eps=-1.0), ValueError, "eps must be >= 0"),
     (dict(rm_strided=True), ValueError, "running_mean must be a writeable C-contiguous array"),
@@ -166,7 +172,7 @@ def test_batch_norm_bad_input(case, exc, message):
             for k in ("rm", "rv")}
     if case.get("rm_strided"):
         stat["rm"] = np.ones(6, np.float32)[::2]
-    kw = {k: np.ones(case[k], np.float32) for k in ("w", "b") if k in case}
+    kw = {k: np.ones(case[k], case.get(k + "_dtype", np.float32)) for k in ("w", "b") if k in case}
     kw.update({k: case[k] for k in ("training", "momentum", "eps") if k in case})
     kw = {{"w": "weight", "b": "bias"}.get(k, k): v for k, v in kw.items()}
     if case.get("x_type") is list:
@@ -179,3 +185,62 @@ def test_batch_norm_device_mismatch():
     x = ck.tensor(np.ones((2, 3), np.float32), device="cuda")
     with pytest.raises(ValueError, match="running_mean is on device 'cpu' but input is on 'cuda'"):
         F.batch_norm(x, np.zeros(3, np.float32), np.ones(3, np.float32))
+
+
+def _bn_reference(x, w, b, rm, rv, dy, training, momentum, eps):
+    """batch_norm in float64 of the given values, written out over the channel axis 1: y, dx, dw,
+    db and the updated running statistics."""
+    x, w, b, rm, rv, dy = (a.astype(np.float64) for a in (x, w, b, rm, rv, dy))
+    axes = (0,) + tuple(range(2, x.ndim))
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    M = x.size // x.shape[1]
+    if training:
+        mean, var = x.mean(axis=axes), x.var(axis=axes)
+        rm = (1 - momentum) * rm + momentum * mean
+        rv = (1 - momentum) * rv + momentum * var * M / (M - 1)
+    else:
+        mean, var = rm, rv
+    invstd = 1 / np.sqrt(var + eps)
+    xhat = (x - mean.reshape(shape)) * invstd.reshape(shape)
+    g = dy * w.reshape(shape)                                   # d loss / d xhat
+    if training:
+        dx = invstd.reshape(shape) / M * (M * g - g.sum(axis=axes).reshape(shape)
+                                          - xhat * (g * xhat).sum(axis=axes).reshape(shape))
+    else:
+        dx = g * invstd.reshape(shape)
+    return [xhat * w.reshape(shape) + b.reshape(shape), dx, (dy * xhat).sum(axis=axes), dy.sum(axis=axes), rm, rv]
+
+
+@pytest.mark.parametrize("param_dtype", [np.float32, np.float16], ids=["float32-params", "float16-params"])
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_batch_norm_float16_input(device, training, param_dtype):
+    """float16 input with float32 parameters (what autocast gives a BatchNorm after a conv) or
+    all-float16 parameters (a model made .half()): float32 statistics, a float16 output, each
+    gradient in its tensor's dtype; against float64 of the same float16 values."""
+    x, w, b, rm, rv, dy = _case((2, 3, 4, 3), np.float32, seed=6)
+    x, dy = x.astype(np.float16), dy.astype(np.float16)
+    w, b, rm, rv = (a.astype(param_dtype) for a in (w, b, rm, rv))
+    xt, wt, bt = (ck.tensor(a, requires_grad=True, device=device) for a in (x, w, b))
+    rm_t, rv_t = ck.tensor(rm.copy(), device=device), ck.tensor(rv.copy(), device=device)
+    y = F.batch_norm(xt, rm_t, rv_t, wt, bt, training=training, momentum=0.3, eps=1e-3)
+    y.backward(ck.tensor(dy, device=device))
+    want = _bn_reference(x, w, b, rm, rv, dy, training, 0.3, 1e-3)
+    got = (y, xt.grad, wt.grad, bt.grad, rm_t, rv_t)
+    dtypes = (np.float16, np.float16) + (param_dtype,) * 4
+    for name, mine, theirs, dtype in zip(("y", "dx", "dw", "db", "running_mean", "running_var"), got, want, dtypes):
+        assert mine.dtype == dtype and mine.device == device, name
+        # float16 results: their own rounding; float32 ones: float32 sums of 24 float16 products
+        tol = 2e-3 if dtype == np.float16 else 1e-4
+        np.testing.assert_allclose(mine.numpy().astype(np.float64), theirs, rtol=tol, atol=tol * np.abs(theirs).max(),
+                                   err_msg=name)
+
+
+def test_batch_norm_float16_bias_only_gradient_is_summed_in_float32():
+    """A float32 bias of float16 data gets the float32 sum of the float16 gradient, not a float16 one."""
+    x = np.ones((2, 3, 2048), np.float16)
+    dy = np.full(x.shape, 1.0 + 2.0 ** -10, np.float16)   # 4096 * dy is not a float16
+    bt = ck.tensor(np.zeros(3, np.float32), requires_grad=True)
+    F.batch_norm(x, np.zeros(3, np.float32), np.ones(3, np.float32), None, bt).backward(dy)
+    assert bt.grad.dtype == np.float32
+    np.testing.assert_array_equal(bt.grad.numpy(), np.full(3, 4096 * (1.0 + 2.0 ** -10), np.float32))

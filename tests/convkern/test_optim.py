@@ -64,6 +64,27 @@ def test_adam_matches_reference_rule(config, device):
                                rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("name, config", [("SGD", SGD_CONFIGS[3]), ("Adam", ADAM_CONFIGS[1])], ids=str)
+def test_float16_parameters_are_updated_in_float32_with_float16_state(name, config, device):
+    """One step: the float64 rule on the same float16 values, rounded once. Four steps: the state
+    and parameter are stored as float16 after each (PyTorch keeps the state in the parameter's
+    dtype), so the error grows by one rounding of p (|p| < 4: 2^-9) per step."""
+    p0 = np.random.default_rng(0).standard_normal((3, 5)).astype(np.float16)
+    grads = [g.astype(np.float16) for g in _grads(p0.shape, STEPS)]
+    opt_cls, reference = (optim.SGD, _sgd_reference) if name == "SGD" else (optim.Adam, _adam_reference)
+    p = ck.tensor(p0.copy(), requires_grad=True, device=device)      # a CPU tensor shares its array
+    opt = opt_cls([p], **config)
+    for step, g in enumerate(grads, 1):
+        p.grad = ck.tensor(g, device=device)
+        opt.step()
+        assert p.dtype == np.float16
+        want = reference(p0.astype(np.float64), [x.astype(np.float64) for x in grads[:step]], **config)
+        tol = 2e-3 if step == 1 else 2e-3 * step
+        np.testing.assert_allclose(p.numpy().astype(np.float64), want, rtol=tol, atol=tol)
+    state = opt.state_dict()["state"]["0"]
+    assert all(v.dtype == np.float16 for v in state.values() if hasattr(v, "dtype"))
+
+
 @pytest.mark.parametrize("name, config", [("SGD", c) for c in SGD_CONFIGS] + [("Adam", c) for c in ADAM_CONFIGS],
                          ids=str)
 def test_optimizers_match_pytorch_float32(name, config):

@@ -13,6 +13,7 @@ import convkern as ck
 import convkern.functional as F
 from convkern import models, nn
 from convkern.kernels.shapes import PoolGeometry
+from tests.convkern.half_check import check_half
 from tests.kernels.test_pool import avgpool_bwd_ref, avgpool_ref, maxpool_bwd_ref, maxpool_ref
 
 MAX_POOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
@@ -395,6 +396,28 @@ def test_max_unpool2d_matches_pytorch(case, device):
     np.testing.assert_array_equal(yt.grad.numpy(), tv.grad.numpy())
 
 
+@pytest.mark.parametrize("rank", [1, 2, 3])
+def test_float16_pooling_matches_float64(rank, device):
+    """Every pooling op on float16 input: float32 math, one rounding per output; the argmax of
+    tie-free float16 values is the float64 one."""
+    x = tie_free((2, 3) + ((5,) * rank if rank < 3 else (4, 4, 4)), seed=rank, dtype=np.float16)
+    check_half(lambda t: MAX_POOL[rank](t, 3, 2, 1), [x], device)
+    check_half(lambda t: MAX_POOL[rank](t, 2, 1, 0, dilation=2, ceil_mode=True), [x], device)
+    check_half(lambda t: AVG_POOL[rank](t, 3, 2, 1, count_include_pad=False), [x], device)
+    check_half(lambda t: AVG_POOL[rank](t, 2, padding="same"), [x], device)
+    check_half(lambda t: ADAPTIVE[rank](t, 3), [x], device)
+    _, i16 = MAX_POOL[rank](ck.tensor(x, device=device), 3, 2, 1, return_indices=True)
+    _, i64 = MAX_POOL[rank](x.astype(np.float64), 3, 2, 1, return_indices=True)
+    np.testing.assert_array_equal(i16.numpy(), i64.numpy())
+    if rank == 2:
+        nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+        check_half(lambda t: F.max_pool_with_argmax(t, 2, 2, "SAME")[0], [nhwc], device)
+        y, idx = F.max_pool2d(ck.tensor(x, device=device), 2, return_indices=True)
+        check_half(lambda t: F.max_unpool2d(t, idx, 2, output_size=(5, 5)), [y.numpy()], device)
+        w = np.array([1.5, -0.5, 2.0], np.float16)
+        check_half(lambda t, wt, bt: F.subsample2d(t, wt, bt), [x, w, w[::-1].copy()], device)   # conv2d direct
+
+
 def test_max_pool2d_tie_gradient_goes_to_first_maximum_only(device):
     x = np.array([[[[1, 3, 3, 0],
                     [3, 2, 1, 3],
@@ -571,7 +594,7 @@ BAD_INPUTS = [
     (F.max_pool2d, dict(x=(3, 7, 7), kernel_size=2), ValueError, r"input must be 4-D \(N, C, H, W\)"),
     (F.avg_pool2d, dict(x=(2, 3, 0, 7), kernel_size=2), ValueError,
      "no zero-size dimension other than the batch and channel dimension"),
-    (F.max_pool2d, dict(x_dtype=np.int32, kernel_size=2), TypeError, "input must be float32 or float64"),
+    (F.max_pool2d, dict(x_dtype=np.int32, kernel_size=2), TypeError, "input must be float16, float32 or float64"),
     (F.max_pool2d, dict(x_type=list, kernel_size=2), TypeError, "input must be a convkern Tensor"),
     (F.adaptive_avg_pool2d, dict(output_size=0), ValueError, "output_size must be >= 1"),
     (F.adaptive_avg_pool2d, dict(output_size=(2, 3, 4)), TypeError, "output_size must be an int or a pair"),
@@ -627,7 +650,7 @@ BAD_INPUTS = [
     (F.max_pool_with_argmax, dict(ksize=2, strides=2, padding="SAME", include_batch_in_index=1), TypeError,
      "include_batch_in_index must be True or False"),
     (F.max_pool_with_argmax, dict(x_dtype=np.int64, ksize=2, strides=2, padding="SAME"), TypeError,
-     "max_pool_with_argmax: input must be float32 or float64"),
+     "max_pool_with_argmax: input must be float16, float32 or float64"),
 ]
 
 

@@ -5,6 +5,7 @@ import pytest
 
 import convkern as ck
 import convkern.functional as F
+from tests.convkern.half_check import check_half
 
 
 def _cat_shapes(base, dim, sizes):
@@ -12,7 +13,7 @@ def _cat_shapes(base, dim, sizes):
     return [base[:d] + (s,) + base[d + 1:] for s in sizes]
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
 @pytest.mark.parametrize("dim", [0, 1, 2, -1])
 def test_cat_values_and_gradients(dim, dtype, device):
     rng = np.random.default_rng(dim + 7)
@@ -72,7 +73,7 @@ CAT_BAD = [
     (lambda a: [a, ck.tensor(a, device="cuda")], ValueError,
      "cat: tensors[1] is on device 'cuda' but tensors[0] is on 'cpu'"),
     (lambda a: [a, [1.0]], TypeError, "cat: tensors[1] must be a convkern Tensor"),
-    (lambda a: [a.astype(np.int32)], TypeError, "cat: tensors[0] must be float32 or float64"),
+    (lambda a: [a.astype(np.int32)], TypeError, "cat: tensors[0] must be float16, float32 or float64"),
     (lambda a: [ck.Tensor(np.zeros(()))], ValueError, "cat: tensors[0] is zero-dimensional"),
 ]
 
@@ -149,3 +150,10 @@ def test_residual_add_sums_both_gradient_paths(device):
         np.testing.assert_allclose(mine.numpy(), theirs.detach().numpy(), rtol=1e-10, atol=1e-10)
     conv_path_only = X.grad.numpy() - dy
     assert np.abs(conv_path_only).max() > 0.1           # both paths contribute
+
+
+@pytest.mark.parametrize("shape", [(2, 3), (2, 3, 5), (2, 3, 4, 5)], ids=str)
+def test_float16_bias_add_matches_float64(shape, device, rng):
+    x = rng.standard_normal(shape).astype(np.float16)
+    b = rng.standard_normal(shape[1]).astype(np.float16)
+    check_half(F.bias_add, [x, b], device)

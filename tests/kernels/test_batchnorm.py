@@ -8,7 +8,7 @@ from convkern.kernels import batchnorm as bn
 from convkern.kernels.cuda_util import is_device_array
 from tests.reference import tolerance
 
-DTYPES = [np.float32, np.float64]
+DTYPES = [np.float16, np.float32, np.float64]
 # (N, C, L): L = 1 is the 2-D (N, C) case; 37 values per channel are not a multiple of the block
 SHAPES = [(4, 3, 1), (2, 3, 5), (1, 2, 37), (3, 2, 6)]
 EPS = 1e-3
@@ -24,6 +24,11 @@ def garbage(shape, dtype, device):
 
 def host(x):
     return x.copy_to_host() if is_device_array(x) else x
+
+
+def stat_dtype(dtype):
+    """The dtype of the per-channel arrays for data of ``dtype``: float32 for float16 data."""
+    return np.float32 if dtype == np.float16 else dtype
 
 
 def check(got, want, dtype, scale=1.0):
@@ -48,10 +53,11 @@ def operands(rng, shape, dtype):
     N, C, L = shape
     x = (rng.standard_normal(shape) * 2.0 + 1.5).astype(dtype)
     dy = rng.standard_normal(shape).astype(dtype)
-    mean = rng.standard_normal(C).astype(dtype)
-    var = rng.uniform(0.5, 2.0, C).astype(dtype)
-    w = rng.standard_normal(C).astype(dtype)
-    b = rng.standard_normal(C).astype(dtype)
+    stat = stat_dtype(dtype)
+    mean = rng.standard_normal(C).astype(stat)
+    var = rng.uniform(0.5, 2.0, C).astype(stat)
+    w = rng.standard_normal(C).astype(stat)
+    b = rng.standard_normal(C).astype(stat)
     return x, dy, mean, var, w, b
 
 
@@ -59,11 +65,12 @@ def operands(rng, shape, dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_stats(shape, dtype, device, rng):
     x = operands(rng, shape, dtype)[0]
-    mean, var = garbage(shape[1], dtype, device), garbage(shape[1], dtype, device)
+    stat = stat_dtype(dtype)
+    mean, var = garbage(shape[1], stat, device), garbage(shape[1], stat, device)
     bn.batchnorm_stats(put(x, device), mean, var)
     want_mean, want_var = stats_ref(x)
-    check(mean, want_mean, dtype)
-    check(var, want_var, dtype)
+    check(mean, want_mean, stat)
+    check(var, want_var, stat)
 
 
 def test_stats_variance_is_accurate_with_a_large_mean(device, rng):
@@ -92,7 +99,8 @@ def test_fwd(shape, dtype, affine, device, rng):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_update_running(dtype, device, rng):
-    rm, rv, mean, var = (rng.uniform(0.5, 2.0, 5).astype(dtype) for _ in range(4))
+    rm, rv = (rng.uniform(0.5, 2.0, 5).astype(dtype) for _ in range(2))
+    mean, var = (rng.uniform(0.5, 2.0, 5).astype(stat_dtype(dtype)) for _ in range(2))
     rm_d, rv_d = put(rm, device), put(rv, device)
     bn.batchnorm_update_running(rm_d, rv_d, put(mean, device), put(var, device), 0.1, 10 / 9)
     check(rm_d, 0.9 * rm.astype(np.float64) + 0.1 * mean, dtype)
@@ -103,11 +111,12 @@ def test_update_running(dtype, device, rng):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_bwd_reduce(shape, dtype, device, rng):
     x, dy, mean, var, _, _ = operands(rng, shape, dtype)
-    sum_dy, sum_dy_xhat = garbage(shape[1], dtype, device), garbage(shape[1], dtype, device)
+    stat = stat_dtype(dtype)
+    sum_dy, sum_dy_xhat = garbage(shape[1], stat, device), garbage(shape[1], stat, device)
     bn.batchnorm_bwd_reduce(put(x, device), put(dy, device), put(mean, device), put(var, device), EPS,
                             sum_dy, sum_dy_xhat)
-    check(sum_dy, dy.astype(np.float64).sum(axis=(0, 2)), dtype)
-    check(sum_dy_xhat, (dy * xhat_ref(x, mean, var)).sum(axis=(0, 2)), dtype)
+    check(sum_dy, dy.astype(np.float64).sum(axis=(0, 2)), stat)
+    check(sum_dy_xhat, (dy * xhat_ref(x, mean, var)).sum(axis=(0, 2)), stat)
 
 
 @pytest.mark.parametrize("training", [True, False])
@@ -115,11 +124,12 @@ def test_bwd_reduce(shape, dtype, device, rng):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_bwd_data(shape, dtype, training, device, rng):
     x, dy, _, _, w, _ = operands(rng, shape, dtype)
-    mean, var = (a.astype(dtype) for a in stats_ref(x))
+    stat = stat_dtype(dtype)
+    mean, var = (a.astype(stat) for a in stats_ref(x))
     d = {k: put(v, device) for k, v in dict(x=x, dy=dy, mean=mean, var=var, w=w).items()}
     sums = None, None
     if training:
-        sums = garbage(shape[1], dtype, device), garbage(shape[1], dtype, device)
+        sums = garbage(shape[1], stat, device), garbage(shape[1], stat, device)
         bn.batchnorm_bwd_reduce(d["x"], d["dy"], d["mean"], d["var"], EPS, *sums)
     dx = garbage(shape, dtype, device)
     bn.batchnorm_bwd_data(d["x"], d["dy"], d["mean"], d["var"], d["w"], *sums, EPS, training, dx)
@@ -139,10 +149,11 @@ def test_bwd_data(shape, dtype, training, device, rng):
 def test_reductions_are_bitwise_deterministic(dtype, device, rng):
     x, dy, _, _, _, _ = operands(rng, (3, 2, 29), dtype)
     runs = []
+    stat = stat_dtype(dtype)
     for _ in range(2):
-        mean, var = garbage(2, dtype, device), garbage(2, dtype, device)
+        mean, var = garbage(2, stat, device), garbage(2, stat, device)
         bn.batchnorm_stats(put(x, device), mean, var)
-        s1, s2 = garbage(2, dtype, device), garbage(2, dtype, device)
+        s1, s2 = garbage(2, stat, device), garbage(2, stat, device)
         bn.batchnorm_bwd_reduce(put(x, device), put(dy, device), mean, var, EPS, s1, s2)
         runs.append([host(a) for a in (mean, var, s1, s2)])
     for a, b in zip(*runs):
@@ -159,5 +170,15 @@ def test_launcher_rejects_bad_arrays():
         bn.batchnorm_stats(x, np.zeros(3, np.float64), np.zeros(3, np.float32))
     with pytest.raises(ValueError, match="y must have x's shape"):
         bn.batchnorm_fwd(x, *(np.zeros(3, np.float32) for _ in range(4)), EPS, np.zeros((2, 3, 5), np.float32))
-    with pytest.raises(TypeError, match="x must be float32 or float64"):
+    with pytest.raises(TypeError, match=r"mean must have dtype float32 \(per-channel arrays of float16 data"):
+        bn.batchnorm_stats(x.astype(np.float16), np.zeros(3, np.float16), np.zeros(3, np.float32))
+    with pytest.raises(TypeError, match="y must have dtype float16"):
+        bn.batchnorm_fwd(x.astype(np.float16), *(np.zeros(3, np.float32) for _ in range(4)), EPS, x.copy())
+    with pytest.raises(TypeError, match="running_var must be a float16 array"):
+        bn.batchnorm_update_running(np.zeros(3, np.float16), np.zeros(3, np.float32), np.zeros(3, np.float32),
+                                    np.zeros(3, np.float32), 0.1, 1.0)
+    with pytest.raises(TypeError, match="mean must be a float32 array"):
+        bn.batchnorm_update_running(np.zeros(3, np.float16), np.zeros(3, np.float16), np.zeros(3, np.float16),
+                                    np.zeros(3, np.float32), 0.1, 1.0)
+    with pytest.raises(TypeError, match="x must be float16, float32 or float64"):
         bn.batchnorm_stats(x.astype(np.int32), np.zeros(3, np.int32), np.zeros(3, np.int32))

@@ -6,7 +6,7 @@ from numba import cuda
 from convkern.kernels import concat
 from convkern.kernels.cuda_util import is_device_array
 
-DTYPES = [np.float32, np.float64]
+DTYPES = [np.float32, np.float64, np.float16]
 
 
 def put(x, device):

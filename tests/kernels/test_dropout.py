@@ -7,7 +7,7 @@ from numba import cuda
 from convkern.kernels import dropout as dk
 from convkern.kernels.cuda_util import is_device_array
 
-DTYPES = [np.float32, np.float64]
+DTYPES = [np.float32, np.float64, np.float16]
 M64 = (1 << 64) - 1
 
 
@@ -55,7 +55,7 @@ def test_dropout_matches_the_documented_mask(p, dtype, device, rng):
     np.testing.assert_array_equal(y[keep], x[keep] * dtype(1 / (1 - p)))
 
 
-def test_same_seed_same_mask_on_cpu_and_cuda_in_both_dtypes():
+def test_same_seed_same_mask_on_cpu_and_cuda_in_every_dtype():
     x = np.ones(300)
     masks = [run(x.astype(dt), 99, 0.4, device) != 0 for device in ("cpu", "cuda") for dt in DTYPES]
     for m in masks[1:]:

@@ -1,12 +1,15 @@
+import warnings
+
 import numpy as np
 import pytest
 from numba import cuda
 
 from convkern.kernels import elementwise as ew
 from convkern.kernels.cuda_util import is_device_array
+from convkern.kernels.float16 import accumulator_dtype
 from tests.reference import tolerance
 
-DTYPES = [np.float32, np.float64]
+DTYPES = [np.float32, np.float64, np.float16]     # float16: stored as float16, computed in float32
 SHAPES = [(1,), (37,), (64,), (3, 5, 7)]       # 37 and 105 elements: not a multiple of the block
 SUM_SIZES = [1, 37, 1000, 40_000]              # 1000: several CUDA blocks; 40 000: several CPU chunks
 
@@ -64,7 +67,7 @@ def test_scalar(op, ref, value, dtype, shape, device, rng):
     (a,) = operands(rng, shape, dtype, 1)
     out = garbage(shape, dtype, device)
     ew.scalar(op, put(a, device), value, out)
-    check(out, ref(a.astype(np.float64), float(dtype(value))), dtype)
+    check(out, ref(a.astype(np.float64), float(accumulator_dtype(dtype).type(value))), dtype)
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
@@ -122,7 +125,7 @@ def test_bias_grad_nchw(dtype, shape, device, rng):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_reductions_are_bitwise_deterministic(dtype, device, rng):
-    a = (rng.standard_normal(40_000) * 1e3).astype(dtype)
+    a = (rng.standard_normal(40_000) * (1.0 if dtype == np.float16 else 1e3)).astype(dtype)   # float16: no overflow
     dy = rng.standard_normal((5, 3, 9, 11)).astype(dtype)
     a_d, dy_d = put(a, device), put(dy, device)
     runs = []
@@ -150,3 +153,69 @@ def test_bad_arguments_are_rejected():
         ew.sum_all(a, np.ones(2, np.float32))
     with pytest.raises(ValueError, match="bias of shape"):
         ew.bias_add_nchw(np.ones((1, 3, 2, 2), np.float32), np.ones(2, np.float32))
+
+
+FLOATS = [np.float16, np.float32, np.float64]
+SPECIAL = [0.0, -0.0, 1.0, -2.5, np.inf, -np.inf, np.nan, 1e-6, 6e-8, 65504.0, 65520.0, 7e4, 1e-30, 3.4e38]
+
+
+@pytest.mark.parametrize("dst", FLOATS)
+@pytest.mark.parametrize("src", FLOATS)
+def test_cast_any_pair(src, dst, device, rng):
+    """Round to nearest even, as NumPy's conversion does: float16 subnormals, overflow to inf
+    (65520 and above), signed zeros, inf and NaN included. float64 -> float16 rounds through
+    float32, as PyTorch's Half conversion does."""
+    with np.errstate(over="ignore"):
+        x = np.concatenate([np.array(SPECIAL), rng.standard_normal(37) * 100]).astype(src)
+    out = garbage(x.shape, dst, device)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "overflow encountered in cast", RuntimeWarning)   # the simulator's float16()
+        ew.cast(put(x, device), out)
+    with np.errstate(over="ignore"):
+        want = x.astype(np.float32).astype(dst) if dst == np.float16 else x.astype(dst)
+    got = host(out)
+    assert got.dtype == dst
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(np.signbit(got), np.signbit(want))
+
+
+def test_cast_float64_to_float16_rounds_through_float32_as_pytorch(device):
+    # just above the midpoint of 1 and 1 + 2^-10: float32 rounds it onto the midpoint, which then
+    # ties to even (1.0); a direct rounding would give 1 + 2^-10
+    x = np.array([1 + 2.0 ** -11 + 2.0 ** -40])
+    out = garbage((1,), np.float16, device)
+    ew.cast(put(x, device), out)
+    assert host(out)[0] == 1.0
+
+
+def test_cast_bad_arguments():
+    with pytest.raises(TypeError, match="cast: src and dst must be float16, float32 or float64 arrays"):
+        ew.cast(np.ones(3, np.int64), np.ones(3, np.float32))
+    with pytest.raises(ValueError, match="cast: src and dst must share one shape"):
+        ew.cast(np.ones(3, np.float16), np.ones(4, np.float32))
+    with pytest.raises(TypeError, match="both be CUDA device arrays or both NumPy"):
+        ew.cast(cuda.to_device(np.ones(3, np.float16)), np.ones(3, np.float32))
+
+
+@pytest.mark.parametrize("n", [5000, 40_000])
+def test_float16_sums_accumulate_in_float32(n, device):
+    """A float16 running sum would stop at 2048 (2048 + 1 rounds back to 2048); float32
+    partial sums reach n, rounded once to float16 (5000 and 40 000 are float16 numbers). The bias
+    gradient sums n values per channel alike."""
+    ones = np.ones(n, np.float16)
+    out = garbage((1,), np.float16, device)
+    ew.sum_all(put(ones, device), out)
+    assert host(out)[0] == n
+    dy = np.ones((n // 100, 2, 10, 10), np.float16)
+    db = garbage(2, np.float16, device)
+    ew.bias_grad_nchw(put(dy, device), db)
+    assert (host(db) == n).all()
+
+
+def test_sum_all_scales_before_rounding(device):
+    """scale * sum is rounded once: the float16 mean of 10 000 values of 1000 is 1000 although
+    their sum (10^7) overflows float16."""
+    a = np.full(10_000, 1000.0, np.float16)
+    out = garbage((1,), np.float16, device)
+    ew.sum_all(put(a, device), out, scale=1e-4)
+    assert host(out)[0] == 1000.0

@@ -2,10 +2,14 @@ import numpy as np
 import pytest
 from numba import cuda
 
+import convkern as ck
+import convkern.functional as F
 from convkern.kernels import gemm as G
 from tests.reference import tolerance
 
-DTYPES = [np.float32, np.float64]
+# float16: storage, fp32 products and sums, rounded once (against the float64 product of the
+# float16 operands)
+DTYPES = [np.float16, np.float32, np.float64]
 # (M, N, K): several tiles in every dimension, none a multiple of the tile; a single row; a single
 # column; an outer product
 SHAPES = [(G.BM + 5, G.BN + 3, 2 * G.BK + 1), (1, 17, 5), (19, 1, 21), (7, 9, 1)]
@@ -112,3 +116,33 @@ def test_matmul_cpu_splits_stacks_over_threads_exactly(a_shape, b_shape):
         G.matmul_cpu(a, b, out)
         np.testing.assert_allclose(out, want, rtol=1e-12, atol=1e-12)
     numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+
+
+def test_gemm_float16_accumulates_in_float32(device):
+    """1 + 64 * 2^-11 is 1 + 2^-5 in fp32, 1 in float16 (each 2^-11 is half an ulp of 1)."""
+    a = np.full((1, 65), 2.0 ** -11, np.float16)
+    a[0, 0] = 1
+    got = _run(G.gemm, a, np.ones((65, 1), np.float16), np.full((1, 1), np.nan, np.float16), device)
+    assert got.tolist() == [[1 + 2.0 ** -5]]
+
+
+# ---------------------------------------------------------------- linear on float16
+
+def test_linear_float16_forward_and_gradients(device):
+    rng = np.random.default_rng(4)
+    x, w, b = (rng.standard_normal(s).astype(np.float16) for s in ((2, 3, 20), (7, 20), (7,)))
+    ts = [ck.tensor(a, requires_grad=True, device=device) for a in (x, w, b)]
+    y = F.linear(*ts)
+    dy = rng.standard_normal(y.shape).astype(np.float16)
+    y.backward(ck.tensor(dy, device=device))
+    x64, w64, dy64 = (a.astype(np.float64) for a in (x, w, dy))
+    want = (x64 @ w64.T + b.astype(np.float64), dy64 @ w64, dy64.reshape(-1, 7).T @ x64.reshape(-1, 20),
+            dy64.reshape(-1, 7).sum(axis=0))
+    for name, mine, ref in zip(("y", "dx", "dw", "db"), (y, *(t.grad for t in ts)), want):
+        assert mine.dtype == np.float16, name
+        np.testing.assert_allclose(mine.numpy(), ref, *tolerance(np.float16), err_msg=name)
+
+
+def test_linear_float16_needs_float16_weight():
+    with pytest.raises(TypeError, match="linear: weight has dtype float32 but input has dtype float16"):
+        F.linear(np.zeros((2, 3), np.float16), np.zeros((4, 3), np.float32))

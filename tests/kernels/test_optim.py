@@ -1,4 +1,5 @@
-"""The fused optimizer kernels against the update rules written out in NumPy float64."""
+"""The fused optimizer kernels against the update rules written out in NumPy float64 (of the same
+inputs, for float16 too)."""
 import numpy as np
 import pytest
 from numba import cuda
@@ -6,6 +7,8 @@ from numba import cuda
 from convkern.kernels import optim as kernels
 from convkern.kernels.cuda_util import is_device_array
 from tests.reference import tolerance
+
+DTYPES = [np.float32, np.float64, np.float16]     # float16 parameters and state: float32 math, rounded once
 
 
 def put(x, device):
@@ -16,7 +19,7 @@ def host(x):
     return x.copy_to_host() if is_device_array(x) else x
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("first, nesterov", [(True, False), (False, False), (False, True)])
 def test_sgd_step(first, nesterov, dtype, device, rng):
     p, g, buf = (rng.standard_normal(37).astype(dtype) for _ in range(3))
@@ -31,7 +34,7 @@ def test_sgd_step(first, nesterov, dtype, device, rng):
     np.testing.assert_allclose(host(bd), b, rtol=rtol, atol=atol)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_adam_step(dtype, device, rng):
     p, g = (rng.standard_normal(37).astype(dtype) for _ in range(2))
     m, v = rng.standard_normal(37).astype(dtype), rng.uniform(0.1, 1, 37).astype(dtype)
@@ -49,3 +52,15 @@ def test_adam_step(dtype, device, rng):
 def test_mismatched_state_is_refused():
     with pytest.raises(ValueError, match="must match the parameter's shape"):
         kernels.sgd_step(np.ones(3), np.ones(3), np.ones(4), 0.1)
+
+
+def test_float16_update_is_computed_in_float32(device):
+    """Intermediates that float16 cannot hold: Adam's eps = 1e-8 (0 in float16, so 0 / 0 with
+    zero moments) and SGD's weight_decay * p = 2 * 60000 (inf in float16)."""
+    zeros = np.zeros(4, np.float16)
+    p = put(np.ones(4, np.float16), device)
+    kernels.adam_step(p, put(zeros, device), put(zeros, device), put(zeros, device), 1e-3, 0.9, 0.999, 1e-8, 0.0, 1)
+    np.testing.assert_array_equal(host(p), 1.0)
+    p = put(np.full(4, 60000, np.float16), device)
+    kernels.sgd_step(p, put(zeros, device), put(zeros, device), 0.25, weight_decay=2.0)
+    np.testing.assert_array_equal(host(p), 30000.0)

@@ -1,7 +1,8 @@
 """Pooling kernels (kernels/pool.py) against plain float64 NumPy references, spatial rank 1-3,
 symmetric, uneven (TensorFlow's SAME and explicit pairs) and ceil-mode padding, on CPU and on the
-CUDA path, float32 and float64. The references pad explicitly: -inf for max pooling, and masks
-of the real elements and of the padded extent for the average divisors."""
+CUDA path, float32, float64 and float16 (references of the same float16 inputs). The references
+pad explicitly: -inf for max pooling, and masks of the real elements and of the padded extent for
+the average divisors."""
 import itertools
 
 import numpy as np
@@ -15,6 +16,7 @@ from convkern.kernels.shapes import PoolGeometry
 from tests.reference import tolerance
 
 DTYPES = [np.float32, np.float64]
+HALF_DTYPES = DTYPES + [np.float16]     # float16: stored as float16, computed in float32
 
 # (N, C, *size), kernel, stride, pad_before, pad_after, dilation, ceil_mode
 CASES = [
@@ -193,7 +195,7 @@ def test_reference_pads_uneven_sides():
     assert avgpool_ref(x, g, True).ravel().tolist() == [2.5, 1.5, 1.75, 1.0]
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
 @pytest.mark.parametrize("case", ALL_CASES, ids=case_id)
 def test_maxpool(case, dtype, device):
     g = geometry(case)
@@ -209,7 +211,7 @@ def test_maxpool(case, dtype, device):
 
 
 @pytest.mark.parametrize("count_include_pad", [True, False])
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
 @pytest.mark.parametrize("case", AVG_CASES, ids=case_id)
 def test_avgpool(case, dtype, count_include_pad, device):
     g = geometry(case)
@@ -224,7 +226,7 @@ def test_avgpool(case, dtype, count_include_pad, device):
     check(dx, avgpool_bwd_ref(dy, g, count_include_pad), dtype)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
 @pytest.mark.parametrize("shape, out", [((2, 3, 7, 5), (3, 2)), ((1, 2, 6, 6), (1, 1)), ((2, 1, 4, 5), (6, 3)),
                                         ((2, 2, 7), (3,)), ((1, 2, 3, 5, 4), (2, 3, 5))], ids=str)
 def test_adaptive_avgpool(shape, out, dtype, device):
@@ -254,7 +256,7 @@ def test_maxpool_global_index_counts_from_the_start_of_the_input(case, device):
     check(dx, maxpool_bwd_ref(dy, idx_ref, g), np.float64)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
 def test_maxunpool2d(dtype, device):
     g = geometry(CASES[0])
     x = tie_free(CASES[0][0], dtype)
@@ -372,6 +374,28 @@ def test_maxpool_backward_is_bitwise_identical_on_cpu_and_cuda(case):
         dx = empty(x.shape, np.float32, device)
         pool.maxpool_bwd(put(dy, device), put(idx, device), dx, g)
         results.append(host(dx).tobytes())
+    assert results[0] == results[1]
+
+
+@pytest.mark.parametrize("case", [((2, 3, 7, 7), (3, 3), (1, 1), (1, 1), (1, 1), (1, 1), False)], ids=case_id)
+def test_float16_backward_sums_in_float32_on_cpu_and_cuda(case):
+    """Overlapping windows add several gradients into one dx: the CPU scatter sums them in a
+    float32 workspace and the CUDA gather in float32 registers, in the same order, so both round
+    the same float32 sum once and agree bitwise."""
+    g = geometry(case)
+    x = np.full(case[0], 1.0, np.float16)                   # ties: position 0 of each window wins
+    # halves up to 1000 are float16 numbers and their sums are exact in float32
+    dy = (np.random.default_rng(9).integers(-2000, 2000, g.y_shape) / 2).astype(np.float16)
+    results = []
+    for device in ("cpu", "cuda"):
+        _, idx = run_max(x, g, device)
+        dx = empty(x.shape, np.float16, device)
+        pool.maxpool_bwd(put(dy, device), idx, dx, g)
+        dxa = empty(x.shape, np.float16, device)
+        pool.adaptive_avgpool_bwd(put(dy[:, :, :3, :3].copy(), device), dxa)
+        results.append((host(dx).tobytes(), host(dxa).tobytes()))
+        want = maxpool_bwd_ref(dy, host(idx), g).astype(np.float32).astype(np.float16)
+        np.testing.assert_array_equal(host(dx), want)
     assert results[0] == results[1]
 
 

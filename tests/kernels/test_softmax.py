@@ -7,7 +7,7 @@ from convkern.kernels import softmax as sm
 from convkern.kernels.cuda_util import DeviceCheckError, is_device_array
 from tests.reference import tolerance
 
-DTYPES = [np.float32, np.float64]
+DTYPES = [np.float16, np.float32, np.float64]
 # (outer, C, inner); C = 17 and 300 are longer than a simulated (8) and a real (256) row block
 VIEWS = [(1, 1, 1), (2, 5, 3), (3, 17, 1), (1, 4, 6), (2, 300, 1)]
 IGNORE = -100
@@ -25,6 +25,11 @@ def garbage(shape, dtype, device):
     return put(np.full(shape, np.nan, dtype), device)
 
 
+def acc_dtype(dtype):
+    """The dtype of the per-row arrays (loss, stats, counted, g, hits) for logits of ``dtype``."""
+    return np.float32 if dtype == np.float16 else dtype
+
+
 def softmax_ref(x):
     """Softmax over axis 1 of (outer, C, inner), one row at a time, in float64."""
     x = x.astype(np.float64)
@@ -37,14 +42,15 @@ def softmax_ref(x):
     return y
 
 
-def softmax_bwd_ref(mode, x, g):
-    """dx = J^T g with the row's Jacobian written out: softmax J = diag(y) - y y^T,
-    log-softmax J = I - 1 y^T (y the softmax)."""
-    y = softmax_ref(x)
+def softmax_bwd_ref(mode, y, g):
+    """dx = J^T g with the row's Jacobian written out from the stored forward output ``y``:
+    softmax J = diag(s) - s s^T, log-softmax J = I - 1 s^T (s = y, resp. exp(y), the softmax)."""
+    y = y.astype(np.float64)
+    y = y if mode == "softmax" else np.exp(y)
     g = g.astype(np.float64)
     dx = np.empty_like(y)
-    for o in range(x.shape[0]):
-        for i in range(x.shape[2]):
+    for o in range(y.shape[0]):
+        for i in range(y.shape[2]):
             s = y[o, :, i]
             J = np.diag(s) - np.outer(s, s) if mode == "softmax" else np.eye(len(s)) - np.outer(np.ones(len(s)), s)
             dx[o, :, i] = J.T @ g[o, :, i]
@@ -75,7 +81,7 @@ def test_softmax_bwd(mode, dtype, view, device, rng):
     dx = garbage(view, dtype, device)
     sm.softmax_bwd(mode, put(y, device), put(g, device), dx)
     rtol, atol = tolerance(dtype)
-    np.testing.assert_allclose(host(dx), softmax_bwd_ref(mode, x, g), rtol=rtol, atol=atol)
+    np.testing.assert_allclose(host(dx), softmax_bwd_ref(mode, y, g), rtol=rtol, atol=atol)
 
 
 @pytest.mark.parametrize("mode", ["softmax", "log_softmax"])
@@ -115,13 +121,15 @@ def ce_case(rng, N, C, dtype, scale=3.0):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_cross_entropy_fwd(N, C, dtype, device, rng):
     x, labels = ce_case(rng, N, C, dtype)
-    loss, stats, counted = garbage(N, dtype, device), garbage((N, 2), dtype, device), garbage(N, dtype, device)
+    acc = acc_dtype(dtype)
+    loss, stats, counted = garbage(N, acc, device), garbage((N, 2), acc, device), garbage(N, acc, device)
     sm.cross_entropy_fwd(put(x, device), put(labels, device), IGNORE, loss, stats, counted)
     want_loss, want_stats = ce_ref(x, labels)
-    rtol, atol = tolerance(dtype)
+    rtol, atol = tolerance(acc)                      # float16 logits: float32 math, float32 results
+    assert host(loss).dtype == acc
     np.testing.assert_allclose(host(loss), want_loss, rtol=rtol, atol=atol)
     np.testing.assert_allclose(host(stats), want_stats, rtol=rtol, atol=atol)
-    np.testing.assert_array_equal(host(counted), (labels != IGNORE).astype(dtype))
+    np.testing.assert_array_equal(host(counted), (labels != IGNORE).astype(acc))
 
 
 def test_cross_entropy_bad_label_raises_on_the_cpu_at_once_and_lazily_on_cuda(device):
@@ -145,7 +153,7 @@ def test_cross_entropy_bad_label_raises_on_the_cpu_at_once_and_lazily_on_cuda(de
 def test_argmax_hits(dtype, device):
     x = np.array([[0.0, 2.0, 1.0], [3.0, 3.0, 1.0], [0.0, 0.0, 5.0], [1.0, -1.0, 0.0]], dtype)
     labels = np.array([1, 1, 2, 2], np.int64)          # row 1 ties: the first maximum (0) wins
-    hits = garbage(4, dtype, device)
+    hits = garbage(4, acc_dtype(dtype), device)
     sm.argmax_hits(put(x, device), put(labels, device), hits)
     np.testing.assert_array_equal(host(hits), [1, 0, 1, 0])
 
@@ -155,10 +163,11 @@ def test_argmax_hits(dtype, device):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_cross_entropy_bwd(N, C, dtype, per_row, device, rng):
     x, labels = ce_case(rng, N, C, dtype)
-    g = rng.standard_normal(N if per_row else 1).astype(dtype)
+    acc = acc_dtype(dtype)
+    g = rng.standard_normal(N if per_row else 1).astype(acc)
     _, stats = ce_ref(x, labels)
     dx = garbage((N, C), dtype, device)
-    sm.cross_entropy_bwd(put(x, device), put(stats.astype(dtype), device), put(labels, device), IGNORE,
+    sm.cross_entropy_bwd(put(x, device), put(stats.astype(acc), device), put(labels, device), IGNORE,
                          put(g, device), 0.25, dx)
     want = np.zeros((N, C))
     for n in range(N):
@@ -217,6 +226,15 @@ def test_softmax_bad_arguments():
                              np.ones(2, np.float32))
     with pytest.raises(ValueError, match="argmax_hits: expected logits"):
         sm.argmax_hits(a[:, :, 0], labels, np.ones(3, np.float32))
+    h = a[:, :, 0].astype(np.float16)
+    with pytest.raises(TypeError, match="per-row ones of dtype float32 for float16 data, got one of dtype float16"):
+        sm.cross_entropy_fwd(h, labels, IGNORE, np.ones(2, np.float16), stats, np.ones(2, np.float32))
+    with pytest.raises(TypeError, match="data ones of dtype float16 for float16 data, got one of dtype float32"):
+        sm.softmax_fwd("softmax", a.astype(np.float16), a)
+    with pytest.raises(TypeError, match="per-row ones of dtype float32"):
+        sm.argmax_hits(h, labels, np.ones(2, np.float16))
+    with pytest.raises(TypeError, match="expected float16, float32 or float64 arrays, got int32"):
+        sm.softmax_fwd("softmax", a.astype(np.int32), a.astype(np.int32))
     with pytest.raises(ValueError, match="g shape"):
         sm.cross_entropy_bwd(a[:, :, 0], stats, labels, IGNORE, np.ones(3, np.float32), 1.0,
                              np.ones((2, 3), np.float32))
