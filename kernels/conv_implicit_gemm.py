@@ -45,6 +45,7 @@ from numba import cuda, int32, int64, njit, prange, uint32, uint64
 from .conv_algorithm import ConvAlgorithm, by_rank, check_conv_arrays
 from .cuda_util import (SIMULATOR, array1, array2, blocks, device_empty, is_device_array, per_dtype,
                         resident_blocks, stream, wave_splits)
+from .float16 import accumulator
 from .gemm import (A_LOADS, A_PITCH, B_PITCH, BK, BM, BN, INDEX_LIMIT, SMEM_ALIGN, THREADS, TX, element, jit_options,
                    stage, tile_origin, tile_step, unstage, zero_tile)
 
@@ -637,19 +638,22 @@ def conv2d_bwd_filter_implicit_gemm_cpu(xf, off, pix, dy3, ws, C, Hp, Wp, groups
 
 
 def _sum_slices_signature(dt):
-    return (array2(dt), array1(dt))
+    return (array2(accumulator(dt)), array1(dt))
 
 
-# one thread per output element e, grid-stride
-@per_dtype(_sum_slices_signature, threads=SUM_THREADS)
+# one thread per output element e, grid-stride: the slices' partial sums (in the accumulator
+# dtype: float32 for float16 output) added in order, rounded once to out's dtype
+@per_dtype(_sum_slices_signature, threads=SUM_THREADS, half=True)
 def sum_slices_cuda(dt):
+    at = accumulator(dt)
+
     @cuda.jit
     def kernel(ws, out):
         for e in range(cuda.grid(1), out.shape[0], cuda.gridsize(1)):
-            acc = dt(0)
+            acc = at(0)
             for sl in range(ws.shape[0]):
                 acc += ws[sl, e]
-            out[e] = acc
+            out[e] = dt(acc)
     return kernel
 
 

@@ -31,7 +31,7 @@ operands and reductions of up to ~150 terms (5 standard deviations there).
 
 CUDA: one block per BM x BN tile of a product (groups on grid z; backward filter cuts its long
 reduction into slices, ``z = slice * groups + group``, and adds the slices' partial products in
-order with ``narrow_slices_cuda``: deterministic, no atomics). The reduction
+order with ``conv_implicit_gemm.sum_slices_cuda``: deterministic, no atomics). The reduction
 runs in BK-deep tiles through STAGES shared-memory buffers: while the warps multiply tile t, the
 copies of tiles t+1 .. t+STAGES-1 are in flight (``cp.async`` with zero fill for padding, tails
 and phases that miss, so the shared tiles need no predication afterwards). Both operands sit in
@@ -50,7 +50,7 @@ from numba import cuda, float32, float64, int32, uint32
 from numba.types import float16
 
 from . import conv_implicit_gemm
-from .conv_implicit_gemm import _stride_phases
+from .conv_implicit_gemm import SUM_THREADS, _stride_phases, sum_slices_cuda
 from .conv_algorithm import WITH_HALF, ConvAlgorithm, check_conv_arrays
 from .cuda_util import (SIMULATOR, array1, blocks, device_constant, device_empty, is_device_array, per_dtype,
                         resident_blocks, stream, wave_splits)
@@ -89,7 +89,6 @@ THREADS = 32 if SIMULATOR else 512
 BLOCKS_PER_SM = 1
 NO_ROW = -(1 << 30)          # the window origin of a column past the end: no tap reaches back into range
 MIN_SLICE_TILES = 4          # backward filter: reduction tiles per slice, at least
-SUM_THREADS = 32 if SIMULATOR else 256
 # (rtol, atol) against the float64 reference for float32 (TF32) results; float64 is exact precision
 TOLERANCE = {"float32": (1e-2, 2e-2)}
 PREFER_MIN_CHANNELS = 32     # auto's heuristic prefers this algorithm on CUDA from this many channels
@@ -506,7 +505,7 @@ def _bwd_filter_kernel(dt, cfg):
 # data, dy's planes in backward filter) by one 4-byte cp.async from the operand's float32 view
 # ``*32``, otherwise, and for the gathered operand always, by two float16 loads packed into a
 # word. The epilogue rounds the fp32 accumulators (+ bias) once to float16; backward filter's
-# slices stay fp32 until narrow_slices_cuda adds them.
+# slices stay fp32 until conv_implicit_gemm.sum_slices_cuda adds them.
 
 def _fwd_half_signature(dt):
     return (array1(dt), array1(dt), array1(float32), dt[:, :, ::1], array1(dt), int32[:, ::1]) + (int32,) * 11
@@ -836,26 +835,6 @@ def _bwd_filter_half_kernel(dt, cfg):
     return kernel
 
 
-def _narrow_signature(dt):
-    return (accumulator(dt)[:, ::1], array1(dt))
-
-
-# one thread per element e of dw, grid-stride: the slices' partial sums added in order, in the
-# accumulator dtype, rounded once to dw's dtype
-@per_dtype(_narrow_signature, threads=SUM_THREADS, half=True)
-def narrow_slices_cuda(dt):
-    at = accumulator(dt)
-
-    @cuda.jit
-    def kernel(ws, out):
-        for e in range(cuda.grid(1), out.shape[0], cuda.gridsize(1)):
-            total = at(0)
-            for sl in range(ws.shape[0]):
-                total += ws[sl, e]
-            out[e] = dt(total)
-    return kernel
-
-
 def _by_dtype(tf32_or_f64, half):
     """A factory (kernel or signature) for any dtype: ``half`` for float16, else ``tf32_or_f64``."""
     def make(dt, *cfg):
@@ -1084,8 +1063,7 @@ def _bwd_filter_cuda(dy, x, dw, g, build=BUILD):
     kernel[grid, cfg.threads, stream()](*operands, *args, *flags)
     if not direct:
         out = dw.reshape(-1)
-        narrow_slices_cuda[dtype][blocks(out.shape[0], SUM_THREADS), SUM_THREADS, stream()](ws.reshape(slices, -1),
-                                                                                            out)
+        sum_slices_cuda[dtype][blocks(out.shape[0], SUM_THREADS), SUM_THREADS, stream()](ws.reshape(slices, -1), out)
 
 
 def _check_bias(bias, y, g):

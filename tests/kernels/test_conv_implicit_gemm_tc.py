@@ -109,7 +109,7 @@ def test_bias_of_the_wrong_shape_is_refused():
 @pytest.mark.parametrize("slots", [1, 10 ** 6], ids=["one-slice", "most-slices"])
 def test_cuda_filter_reduction_slices(slots, monkeypatch):
     """Backward filter's N*P*Q = 98 reduction in as few and as many slices as it allows (summed
-    in order by narrow_slices_cuda)."""
+    in order by conv_implicit_gemm.sum_slices_cuda)."""
     chosen = []
     wave_splits = TC.wave_splits
 
@@ -302,7 +302,7 @@ def test_float16_pairs_need_even_aligned_runs():
 
 def test_cuda_float16_filter_slices_stay_fp32_until_added(monkeypatch):
     """Backward filter in several slices: their fp32 partial products are added in order and
-    rounded once (narrow_slices_cuda); one slice goes the same way."""
+    rounded once (conv_implicit_gemm.sum_slices_cuda); one slice goes the same way."""
     chosen = []
     wave_splits = TC.wave_splits
 
