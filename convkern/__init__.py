@@ -13,6 +13,13 @@ import os
 # Passive waiting must be chosen before the OpenMP runtime starts, i.e. before the first
 # parallel kernel runs. A value the user set is kept.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# OpenBLAS's own workers spin for about 2**28 cycles after each call (THREAD_TIMEOUT 28) and take
+# the cores from the next Numba kernel: measured on 2 cores, an implicit-GEMM pass timed between
+# BLAS calls ran at half speed, and the autotuner picked the wrong winners. 2**4 cycles makes them
+# sleep at once. OpenBLAS reads this when it loads, so it only acts when convkern is imported
+# before NumPy (the CLI, the bench workers); docs/architecture.md ("CPU threads") says what to do
+# otherwise.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 from convkern.autograd import Function, Tensor, from_dlpack, is_grad_enabled, no_grad, tensor  # noqa: E402
 from convkern.backend import cuda_available  # noqa: E402

@@ -7,8 +7,9 @@ and in ``cache_path()``, a JSON file in the user cache directory (``$CONVKERN_CA
 ``$XDG_CACHE_HOME/convkern`` or ``~/.cache/convkern``).
 
 - **Machine.** The key starts with a short hash of ``machine()``: CPU model and ISA, thread
-  count, convkern, Numba and NumPy versions, and on CUDA the GPU's name and compute capability.
-  A choice measured elsewhere (another CPU, another thread count, an upgrade) is never used; the
+  count, convkern, Numba and NumPy versions, a hash of the kernels' source files, and on CUDA the
+  GPU's name and compute capability. A choice measured elsewhere (another CPU, another thread
+  count, an upgrade, changed kernels) is never used; the
   file keeps each machine's description (``provenance()``, shown by ``convkern info``).
 - **Timing.** One warm-up call per candidate (JIT compilation), then ``ROUNDS`` rounds that run
   every candidate once each, interleaved, so a slow spell of the machine hits all of them; the
@@ -86,13 +87,24 @@ def _cpu_isa():
     return platform.machine()
 
 
+def _kernels_hash():
+    """12 hex digits of the kernels' source files: a choice timed on other kernels is stale."""
+    from convkern import kernels
+    folder = os.path.dirname(kernels.__file__)
+    digest = hashlib.sha256()
+    for name in sorted(f for f in os.listdir(folder) if f.endswith(".py")):
+        with open(os.path.join(folder, name), "rb") as f:
+            digest.update(name.encode() + b"\0" + f.read())
+    return digest.hexdigest()[:12]
+
+
 @functools.lru_cache(maxsize=None)
 def _fixed_machine(device, gpu):
     import numba
 
     import convkern
     info = {"cpu": _cpu_model(), "isa": _cpu_isa(), "convkern": convkern.__version__, "numba": numba.__version__,
-            "numpy": np.__version__}
+            "numpy": np.__version__, "kernels": _kernels_hash()}
     if gpu:
         dev = cuda.get_current_device()
         name = dev.name.decode() if isinstance(dev.name, bytes) else str(dev.name)

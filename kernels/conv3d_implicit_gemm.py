@@ -27,24 +27,18 @@ gathers do no integer division; backward data compares the remainders of ``d + p
 when they match. Backward filter cuts its long reduction N*O*P*Q into fixed slices (grid z =
 group x slice), added in order by ``sum_slices_cuda``.
 
-CPU: a work item owns a tile of the product; it gathers its part of B (B' for backward data)
-chunk by chunk of the reduction through two offset tables, one per pixel and one per reduction
-index, from a zero-padded copy of the source, into a thread-local buffer, and multiplies each
-chunk with the 2-D file's 4 x 3 register-blocked ``_tile_gemm_cpu``. Backward data runs once per
-stride phase (d mod sd, h mod sh, w mod sw): only the taps whose divisions are exact there
-contribute, so no zero of B' is gathered or multiplied. Backward filter is the 2-D file's kernel
-run on three-axis offset tables (it only needs the size of one padded channel), its batch cut
-into fixed slices only when the product has too few tiles to share out.
+CPU: the 2-D file's ``implicit_gemm_cpu`` (forward; backward data once per stride phase d mod sd,
+h mod sh, w mod sw, whose exact-division taps alone contribute) and ``implicit_gemm_bwd_filter_cpu``,
+run on three-axis tables: a per-voxel window origin and a per-reduction-index offset in the
+zero-padded source (``run_product``, ``run_filter_product``).
 """
 import math
 
 import numpy as np
-from numba import cuda, float32, int32, int64, njit, prange, types, uint64
+from numba import cuda, float32, int32, int64, types
 
 from .conv_algorithm import check_conv_arrays
-from .conv_implicit_gemm import (CPU_FILTER_COLS, CPU_FILTER_SEG, CPU_MIN_ITEMS, SUM_THREADS, _cpu_tiling,
-                                 _even_split, _runs, _stride_phases, _tile_gemm_cpu,
-                                 conv2d_bwd_filter_implicit_gemm_cpu, sum_slices_cpu, sum_slices_cuda)
+from .conv_implicit_gemm import SUM_THREADS, _stride_phases, run_filter_product, run_product, sum_slices_cuda
 from .cuda_util import (SIMULATOR, array2, blocks, device_empty, is_device_array, per_dtype, resident_blocks, stream,
                         wave_splits)
 
@@ -224,53 +218,6 @@ def conv3d_fwd_implicit_gemm_cuda(dt):
     return kernel
 
 
-@njit(fastmath=True, cache=True)
-def _gather_rows_cpu(src, base, pix, t0, nt, off, l0, length, bt):
-    """bt[t, l] = src[base + pix[t0 + t] + off[l0 + l]] for t < nt, l < length.
-
-    Unsigned indices (all are >= 0) spare the inner loop Numba's negative-index wraparound.
-    """
-    for t in range(nt):
-        org = base + pix[uint64(t0 + t)]
-        row = bt[t]
-        for l in range(length):
-            row[uint64(l)] = src[uint64(org + off[uint64(l0 + l)])]
-
-
-@njit(parallel=True, fastmath=True, cache=True)
-def conv3d_fwd_implicit_gemm_cpu(xf, off, pix, w2, y3, C, plane, groups, tile, chunk, runs):
-    """Y_g = W_g @ B, one work item per (group, image, tile of ``tile`` output pixels).
-
-    ``xf`` is the zero-padded input (N, C, Dp, Hp, Wp) flattened, ``plane = Dp*Hp*Wp``, so that
-    ``B[l, (n, o, p, q)] = xf[(n*C + gi*Cg)*plane + pix[(o*P + p)*Q + q] + off[l]]`` with
-    ``pix[(o*P + p)*Q + q] = (o*sd*Hp + p*sh)*Wp + q*sw`` and ``off[((c*T + t)*R + r)*S + s] =
-    ((c*Dp + t*dd)*Hp + r*dh)*Wp + s*dw``; ``w2`` is w as (K, Cg*T*R*S), ``y3`` is y as
-    (N, K, O*P*Q). An item gathers and multiplies ``chunk`` reduction indices at a time. Items
-    are split into ``runs`` contiguous runs, one buffer pair each.
-    """
-    N, K, OPQ = y3.shape
-    Cg = C // groups
-    Kg = K // groups
-    L = off.shape[0]
-    tiles = (OPQ + tile - 1) // tile
-    items = groups * N * tiles
-    for run in prange(runs):
-        bt = np.empty((tile, chunk), xf.dtype)
-        ct = np.empty(((Kg + 3) // 4 * 4, (tile + 2) // 3 * 3), xf.dtype)
-        for it in range(run * items // runs, (run + 1) * items // runs):
-            gi = it // (N * tiles)
-            n = it // tiles - gi * N
-            t0 = (it % tiles) * tile
-            nt = min(tile, OPQ - t0)
-            ct[:, :] = 0
-            for l0 in range(0, L, chunk):
-                ln = min(chunk, L - l0)
-                _gather_rows_cpu(xf, (n * C + gi * Cg) * plane, pix, t0, nt, off, l0, ln, bt)
-                _tile_gemm_cpu(w2, gi * Kg, l0, Kg, bt, nt, ln, ct)
-            for k in range(Kg):
-                y3[n, gi * Kg + k, t0:t0 + nt] = ct[k, :nt]
-
-
 # ---------------------------------------------------------------------------------------------
 # Backward data
 # ---------------------------------------------------------------------------------------------
@@ -378,48 +325,6 @@ def conv3d_bwd_data_implicit_gemm_cuda(dt):
     return kernel
 
 
-@njit(parallel=True, fastmath=True, cache=True)
-def conv3d_bwd_data_implicit_gemm_cpu(dyf, off, lens, wpk, spix, dpix, npix, dx3, K, plane, groups,
-                                      tile, chunk, runs):
-    """dX_g = A @ B', one work item per (group, image, stride phase, tile of ``tile`` pixels).
-
-    Phase ``f`` owns the ``npix[f]`` input pixels at ``dpix[f, :npix[f]]`` of a (D*H*W) plane of
-    ``dx3`` (dx as (N, C, D*H*W)); its ``lens[f]`` reduction indices are the (k, t, r, s) whose
-    divisions are exact there, ``B'[l, (n, u)] = dyf[(n*K + gi*Kg)*plane + spix[f, u] + off[f, l]]``
-    in the zero-padded dy (N, K, Op, Pp, Qp) flattened (``plane = Op*Pp*Qp``), and
-    ``wpk[f, gi*Cg + c, l]`` the matching weights. A phase without taps gets dx = 0. Reduction
-    chunks, tiles and runs as in the forward.
-    """
-    N, C = dx3.shape[0], dx3.shape[1]
-    Cg = C // groups
-    Kg = K // groups
-    nph = lens.shape[0]
-    tiles = 1
-    for f in range(nph):
-        tiles = max(tiles, (npix[f] + tile - 1) // tile)
-    items = groups * N * nph * tiles
-    for run in prange(runs):
-        bt = np.empty((tile, chunk), dyf.dtype)
-        ct = np.empty(((Cg + 3) // 4 * 4, (tile + 2) // 3 * 3), dyf.dtype)
-        for it in range(run * items // runs, (run + 1) * items // runs):
-            gi = it // (N * nph * tiles)
-            n = it // (nph * tiles) - gi * N
-            f = it // tiles % nph
-            t0 = (it % tiles) * tile
-            nt = min(tile, npix[f] - t0)
-            if nt <= 0:
-                continue
-            ct[:, :] = 0
-            for l0 in range(0, lens[f], chunk):
-                ln = min(chunk, lens[f] - l0)
-                _gather_rows_cpu(dyf, (n * K + gi * Kg) * plane, spix[f], t0, nt, off[f], l0, ln, bt)
-                _tile_gemm_cpu(wpk[f], gi * Cg, l0, Cg, bt, nt, ln, ct)
-            for c in range(Cg):
-                out = dx3[n, gi * Cg + c]
-                for t in range(nt):
-                    out[dpix[f, t0 + t]] = ct[c, t]
-
-
 # ---------------------------------------------------------------------------------------------
 # Backward filter
 # ---------------------------------------------------------------------------------------------
@@ -514,11 +419,6 @@ def conv3d_bwd_filter_implicit_gemm_cuda(dt):
     return kernel
 
 
-# The CPU backward filter is conv_implicit_gemm.conv2d_bwd_filter_implicit_gemm_cpu run on the
-# offset tables below: it reads the source only through pix and off and needs just the size of
-# one padded channel, which it takes as the product of its Hp and Wp arguments.
-
-
 # ---------------------------------------------------------------------------------------------
 # Launchers
 # ---------------------------------------------------------------------------------------------
@@ -560,13 +460,13 @@ def _pixel_offsets(padded, g):
 
 def _fwd_cpu(x, w, y, g):
     xp, padded = _padded_source(x, g)
-    off = _patch_offsets(g.C // g.groups, padded, g)
-    tile, chunk = _cpu_tiling(off.shape[0])
-    opq = math.prod(g.out_size)
-    items = g.groups * g.N * -(-opq // tile)
-    conv3d_fwd_implicit_gemm_cpu(xp.reshape(-1), off, _pixel_offsets(padded, g), w.reshape(g.K, -1),
-                                 y.reshape(g.N, g.K, opq), g.C, math.prod(padded), g.groups, tile, chunk,
-                                 _runs(items))
+    Cg, Kg = g.C // g.groups, g.K // g.groups
+    plane, opq = math.prod(padded), math.prod(g.out_size)
+    n = np.arange(g.N, dtype=np.int64)[:, None]
+    org = (n * (g.C * plane) + _pixel_offsets(padded, g)).reshape(-1)
+    dst = (n * (g.K * opq) + np.arange(opq)).reshape(-1)
+    run_product(xp.reshape(-1), _patch_offsets(Cg, padded, g), org, Cg * plane, w.reshape(g.groups, Kg, -1),
+                y.reshape(-1), dst, opq, Kg * opq, g.groups)
 
 
 def _phase_tables(g, axes, padded_dy):
@@ -600,46 +500,37 @@ def _bwd_data_cpu(dy, w, dx, g):
     dyp = np.zeros((g.N, g.K) + padded_dy, dy.dtype)
     dyp[(slice(None), slice(None)) + tuple(slice(b, b + o) for b, o in zip(before, g.out_size))] = dy
     combos, spix, dpix, npix = _phase_tables(g, axes, padded_dy)
-    lmax = Kg * math.prod(max(len(p[2]) for p in a) for a in axes)
-    nph = len(combos)
-    off = np.zeros((nph, lmax), np.int64)
-    lens = np.zeros(nph, np.int64)
-    wpk = np.empty((nph, g.C, lmax), w.dtype)
+    plane_dy, dhw = math.prod(padded_dy), math.prod(g.in_size)
     wg = w.reshape((g.groups, Kg, Cg) + g.kernel)
     k = np.arange(Kg)[:, None, None, None]
+    n = np.arange(g.N, dtype=np.int64)[:, None]
     for f, ((_, _, td, od), (_, _, th, oh), (_, _, tw, ow)) in enumerate(combos):
-        n = Kg * len(td) * len(th) * len(tw)
-        lens[f] = n
-        if n:
-            a = np.array(od)[None, :, None, None] + before[0]
-            b = np.array(oh)[None, None, :, None] + before[1]
-            c = np.array(ow)[None, None, None, :] + before[2]
-            off[f, :n] = (((k * Op + a) * Pp + b) * Qp + c).reshape(-1)
-            taps = wg[:, :, :, td.start:td.stop:td.step, th.start:th.stop:th.step, tw.start:tw.stop:tw.step]
-            packed = wpk[f, :, :n].reshape(g.groups, Cg, Kg, len(td), len(th), len(tw))
-            packed[...] = taps.transpose(0, 2, 1, 3, 4, 5)
-    tile, chunk = _cpu_tiling(lmax)
-    items = g.groups * g.N * nph * max(1, -(-int(npix.max()) // tile))
-    conv3d_bwd_data_implicit_gemm_cpu(dyp.reshape(-1), off, lens, wpk, spix, dpix, npix,
-                                      dx.reshape(g.N, g.C, -1), g.K, math.prod(padded_dy), g.groups,
-                                      tile, chunk, _runs(items))
+        pixels = slice(0, int(npix[f]))
+        if npix[f] == 0:
+            continue
+        if not (len(td) and len(th) and len(tw)):
+            dx.reshape(g.N, g.C, -1)[:, :, dpix[f, pixels]] = 0
+            continue
+        a = np.array(od)[None, :, None, None] + before[0]
+        b = np.array(oh)[None, None, :, None] + before[1]
+        c = np.array(ow)[None, None, None, :] + before[2]
+        off = (((k * Op + a) * Pp + b) * Qp + c).reshape(-1).astype(np.int64)
+        # A[c, (k, t, r, s)] = w[k, c, t, r, s] over the phase's taps
+        taps = wg[:, :, :, td.start:td.stop:td.step, th.start:th.stop:th.step, tw.start:tw.stop:tw.step]
+        org = (n * (g.K * plane_dy) + spix[f, pixels]).reshape(-1)
+        dst = (n * (g.C * dhw) + dpix[f, pixels]).reshape(-1)
+        run_product(dyp.reshape(-1), off, org, Kg * plane_dy, taps.transpose(0, 2, 1, 3, 4, 5).reshape(g.groups, Cg, -1),
+                    dx.reshape(-1), dst, dhw, Cg * dhw, g.groups)
 
 
 def _bwd_filter_cpu(dy, x, dw, g):
     xp, padded = _padded_source(x, g)
-    Dp, Hp, Wp = padded
-    off = _patch_offsets(g.C // g.groups, padded, g)
-    L = off.shape[0]
-    opq = math.prod(g.out_size)
-    seg = _even_split(opq, CPU_FILTER_SEG)
-    cblocks = -(-L // CPU_FILTER_COLS)
-    slices = min(g.N, -(-CPU_MIN_ITEMS // (g.groups * cblocks)))
-    ws = dw.reshape(1, g.K, L) if slices == 1 else np.empty((slices, g.K, L), dw.dtype)
-    items = g.groups * cblocks * slices
-    conv2d_bwd_filter_implicit_gemm_cpu(xp.reshape(-1), off, _pixel_offsets(padded, g), dy.reshape(g.N, g.K, opq),
-                                        ws, g.C, Dp * Hp, Wp, g.groups, CPU_FILTER_COLS, seg, _runs(items))
-    if slices > 1:
-        sum_slices_cpu(ws.reshape(slices, -1), dw.reshape(-1))
+    Cg, Kg = g.C // g.groups, g.K // g.groups
+    plane, opq = math.prod(padded), math.prod(g.out_size)
+    n = np.arange(g.N, dtype=np.int64)[:, None]
+    org = (n * (g.C * plane) + _pixel_offsets(padded, g)).reshape(-1)
+    run_filter_product(xp.reshape(-1), _patch_offsets(Cg, padded, g), org, Cg * plane,
+                       dy.reshape(g.N, g.groups, Kg, opq), dw.reshape(g.K, -1), g.groups)
 
 
 def _threads():

@@ -27,14 +27,16 @@ small, cuts the reduction into fixed slices (grid z = group x slice; as many as 
 of the blocks the device holds at once, ``wave_splits``) and adds the slices' partial products
 in order with a second kernel.
 
-CPU: a work item owns a tile of the product. It gathers its part of B (B' for backward data)
-chunk by chunk of the reduction into a small thread-local buffer, from a zero-padded copy of
-the source through a table of offsets, and multiplies each chunk by a 4 x 3 register-blocked
-kernel whose inner loop is a vectorised dot product. Forward and backward data gather with the
-reduction index contiguous; backward filter, whose reduction runs over pixels, gathers rows of
-pixels. Backward data runs once per stride phase (h mod sh, w mod sw): in a phase only the taps
-whose divisions are exact contribute, so no zero of B' is gathered or multiplied. Backward filter
-splits the batch into fixed slices only when its product has too few tiles to share out.
+CPU: one register-tiled micro-kernel (``simd.tile_fma``: an MR x NR tile of vector accumulators,
+an outer product per reduction step) serves all three passes and both ranks. A is packed into
+MR-row micro-panels (weights, per-phase transposed taps, or dY); B is gathered into NR-column
+micro-panels straight from a zero-padded copy of the source through two tables, ``org`` (each
+column's window origin: image and pixel) and ``off`` (each reduction index's offset from it).
+Forward and backward data are ``implicit_gemm_cpu`` (columns = pixels of all images, so small
+maps still fill whole panels; backward data once per stride phase (h mod sh, w mod sw): in a phase
+only the taps whose divisions are exact contribute, so no zero of B' is gathered or multiplied).
+Backward filter is ``implicit_gemm_bwd_filter_cpu``: B's panels run along the taps, the
+reduction over pixels, cut into fixed slices only when the product has too few tiles to share out.
 """
 import math
 
@@ -46,6 +48,7 @@ from .conv_algorithm import ConvAlgorithm, by_rank, check_conv_arrays
 from .cuda_util import (SIMULATOR, array1, array2, blocks, device_empty, is_device_array, per_dtype,
                         resident_blocks, stream, wave_splits)
 from .float16 import accumulator
+from .simd import MR, pack_rows, panel_gemm, panel_width, round_up, vlanes
 from .gemm import (A_LOADS, A_PITCH, B_PITCH, BK, BM, BN, INDEX_LIMIT, SMEM_ALIGN, THREADS, TX, element, jit_options,
                    stage, tile_origin, tile_step, unstage, zero_tile)
 
@@ -55,12 +58,10 @@ OUTSIDE = np.uint32(1 << 31)    # a window row that no tap or pixel offset bring
 u32 = uint32
 SUM_THREADS = 32 if SIMULATOR else 256
 
-CPU_CHUNK = 640                # reduction indices per gathered chunk; long dot products, weights in L2
-CPU_TILE_ELEMS = 27648         # tile x chunk: a gathered chunk of ~108 KiB float32 stays in L2
-CPU_TILE_MIN, CPU_TILE_MAX = 12, 240
-CPU_FILTER_COLS = 48           # backward filter: taps (c, r, s) per tile, a multiple of 3
-CPU_FILTER_SEG = 512           # backward filter: pixels per reduction segment
-CPU_MIN_ITEMS = 8              # backward filter splits the batch until it has this many work items
+CPU_PANEL_BYTES = 36 << 10     # a B micro-panel (reduction chunk x NR) that stays in a 48 KiB L1
+CPU_TILE_PANELS = 8            # column micro-panels per work item (gathered once, reused by every row)
+CPU_FILTER_PANELS = 2          # backward filter: micro-panels of taps (c, r, s) per work item
+CPU_MIN_ITEMS = 8              # backward filter slices its reduction until it has this many work items
 CPU_RUNS_PER_THREAD = 4
 
 
@@ -205,120 +206,6 @@ def conv2d_fwd_implicit_gemm_cuda(dt):
     return kernel
 
 
-@njit(fastmath=True, cache=True)
-def _tile_gemm_cpu(a, a_row0, a_col0, m, bt, nt, length, c):
-    """c[i, j] += sum_l a[a_row0 + i, a_col0 + l] * bt[j, l] for i < m, j < nt, in 4 x 3 blocks.
-
-    ``c`` is padded to a multiple of 4 rows and 3 columns; past ``m`` and ``nt`` the blocks
-    repeat the last valid row of ``a`` or ``bt``, so the padding gets finite values and the loads
-    never leave the inputs. The l loop runs 12 independent dot products: each vector of ``a``
-    is used 3 times and each vector of ``bt`` 4 times from registers. The column of ``a`` is
-    unsigned so that Numba adds no negative-index wraparound, which would stop vectorisation.
-    """
-    zero = c.dtype.type(0)
-    for i0 in range(0, m, 4):
-        a0r = a[a_row0 + i0]
-        a1r = a[a_row0 + min(i0 + 1, m - 1)]
-        a2r = a[a_row0 + min(i0 + 2, m - 1)]
-        a3r = a[a_row0 + min(i0 + 3, m - 1)]
-        for j0 in range(0, nt, 3):
-            b0r = bt[j0]
-            b1r = bt[min(j0 + 1, nt - 1)]
-            b2r = bt[min(j0 + 2, nt - 1)]
-            c00 = zero
-            c01 = zero
-            c02 = zero
-            c10 = zero
-            c11 = zero
-            c12 = zero
-            c20 = zero
-            c21 = zero
-            c22 = zero
-            c30 = zero
-            c31 = zero
-            c32 = zero
-            for l in range(length):
-                la = uint64(a_col0 + l)
-                b0 = b0r[l]
-                b1 = b1r[l]
-                b2 = b2r[l]
-                a0 = a0r[la]
-                c00 += a0 * b0
-                c01 += a0 * b1
-                c02 += a0 * b2
-                a1 = a1r[la]
-                c10 += a1 * b0
-                c11 += a1 * b1
-                c12 += a1 * b2
-                a2 = a2r[la]
-                c20 += a2 * b0
-                c21 += a2 * b1
-                c22 += a2 * b2
-                a3 = a3r[la]
-                c30 += a3 * b0
-                c31 += a3 * b1
-                c32 += a3 * b2
-            c[i0, j0] += c00
-            c[i0, j0 + 1] += c01
-            c[i0, j0 + 2] += c02
-            c[i0 + 1, j0] += c10
-            c[i0 + 1, j0 + 1] += c11
-            c[i0 + 1, j0 + 2] += c12
-            c[i0 + 2, j0] += c20
-            c[i0 + 2, j0 + 1] += c21
-            c[i0 + 2, j0 + 2] += c22
-            c[i0 + 3, j0] += c30
-            c[i0 + 3, j0 + 1] += c31
-            c[i0 + 3, j0 + 2] += c32
-
-
-@njit(fastmath=True, cache=True)
-def _gather_patches_cpu(src, base, t0, nt, width, row_step, col_step, off, l0, length, bt):
-    """bt[t, l] = src[base + i*row_step + j*col_step + off[l0 + l]], (i, j) = divmod(t0 + t, width).
-
-    Unsigned indices (all are >= 0) spare the inner loop Numba's negative-index wraparound.
-    """
-    for t in range(nt):
-        i = (t0 + t) // width
-        org = base + i * row_step + (t0 + t - i * width) * col_step
-        row = bt[t]
-        for l in range(length):
-            row[uint64(l)] = src[uint64(org + off[uint64(l0 + l)])]
-
-
-@njit(parallel=True, fastmath=True, cache=True)
-def conv2d_fwd_implicit_gemm_cpu(xf, off, w2, y3, C, Hp, Wp, Q, sh, sw, groups, tile, chunk, runs):
-    """Y_g = W_g @ B, one work item per (group, image, tile of ``tile`` output pixels).
-
-    ``xf`` is the zero-padded input (N, C, Hp, Wp) flattened, so that
-    ``B[l, (n, p, q)] = xf[((n*C + gi*Cg)*Hp + p*sh)*Wp + q*sw + off[l]]`` with
-    ``off[(c*R + r)*S + s] = (c*Hp + r*dh)*Wp + s*dw``; ``w2`` is w as (K, Cg*R*S), ``y3`` is
-    y as (N, K, P*Q). An item gathers and multiplies ``chunk`` reduction indices at a time.
-    Items are split into ``runs`` contiguous runs, one buffer pair each.
-    """
-    N, K, PQ = y3.shape
-    Cg = C // groups
-    Kg = K // groups
-    L = off.shape[0]
-    tiles = (PQ + tile - 1) // tile
-    items = groups * N * tiles
-    for run in prange(runs):
-        bt = np.empty((tile, chunk), xf.dtype)
-        ct = np.empty(((Kg + 3) // 4 * 4, (tile + 2) // 3 * 3), xf.dtype)
-        for it in range(run * items // runs, (run + 1) * items // runs):
-            gi = it // (N * tiles)
-            n = it // tiles - gi * N
-            t0 = (it % tiles) * tile
-            nt = min(tile, PQ - t0)
-            ct[:, :] = 0
-            for l0 in range(0, L, chunk):
-                ln = min(chunk, L - l0)
-                _gather_patches_cpu(xf, (n * C + gi * Cg) * Hp * Wp, t0, nt, Q, sh * Wp, sw, off, l0, ln, bt)
-                _tile_gemm_cpu(w2, gi * Kg, l0, Kg, bt, nt, ln, ct)
-            for k in range(Kg):
-                y3[n, gi * Kg + k, t0:t0 + nt] = ct[k, :nt]
-
-
 def _bwd_data_signature(dt):
     return (array1(dt), array1(dt), array1(dt)) + (int64,) * 16
 
@@ -440,49 +327,6 @@ def conv2d_bwd_data_implicit_gemm_cuda(dt):
     return kernel
 
 
-@njit(parallel=True, fastmath=True, cache=True)
-def conv2d_bwd_data_implicit_gemm_cpu(dyf, off, lens, wpk, phases, dx, K, Pp, Qp, sh, sw, groups,
-                                      tile, chunk, runs):
-    """dX_g = A @ B', one work item per (group, image, stride phase, tile of ``tile`` pixels).
-
-    Phase ``f`` covers the pixels h = phases[f, 0] + i*sh, w = phases[f, 1] + j*sw with
-    i < phases[f, 2], j < phases[f, 3]. Its ``lens[f]`` reduction indices are the (k, r, s) whose
-    divisions are exact there: ``B'[l, (n, h, w)] = dyf[((n*K + gi*Kg)*Pp + i)*Qp + j + off[f, l]]``
-    in the zero-padded dy (N, K, Pp, Qp) flattened, and ``wpk[f, gi*Cg + c, l]`` the matching
-    weights. A phase without taps gets dx = 0. Reduction chunks, tiles and runs as in the forward.
-    """
-    N, C = dx.shape[0], dx.shape[1]
-    Cg = C // groups
-    Kg = K // groups
-    nph = lens.shape[0]
-    tiles = 1
-    for f in range(nph):
-        tiles = max(tiles, (phases[f, 2] * phases[f, 3] + tile - 1) // tile)
-    items = groups * N * nph * tiles
-    for run in prange(runs):
-        bt = np.empty((tile, chunk), dyf.dtype)
-        ct = np.empty(((Cg + 3) // 4 * 4, (tile + 2) // 3 * 3), dyf.dtype)
-        for it in range(run * items // runs, (run + 1) * items // runs):
-            gi = it // (N * nph * tiles)
-            n = it // (nph * tiles) - gi * N
-            f = it // tiles % nph
-            t0 = (it % tiles) * tile
-            h0, w0, nw = phases[f, 0], phases[f, 1], phases[f, 3]
-            nt = min(tile, phases[f, 2] * nw - t0)
-            if nt <= 0:
-                continue
-            ct[:, :] = 0
-            for l0 in range(0, lens[f], chunk):
-                ln = min(chunk, lens[f] - l0)
-                _gather_patches_cpu(dyf, (n * K + gi * Kg) * Pp * Qp, t0, nt, nw, Qp, 1, off[f], l0, ln, bt)
-                _tile_gemm_cpu(wpk[f], gi * Cg, l0, Cg, bt, nt, ln, ct)
-            for c in range(Cg):
-                plane = dx[n, gi * Cg + c]
-                for t in range(nt):
-                    i = (t0 + t) // nw
-                    plane[h0 + i * sh, w0 + (t0 + t - i * nw) * sw] = ct[c, t]
-
-
 def _bwd_filter_signature(dt):
     return (array1(dt), array1(dt), array1(dt)) + (int64,) * 17
 
@@ -598,43 +442,129 @@ def conv2d_bwd_filter_implicit_gemm_cuda(dt):
     return kernel
 
 
-@njit(parallel=True, fastmath=True, cache=True)
-def conv2d_bwd_filter_implicit_gemm_cpu(xf, off, pix, dy3, ws, C, Hp, Wp, groups, cols, seg, runs):
-    """dW_g = dY_g @ B^T, one work item per (group, block of ``cols`` taps, batch slice).
+@njit(fastmath=True, cache=True)
+def _gather_panels(src, org, t0, nt, panels, off, l0, kc, bp):
+    """B micro-panels for columns [t0, t0 + panels*NR): bp[(jb*kc + l)*NR + j] =
+    src[org[t0 + min(jb*NR + j, nt - 1)] + off[l0 + l]] (a column past ``nt`` repeats the last one,
+    so the padding is finite and every load stays inside ``src``)."""
+    nr = 3 * vlanes(bp)
+    for jb in range(panels):
+        for l in range(kc):
+            o = off[l0 + l]
+            dst = (jb * kc + l) * nr
+            for j in range(nr):
+                bp[uint64(dst + j)] = src[uint64(org[uint64(t0 + min(jb * nr + j, nt - 1))] + o)]
 
-    ``B[l, (n, pq)] = xf[(n*C + gi*Cg)*Hp*Wp + pix[pq] + off[l]]`` in the zero-padded input
-    flattened (``pix[p*Q + q] = p*sh*Wp + q*sw``, ``off`` as in the forward kernel). Slice ``sl``
-    of ``ws.shape[0]`` sums images [sl*N/slices, (sl+1)*N/slices), segment by segment of ``seg``
-    pixels in order, into ``ws[sl]`` (K, Cg*R*S). Items are split into ``runs`` contiguous runs.
-    """
-    N, K, PQ = dy3.shape
-    slices = ws.shape[0]
-    Cg = C // groups
-    Kg = K // groups
+
+@njit(parallel=True, fastmath=True, cache=True)
+def gather_all_cpu(src, off, org, src_group, groups, tile, chunk, gathered):
+    """Every (group, tile, reduction chunk)'s B micro-panels, as ``implicit_gemm_cpu`` gathers
+    them, into ``gathered`` at ``((gi*tiles + tile index)*L + l0)*tile``."""
+    cols = org.shape[0]
     L = off.shape[0]
+    nr = 3 * vlanes(src)
+    tiles = (cols + tile - 1) // tile
+    chunks = (L + chunk - 1) // chunk
+    for it in prange(groups * tiles * chunks):
+        gi = it // (tiles * chunks)
+        ti = it // chunks % tiles
+        l0 = (it % chunks) * chunk
+        nt = min(tile, cols - ti * tile)
+        block = gathered[uint64(((gi * tiles + ti) * L + l0) * tile):]
+        _gather_panels(src[uint64(gi * src_group):], org, ti * tile, nt, (nt + nr - 1) // nr, off, l0,
+                       min(chunk, L - l0), block)
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def implicit_gemm_cpu(src, off, org, src_group, ap, rows, out, dst, out_row, out_group, groups, tile, chunk,
+                      row_block, runs, gathered):
+    """out[dst[t] + gi*out_group + i*out_row] = sum_l A_gi[i, l] * src[org[t] + gi*src_group + off[l]]
+    for every group gi, row i < ``rows`` and column t < len(org): the forward product (A = W_g,
+    columns = output pixels) and, per stride phase, the backward-data product (A = the phase's
+    transposed taps, columns = the phase's input pixels).
+
+    ``ap`` holds A_gi packed as MR-row micro-panels (``simd.pack_rows``, rows padded to
+    ``Rp = round_up(rows, MR)``), group after group. One work item = (group, tile of ``tile``
+    columns, block of ``row_block`` rows); it gathers its columns ``chunk`` reduction indices at a
+    time into B micro-panels and runs the register-tiled micro-kernel over them. Items are split
+    into ``runs`` contiguous runs, one set of buffers each. A non-empty ``gathered`` holds every
+    tile's panels already (``gather_all_cpu``): when rows are split into several blocks, each
+    block's items read them instead of gathering the same columns again.
+    """
+    cols = org.shape[0]
+    L = off.shape[0]
+    rp = (rows + MR - 1) // MR * MR
+    nr = 3 * vlanes(src)
+    tiles = (cols + tile - 1) // tile
+    rblocks = (rp + row_block - 1) // row_block
+    items = groups * tiles * rblocks
+    for run in prange(runs):
+        bp = np.empty(tile * chunk, src.dtype)
+        ct = np.empty((row_block, tile), src.dtype)
+        for it in range(run * items // runs, (run + 1) * items // runs):
+            gi = it // (tiles * rblocks)
+            t0 = (it // rblocks % tiles) * tile
+            r0 = (it % rblocks) * row_block
+            nt = min(tile, cols - t0)
+            panels = (nt + nr - 1) // nr
+            nrow = min(row_block, rp - r0)
+            c = ct[:nrow]
+            c[:, :] = 0
+            grp = src[uint64(gi * src_group):]
+            for l0 in range(0, L, chunk):
+                kc = min(chunk, L - l0)
+                if gathered.shape[0] > 0:
+                    b = gathered[uint64(((gi * tiles + t0 // tile) * L + l0) * tile):]
+                else:
+                    _gather_panels(grp, org, t0, nt, panels, off, l0, kc, bp)
+                    b = bp
+                panel_gemm(kc, ap, (gi * rp + r0) * L + l0 * MR, L * MR, b, panels, c)
+            for i in range(min(nrow, rows - r0)):
+                base = gi * out_group + (r0 + i) * out_row
+                row = c[i]
+                for j in range(nt):
+                    out[uint64(dst[t0 + j] + base)] = row[j]
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def implicit_gemm_bwd_filter_cpu(src, off, org, src_group, dyp, rows, ws, groups, cols, seg, runs):
+    """ws[sl, gi*rows + k, l] = sum_{t in slice sl} dY_gi[k, t] * src[org[t] + gi*src_group + off[l]]:
+    the backward-filter product, its reduction over the columns t (images x output pixels).
+
+    ``dyp`` is dY packed as MR-row micro-panels over all columns (``simd.pack_rows`` of the
+    (groups*Rp, T) matrix). One work item = (group, block of ``cols`` taps, slice of the columns);
+    it gathers B micro-panels along the taps, ``seg`` columns at a time. Slice ``sl`` of
+    ``ws.shape[0]`` covers columns [sl*T/slices, (sl+1)*T/slices).
+    """
+    T = org.shape[0]
+    L = off.shape[0]
+    slices = ws.shape[0]
+    rp = (rows + MR - 1) // MR * MR
+    nr = 3 * vlanes(src)
     cblocks = (L + cols - 1) // cols
     items = groups * cblocks * slices
     for run in prange(runs):
-        bt = np.empty((cols, seg), xf.dtype)
-        ct = np.empty(((Kg + 3) // 4 * 4, (cols + 2) // 3 * 3), xf.dtype)
+        bp = np.empty(cols * seg, src.dtype)
+        ct = np.empty((rp, cols), src.dtype)
         for it in range(run * items // runs, (run + 1) * items // runs):
             gi = it // (cblocks * slices)
             l0 = (it // slices % cblocks) * cols
             sl = it % slices
             nc = min(cols, L - l0)
+            panels = (nc + nr - 1) // nr
             ct[:, :] = 0
-            for n in range(sl * N // slices, (sl + 1) * N // slices):
-                base = (n * C + gi * Cg) * Hp * Wp
-                for s0 in range(0, PQ, seg):
-                    ns = min(seg, PQ - s0)
-                    for j in range(nc):
-                        org = base + off[l0 + j]
-                        row = bt[j]
-                        for u in range(ns):
-                            row[uint64(u)] = xf[uint64(org + pix[uint64(s0 + u)])]
-                    _tile_gemm_cpu(dy3[n], gi * Kg, s0, Kg, bt, nc, ns, ct)
-            for k in range(Kg):
-                ws[sl, gi * Kg + k, l0:l0 + nc] = ct[k, :nc]
+            grp = src[uint64(gi * src_group):]
+            for s0 in range(sl * T // slices, (sl + 1) * T // slices, seg):
+                ns = min(seg, (sl + 1) * T // slices - s0)
+                for jb in range(panels):
+                    for u in range(ns):
+                        o = org[uint64(s0 + u)]
+                        d = (jb * ns + u) * nr
+                        for j in range(nr):
+                            bp[uint64(d + j)] = grp[uint64(o + off[uint64(l0 + min(jb * nr + j, nc - 1))])]
+                panel_gemm(ns, dyp, gi * rp * T + s0 * MR, T * MR, bp, panels, ct)
+            for k in range(rows):
+                ws[sl, gi * rows + k, l0:l0 + nc] = ct[k, :nc]
 
 
 def _sum_slices_signature(dt):
@@ -692,21 +622,6 @@ def _runs(items):
     return max(1, min(items, CPU_RUNS_PER_THREAD * numba.get_num_threads()))
 
 
-def _even_split(length, most):
-    """Piece size that cuts ``length`` into pieces as even as possible, at most ``most`` long,
-    rounded up to a multiple of 8 (a float32 vector) so that the dot products have no tail."""
-    length = max(1, length)
-    piece = -(-length // -(-length // most))
-    return min(most, -(-piece // 8) * 8)
-
-
-def _cpu_tiling(length):
-    """(pixels per tile, reduction indices per chunk); the tile is a multiple of 3 (the kernel's
-    column block) with tile x chunk near CPU_TILE_ELEMS."""
-    chunk = _even_split(length, CPU_CHUNK)
-    return min(CPU_TILE_MAX, max(CPU_TILE_MIN, CPU_TILE_ELEMS // chunk // 3 * 3)), chunk
-
-
 def _stride_phases(n_in, n_out, k, stride, pad, dil):
     """Split one axis of the data gradient by phase a = position mod stride.
 
@@ -731,14 +646,57 @@ def _stride_phases(n_in, n_out, k, stride, pad, dil):
     return phases, -lo, hi - lo
 
 
+def _cpu_chunk(dtype):
+    """Reduction steps per B micro-panel: one panel (chunk x NR) fills about CPU_PANEL_BYTES of L1."""
+    return max(MR, CPU_PANEL_BYTES // (panel_width(dtype) * np.dtype(dtype).itemsize))
+
+
+def _product_plan(rows, cols, groups, dtype):
+    """(tile, row_block, items) for ``implicit_gemm_cpu``: the columns cut evenly into tiles of at
+    most CPU_TILE_PANELS micro-panels (each row block of A is read once per tile); rows split into
+    blocks (multiples of MR) until every thread has an item (small maps with many channels:
+    ResNet's last stages); more blocks would make each item stream the gathered columns again."""
+    nr = panel_width(dtype)
+    want = numba.get_num_threads()
+    panels = -(-cols // nr)
+    tile = nr * -(-panels // -(-panels // CPU_TILE_PANELS))
+    tiles = -(-cols // tile)
+    rp = round_up(rows, MR)
+    rblocks = max(1, min(rp // MR, -(-want // (groups * tiles))))
+    row_block = round_up(-(-rp // rblocks), MR)
+    return tile, row_block, groups * tiles * -(-rp // row_block)
+
+
+def run_product(src, off, org, src_group, a, out, dst, out_row, out_group, groups):
+    """``implicit_gemm_cpu`` with A = a (groups, rows, L) packed here, tiles planned here (the
+    columns gathered once up front when the rows are split); shared with conv3d."""
+    rows = a.shape[1]
+    tile, row_block, items = _product_plan(rows, org.shape[0], groups, src.dtype)
+    chunk = _cpu_chunk(src.dtype)
+    if row_block < round_up(rows, MR):
+        gathered = np.empty(groups * -(-org.shape[0] // tile) * off.shape[0] * tile, src.dtype)
+        gather_all_cpu(src, off, org, src_group, groups, tile, chunk, gathered)
+    else:
+        gathered = np.empty(0, src.dtype)
+    implicit_gemm_cpu(src, off, org, src_group, pack_rows(a), rows, out, dst, out_row, out_group, groups, tile,
+                      chunk, row_block, _runs(items), gathered)
+
+
 def _fwd_cpu(x, w, y, g):
     xp, Hp, Wp = _padded_source(x, g)
     Cg, Kg = g.C // g.groups, g.K // g.groups
-    off = _patch_offsets(Cg, Hp, Wp, g)
-    tile, chunk = _cpu_tiling(off.shape[0])
-    items = g.groups * g.N * -(-g.P * g.Q // tile)
-    conv2d_fwd_implicit_gemm_cpu(xp.reshape(-1), off, w.reshape(g.K, -1), y.reshape(g.N, g.K, -1), g.C, Hp, Wp,
-                                 g.Q, g.stride_h, g.stride_w, g.groups, tile, chunk, _runs(items))
+    PQ = g.P * g.Q
+    n = np.arange(g.N, dtype=np.int64)[:, None]
+    org = (n * (g.C * Hp * Wp) + _pixel_origins(g, Wp)).reshape(-1)
+    dst = (n * (g.K * PQ) + np.arange(PQ)).reshape(-1)
+    run_product(xp.reshape(-1), _patch_offsets(Cg, Hp, Wp, g), org, Cg * Hp * Wp,
+                 w.reshape(g.groups, Kg, -1), y.reshape(-1), dst, PQ, Kg * PQ, g.groups)
+
+
+def _pixel_origins(g, Wp):
+    """pix[p*Q + q] = p*sh*Wp + q*sw: where output pixel (p, q)'s window starts in the padded source."""
+    return ((np.arange(g.P, dtype=np.int64) * g.stride_h * Wp)[:, None]
+            + np.arange(g.Q, dtype=np.int64) * g.stride_w).reshape(-1)
 
 
 def _bwd_data_cpu(dy, w, dx, g):
@@ -747,48 +705,56 @@ def _bwd_data_cpu(dy, w, dx, g):
     cols, qleft, Qp = _stride_phases(g.W, g.Q, g.S, g.stride_w, g.pad_w, g.dil_w)
     dyp = np.zeros((g.N, g.K, Pp, Qp), dy.dtype)
     dyp[:, :, ptop:ptop + g.P, qleft:qleft + g.Q] = dy
-    lmax = Kg * max(len(p[2]) for p in rows) * max(len(p[2]) for p in cols)
-    nph = len(rows) * len(cols)
-    off = np.zeros((nph, lmax), np.int64)
-    lens = np.zeros(nph, np.int64)
-    wpk = np.empty((nph, g.C, lmax), w.dtype)
-    phases = np.zeros((nph, 4), np.int64)
     wg = w.reshape(g.groups, Kg, Cg, g.R, g.S)
     k = np.arange(Kg)[:, None, None]
-    for f, ((h0, nh, rt, ro), (w0, nw, st, so)) in enumerate((a, b) for a in rows for b in cols):
-        n = Kg * len(rt) * len(st)
-        phases[f] = h0, w0, nh, nw
-        lens[f] = n
-        if n:
-            oh = np.array(ro)[None, :, None] + ptop
-            ow = np.array(so)[None, None, :] + qleft
-            off[f, :n] = ((k * Pp + oh) * Qp + ow).reshape(-1)
-            taps = wg[:, :, :, rt.start:rt.stop:rt.step, st.start:st.stop:st.step]
-            packed = wpk[f, :, :n].reshape(g.groups, Cg, Kg, len(rt), len(st))
-            packed[...] = taps.transpose(0, 2, 1, 3, 4)
-    tile, chunk = _cpu_tiling(lmax)
-    tiles = max(-(-p[1] * q[1] // tile) for p in rows for q in cols)
-    items = g.groups * g.N * nph * max(1, tiles)
-    conv2d_bwd_data_implicit_gemm_cpu(dyp.reshape(-1), off, lens, wpk, phases, dx, g.K, Pp, Qp,
-                                      g.stride_h, g.stride_w, g.groups, tile, chunk, _runs(items))
+    n = np.arange(g.N, dtype=np.int64)[:, None, None]
+    for (h0, nh, rt, ro), (w0, nw, st, so) in ((a, b) for a in rows for b in cols):
+        if nh == 0 or nw == 0:
+            continue
+        if not (len(rt) and len(st)):
+            dx[:, :, h0::g.stride_h, w0::g.stride_w] = 0
+            continue
+        oh = np.array(ro)[None, :, None] + ptop
+        ow = np.array(so)[None, None, :] + qleft
+        off = ((k * Pp + oh) * Qp + ow).reshape(-1).astype(np.int64)
+        # A[c, (k, r, s)] = w[k, c, r, s] over the phase's taps
+        taps = wg[:, :, :, rt.start:rt.stop:rt.step, st.start:st.stop:st.step].transpose(0, 2, 1, 3, 4)
+        i = np.arange(nh, dtype=np.int64)[:, None]
+        j = np.arange(nw, dtype=np.int64)[None, :]
+        org = (n * (g.K * Pp * Qp) + (i * Qp + j)).reshape(-1)
+        dst = (n * (g.C * g.H * g.W) + ((h0 + i * g.stride_h) * g.W + w0 + j * g.stride_w)).reshape(-1)
+        run_product(dyp.reshape(-1), off, org, Kg * Pp * Qp, taps.reshape(g.groups, Cg, -1), dx.reshape(-1),
+                     dst, g.H * g.W, Cg * g.H * g.W, g.groups)
 
 
 def _bwd_filter_cpu(dy, x, dw, g):
     xp, Hp, Wp = _padded_source(x, g)
     Cg, Kg = g.C // g.groups, g.K // g.groups
-    off = _patch_offsets(Cg, Hp, Wp, g)
-    L = off.shape[0]
-    pix = ((np.arange(g.P) * g.stride_h * Wp)[:, None] + np.arange(g.Q) * g.stride_w).reshape(-1)
     PQ = g.P * g.Q
-    seg = _even_split(PQ, CPU_FILTER_SEG)
-    cblocks = -(-L // CPU_FILTER_COLS)
-    slices = min(g.N, -(-CPU_MIN_ITEMS // (g.groups * cblocks)))
-    ws = dw.reshape(1, g.K, L) if slices == 1 else np.empty((slices, g.K, L), dw.dtype)
-    items = g.groups * cblocks * slices
-    conv2d_bwd_filter_implicit_gemm_cpu(xp.reshape(-1), off, pix.astype(np.int64), dy.reshape(g.N, g.K, PQ),
-                                        ws, g.C, Hp, Wp, g.groups, CPU_FILTER_COLS, seg, _runs(items))
+    n = np.arange(g.N, dtype=np.int64)[:, None]
+    org = (n * (g.C * Hp * Wp) + _pixel_origins(g, Wp)).reshape(-1)
+    run_filter_product(xp.reshape(-1), _patch_offsets(Cg, Hp, Wp, g), org, Cg * Hp * Wp,
+                       dy.reshape(g.N, g.groups, Kg, PQ), dw.reshape(g.K, -1), g.groups)
+
+
+def run_filter_product(src, off, org, src_group, dy4, dw2, groups):
+    """dW (K, L) = the backward-filter product of ``implicit_gemm_bwd_filter_cpu``, dY given as
+    (N, groups, Kg, pixels), its columns in ``org``'s order (image-major); shared with conv3d."""
+    N, _, Kg, pix = dy4.shape
+    T = N * pix
+    L = off.shape[0]
+    nr = panel_width(src.dtype)
+    cols = nr * CPU_FILTER_PANELS
+    seg = _cpu_chunk(src.dtype)
+    cblocks = -(-L // cols)
+    # a fixed number of slices (never the thread count), so the sums' order and result are fixed
+    slices = max(1, min(-(-T // seg), -(-CPU_MIN_ITEMS // (groups * cblocks))))
+    ws = dw2.reshape(1, *dw2.shape) if slices == 1 else np.empty((slices,) + dw2.shape, dw2.dtype)
+    dyp = pack_rows(dy4.transpose(1, 2, 0, 3).reshape(groups, Kg, T))
+    implicit_gemm_bwd_filter_cpu(src, off, org, src_group, dyp, Kg, ws, groups, cols, seg,
+                                 _runs(groups * cblocks * slices))
     if slices > 1:
-        sum_slices_cpu(ws.reshape(slices, -1), dw.reshape(-1))
+        sum_slices_cpu(ws.reshape(slices, -1), dw2.reshape(-1))
 
 
 def _threads():

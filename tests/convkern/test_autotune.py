@@ -123,7 +123,7 @@ def test_key_is_the_machine_geometry_dtype_device_and_pass():
 
 def test_machine_carries_cpu_isa_threads_and_versions():
     info = autotune.machine("cpu")
-    assert {"cpu", "isa", "threads", "convkern", "numba", "numpy"} <= set(info)
+    assert {"cpu", "isa", "threads", "convkern", "numba", "numpy", "kernels"} <= set(info)
     assert info["threads"] == str(numba.get_num_threads()) and info["numba"] == numba.__version__
     before = autotune.machine_id(info)
     numba.set_num_threads(1)
@@ -132,6 +132,7 @@ def test_machine_carries_cpu_isa_threads_and_versions():
     finally:
         numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
     assert autotune.machine_id(dict(info, cpu="another CPU")) != before
+    assert autotune.machine_id(dict(info, kernels="0" * 12)) != before      # edited kernels: another key
 
 
 def test_miss_times_every_candidate_interleaved_and_writes_the_winner(cache, calls):

@@ -32,14 +32,13 @@ def test_wide_channels_match_reference(case, pass_, device):
 
 @pytest.mark.parametrize("case", [CASES_3D[0], CASES_3D[1], WIDE_CASES[1]], ids=case_id)
 def test_cpu_tile_edges(case, monkeypatch):
-    """Tiny CPU tiles: pixel tiles and tap blocks that are not multiples of the 4 x 3 register
-    block, several reduction chunks and segments per image, and the batch split into slices."""
-    monkeypatch.setattr(G, "CPU_TILE_ELEMS", 1)
-    monkeypatch.setattr(G, "CPU_TILE_MIN", 5)
-    monkeypatch.setattr(G, "CPU_CHUNK", 16)
-    monkeypatch.setattr(G3, "CPU_FILTER_COLS", 7)
-    monkeypatch.setattr(G3, "CPU_FILTER_SEG", 10)
-    monkeypatch.setattr(G3, "CPU_MIN_ITEMS", 1000)
+    """Tiny CPU tiles: one column micro-panel per work item, tap blocks of one micro-panel,
+    reduction chunks of MR steps (several per item), columns and rows that are not multiples of
+    the register tile, and the backward-filter reduction split into slices."""
+    monkeypatch.setattr(G, "CPU_PANEL_BYTES", 1)
+    monkeypatch.setattr(G, "CPU_TILE_PANELS", 1)
+    monkeypatch.setattr(G, "CPU_FILTER_PANELS", 1)
+    monkeypatch.setattr(G, "CPU_MIN_ITEMS", 1000)
     for pass_ in PASSES:
         assert_pass_matches(LAUNCH[pass_], pass_, case, np.float64, "cpu")
 

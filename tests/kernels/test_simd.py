@@ -1,0 +1,47 @@
+"""The explicit-vector micro-kernel and packing behind every CPU implicit GEMM (kernels/simd.py)."""
+import numpy as np
+import pytest
+
+from convkern.kernels import simd
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_panel_gemm_accumulates_a_product_of_packed_panels(dtype, rng):
+    mr, nr = simd.MR, simd.panel_width(dtype)
+    rows, panels, kc = 3 * mr, 4, 37                     # kc not a multiple of anything
+    a = rng.standard_normal((1, rows, kc)).astype(dtype)
+    b = rng.standard_normal((kc, panels * nr)).astype(dtype)
+    bp = np.ascontiguousarray(b.reshape(kc, panels, nr).transpose(1, 0, 2)).reshape(-1)
+    ct = rng.standard_normal((rows, panels * nr + 5)).astype(dtype)   # extra columns stay untouched
+    expected = ct.copy()
+    expected[:, :panels * nr] += a[0].astype(np.float64) @ b.astype(np.float64)
+    simd.panel_gemm(kc, simd.pack_rows(a), 0, kc * mr, bp, panels, ct)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(ct, expected, rtol=tol, atol=tol * kc)
+
+
+def test_panel_gemm_reads_a_row_block_and_a_reduction_window_of_a(rng):
+    """The offsets implicit_gemm_cpu passes: A's panels from row block r0, reduction steps from l0."""
+    mr, nr = simd.MR, simd.panel_width(np.float64)
+    groups, rows, L = 2, 4 * mr, 29
+    a = rng.standard_normal((groups, rows, L))
+    ap = simd.pack_rows(a)
+    gi, r0, l0, kc = 1, mr, 7, 11
+    b = rng.standard_normal((kc, nr))
+    ct = np.zeros((2 * mr, nr))
+    simd.panel_gemm(kc, ap, (gi * rows + r0) * L + l0 * mr, L * mr, b.reshape(-1), 1, ct)
+    np.testing.assert_allclose(ct, a[gi, r0:r0 + 2 * mr, l0:l0 + kc] @ b, rtol=1e-12, atol=1e-12)
+
+
+def test_pack_rows_pads_each_group_to_whole_micro_panels(rng):
+    a = rng.standard_normal((3, simd.MR + 3, 5))
+    packed = simd.pack_rows(a).reshape(3, 2, 5, simd.MR)
+    rows = packed.transpose(0, 1, 3, 2).reshape(3, 2 * simd.MR, 5)
+    np.testing.assert_array_equal(rows[:, :simd.MR + 3], a)
+    assert not rows[:, simd.MR + 3:].any()
+
+
+def test_vector_width_follows_the_isa():
+    assert simd.VECTOR_BYTES in (16, 32, 64)
+    assert simd.lanes(np.float32) == 2 * simd.lanes(np.float64) == simd.VECTOR_BYTES // 4
+    assert simd.MR == (8 if simd.VECTOR_BYTES == 64 else 4)
