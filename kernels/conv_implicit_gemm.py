@@ -48,7 +48,7 @@ from .conv_algorithm import ConvAlgorithm, by_rank, check_conv_arrays
 from .cuda_util import (SIMULATOR, array1, array2, blocks, device_empty, is_device_array, per_dtype,
                         resident_blocks, stream, wave_splits)
 from .float16 import accumulator
-from .simd import MR, pack_rows, panel_gemm, panel_width, round_up, vlanes
+from .simd import MR, pack_rows, panel_gemm, panel_width, round_up, vlanes, vload, vstore
 from .gemm import (A_LOADS, A_PITCH, B_PITCH, BK, BM, BN, INDEX_LIMIT, SMEM_ALIGN, THREADS, TX, element, jit_options,
                    stage, tile_origin, tile_step, unstage, zero_tile)
 
@@ -443,17 +443,39 @@ def conv2d_bwd_filter_implicit_gemm_cuda(dt):
 
 
 @njit(fastmath=True, cache=True)
-def _gather_panels(src, org, t0, nt, panels, off, l0, kc, bp):
-    """B micro-panels for columns [t0, t0 + panels*NR): bp[(jb*kc + l)*NR + j] =
-    src[org[t0 + min(jb*NR + j, nt - 1)] + off[l0 + l]] (a column past ``nt`` repeats the last one,
-    so the padding is finite and every load stays inside ``src``)."""
-    nr = 3 * vlanes(bp)
+def _gather_panels(src, cols, panels, off, l0, kc, bp):
+    """B micro-panels for a tile's columns: bp[(jb*kc + l)*NR + j] = src[cols[jb*NR + j] + off[l0 + l]],
+    ``cols`` the tile's window origins (``_tile_columns``).
+
+    The origins increase strictly, so a panel whose last origin is its first + NR - 1 reads NR
+    consecutive elements per step (a stride-1 layer whose rows are at least NR wide): 3 vector
+    loads and stores instead of NR scalar gathers."""
+    w = vlanes(bp)
+    nr = 3 * w
     for jb in range(panels):
+        first = cols[jb * nr]
+        if cols[jb * nr + nr - 1] == first + nr - 1:
+            for l in range(kc):
+                s = first + off[l0 + l]
+                d = (jb * kc + l) * nr
+                vstore(bp, d, vload(src, s))
+                vstore(bp, d + w, vload(src, s + w))
+                vstore(bp, d + 2 * w, vload(src, s + 2 * w))
+            continue
+        c = cols[jb * nr:(jb + 1) * nr]
         for l in range(kc):
             o = off[l0 + l]
-            dst = (jb * kc + l) * nr
+            d = (jb * kc + l) * nr
             for j in range(nr):
-                bp[uint64(dst + j)] = src[uint64(org[uint64(t0 + min(jb * nr + j, nt - 1))] + o)]
+                bp[uint64(d + j)] = src[uint64(c[j] + o)]
+
+
+@njit(cache=True)
+def _tile_columns(org, t0, nt, count, cols):
+    """cols[j] = org[t0 + min(j, nt - 1)] for j < count: a column past ``nt`` repeats the last one,
+    so the padding is finite and every load stays inside the source."""
+    for j in range(count):
+        cols[j] = org[t0 + min(j, nt - 1)]
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -471,8 +493,10 @@ def gather_all_cpu(src, off, org, src_group, groups, tile, chunk, gathered):
         l0 = (it % chunks) * chunk
         nt = min(tile, cols - ti * tile)
         block = gathered[uint64(((gi * tiles + ti) * L + l0) * tile):]
-        _gather_panels(src[uint64(gi * src_group):], org, ti * tile, nt, (nt + nr - 1) // nr, off, l0,
-                       min(chunk, L - l0), block)
+        panels = (nt + nr - 1) // nr
+        origins = np.empty(panels * nr, np.int64)
+        _tile_columns(org, ti * tile, nt, panels * nr, origins)
+        _gather_panels(src[uint64(gi * src_group):], origins, panels, off, l0, min(chunk, L - l0), block)
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -501,6 +525,7 @@ def implicit_gemm_cpu(src, off, org, src_group, ap, rows, out, dst, out_row, out
     for run in prange(runs):
         bp = np.empty(tile * chunk, src.dtype)
         ct = np.empty((row_block, tile), src.dtype)
+        origins = np.empty(tile, np.int64)
         for it in range(run * items // runs, (run + 1) * items // runs):
             gi = it // (tiles * rblocks)
             t0 = (it // rblocks % tiles) * tile
@@ -511,12 +536,14 @@ def implicit_gemm_cpu(src, off, org, src_group, ap, rows, out, dst, out_row, out
             c = ct[:nrow]
             c[:, :] = 0
             grp = src[uint64(gi * src_group):]
+            if gathered.shape[0] == 0:
+                _tile_columns(org, t0, nt, panels * nr, origins)
             for l0 in range(0, L, chunk):
                 kc = min(chunk, L - l0)
                 if gathered.shape[0] > 0:
                     b = gathered[uint64(((gi * tiles + t0 // tile) * L + l0) * tile):]
                 else:
-                    _gather_panels(grp, org, t0, nt, panels, off, l0, kc, bp)
+                    _gather_panels(grp, origins, panels, off, l0, kc, bp)
                     b = bp
                 panel_gemm(kc, ap, (gi * rp + r0) * L + l0 * MR, L * MR, b, panels, c)
             for i in range(min(nrow, rows - r0)):
@@ -546,22 +573,25 @@ def implicit_gemm_bwd_filter_cpu(src, off, org, src_group, dyp, rows, ws, groups
     for run in prange(runs):
         bp = np.empty(cols * seg, src.dtype)
         ct = np.empty((rp, cols), src.dtype)
+        taps = np.empty(cols, np.int64)
         for it in range(run * items // runs, (run + 1) * items // runs):
             gi = it // (cblocks * slices)
             l0 = (it // slices % cblocks) * cols
             sl = it % slices
             nc = min(cols, L - l0)
             panels = (nc + nr - 1) // nr
+            _tile_columns(off, l0, nc, panels * nr, taps)
             ct[:, :] = 0
             grp = src[uint64(gi * src_group):]
             for s0 in range(sl * T // slices, (sl + 1) * T // slices, seg):
                 ns = min(seg, (sl + 1) * T // slices - s0)
                 for jb in range(panels):
+                    c = taps[jb * nr:(jb + 1) * nr]
                     for u in range(ns):
                         o = org[uint64(s0 + u)]
                         d = (jb * ns + u) * nr
                         for j in range(nr):
-                            bp[uint64(d + j)] = grp[uint64(o + off[uint64(l0 + min(jb * nr + j, nc - 1))])]
+                            bp[uint64(d + j)] = grp[uint64(o + c[j])]
                 panel_gemm(ns, dyp, gi * rp * T + s0 * MR, T * MR, bp, panels, ct)
             for k in range(rows):
                 ws[sl, gi * rows + k, l0:l0 + nc] = ct[k, :nc]
@@ -646,9 +676,12 @@ def _stride_phases(n_in, n_out, k, stride, pad, dil):
     return phases, -lo, hi - lo
 
 
-def _cpu_chunk(dtype):
-    """Reduction steps per B micro-panel: one panel (chunk x NR) fills about CPU_PANEL_BYTES of L1."""
-    return max(MR, CPU_PANEL_BYTES // (panel_width(dtype) * np.dtype(dtype).itemsize))
+def _cpu_chunk(length, dtype):
+    """Reduction steps per B micro-panel: a panel (chunk x NR) fills at most about CPU_PANEL_BYTES
+    of L1, and ``length`` is cut into chunks as even as possible (no short last chunk)."""
+    most = max(MR, CPU_PANEL_BYTES // (panel_width(dtype) * np.dtype(dtype).itemsize))
+    length = max(1, length)
+    return -(-length // -(-length // most))
 
 
 def _product_plan(rows, cols, groups, dtype):
@@ -672,7 +705,7 @@ def run_product(src, off, org, src_group, a, out, dst, out_row, out_group, group
     columns gathered once up front when the rows are split); shared with conv3d."""
     rows = a.shape[1]
     tile, row_block, items = _product_plan(rows, org.shape[0], groups, src.dtype)
-    chunk = _cpu_chunk(src.dtype)
+    chunk = _cpu_chunk(off.shape[0], src.dtype)
     if row_block < round_up(rows, MR):
         gathered = np.empty(groups * -(-org.shape[0] // tile) * off.shape[0] * tile, src.dtype)
         gather_all_cpu(src, off, org, src_group, groups, tile, chunk, gathered)
@@ -682,21 +715,24 @@ def run_product(src, off, org, src_group, a, out, dst, out_row, out_group, group
                       chunk, row_block, _runs(items), gathered)
 
 
+def _columns(N, src_image, P, src_row, Q, src_col, dst_image, dst_row, dst_col, dst_base):
+    """(org, dst): the product's columns, pixel (n, p, q) of every image at ``org = n*src_image +
+    p*src_row + q*src_col`` in the source and ``dst = n*dst_image + p*dst_row + q*dst_col +
+    dst_base`` in the output, image-major."""
+    n = np.arange(N, dtype=np.int64)[:, None, None]
+    p = np.arange(P, dtype=np.int64)[None, :, None]
+    q = np.arange(Q, dtype=np.int64)[None, None, :]
+    return ((n * src_image + p * src_row + q * src_col).reshape(-1),
+            (n * dst_image + p * dst_row + q * dst_col + dst_base).reshape(-1))
+
+
 def _fwd_cpu(x, w, y, g):
     xp, Hp, Wp = _padded_source(x, g)
     Cg, Kg = g.C // g.groups, g.K // g.groups
     PQ = g.P * g.Q
-    n = np.arange(g.N, dtype=np.int64)[:, None]
-    org = (n * (g.C * Hp * Wp) + _pixel_origins(g, Wp)).reshape(-1)
-    dst = (n * (g.K * PQ) + np.arange(PQ)).reshape(-1)
+    org, dst = _columns(g.N, g.C * Hp * Wp, g.P, g.stride_h * Wp, g.Q, g.stride_w, g.K * PQ, g.Q, 1, 0)
     run_product(xp.reshape(-1), _patch_offsets(Cg, Hp, Wp, g), org, Cg * Hp * Wp,
-                 w.reshape(g.groups, Kg, -1), y.reshape(-1), dst, PQ, Kg * PQ, g.groups)
-
-
-def _pixel_origins(g, Wp):
-    """pix[p*Q + q] = p*sh*Wp + q*sw: where output pixel (p, q)'s window starts in the padded source."""
-    return ((np.arange(g.P, dtype=np.int64) * g.stride_h * Wp)[:, None]
-            + np.arange(g.Q, dtype=np.int64) * g.stride_w).reshape(-1)
+                w.reshape(g.groups, Kg, -1), y.reshape(-1), dst, PQ, Kg * PQ, g.groups)
 
 
 def _bwd_data_cpu(dy, w, dx, g):
@@ -707,7 +743,6 @@ def _bwd_data_cpu(dy, w, dx, g):
     dyp[:, :, ptop:ptop + g.P, qleft:qleft + g.Q] = dy
     wg = w.reshape(g.groups, Kg, Cg, g.R, g.S)
     k = np.arange(Kg)[:, None, None]
-    n = np.arange(g.N, dtype=np.int64)[:, None, None]
     for (h0, nh, rt, ro), (w0, nw, st, so) in ((a, b) for a in rows for b in cols):
         if nh == 0 or nw == 0:
             continue
@@ -719,20 +754,17 @@ def _bwd_data_cpu(dy, w, dx, g):
         off = ((k * Pp + oh) * Qp + ow).reshape(-1).astype(np.int64)
         # A[c, (k, r, s)] = w[k, c, r, s] over the phase's taps
         taps = wg[:, :, :, rt.start:rt.stop:rt.step, st.start:st.stop:st.step].transpose(0, 2, 1, 3, 4)
-        i = np.arange(nh, dtype=np.int64)[:, None]
-        j = np.arange(nw, dtype=np.int64)[None, :]
-        org = (n * (g.K * Pp * Qp) + (i * Qp + j)).reshape(-1)
-        dst = (n * (g.C * g.H * g.W) + ((h0 + i * g.stride_h) * g.W + w0 + j * g.stride_w)).reshape(-1)
-        run_product(dyp.reshape(-1), off, org, Kg * Pp * Qp, taps.reshape(g.groups, Cg, -1), dx.reshape(-1),
-                     dst, g.H * g.W, Cg * g.H * g.W, g.groups)
+        org, dst = _columns(g.N, g.K * Pp * Qp, nh, Qp, nw, 1, g.C * g.H * g.W, g.stride_h * g.W, g.stride_w,
+                            h0 * g.W + w0)
+        run_product(dyp.reshape(-1), off, org, Kg * Pp * Qp, taps.reshape(g.groups, Cg, -1),
+                    dx.reshape(-1), dst, g.H * g.W, Cg * g.H * g.W, g.groups)
 
 
 def _bwd_filter_cpu(dy, x, dw, g):
     xp, Hp, Wp = _padded_source(x, g)
     Cg, Kg = g.C // g.groups, g.K // g.groups
     PQ = g.P * g.Q
-    n = np.arange(g.N, dtype=np.int64)[:, None]
-    org = (n * (g.C * Hp * Wp) + _pixel_origins(g, Wp)).reshape(-1)
+    org, _ = _columns(g.N, g.C * Hp * Wp, g.P, g.stride_h * Wp, g.Q, g.stride_w, 0, 0, 0, 0)
     run_filter_product(xp.reshape(-1), _patch_offsets(Cg, Hp, Wp, g), org, Cg * Hp * Wp,
                        dy.reshape(g.N, g.groups, Kg, PQ), dw.reshape(g.K, -1), g.groups)
 
@@ -745,7 +777,7 @@ def run_filter_product(src, off, org, src_group, dy4, dw2, groups):
     L = off.shape[0]
     nr = panel_width(src.dtype)
     cols = nr * CPU_FILTER_PANELS
-    seg = _cpu_chunk(src.dtype)
+    seg = _cpu_chunk(T, src.dtype)
     cblocks = -(-L // cols)
     # a fixed number of slices (never the thread count), so the sums' order and result are fixed
     slices = max(1, min(-(-T // seg), -(-CPU_MIN_ITEMS // (groups * cblocks))))

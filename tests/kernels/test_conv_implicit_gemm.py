@@ -36,6 +36,16 @@ def test_cpu_tile_edges(case, monkeypatch):
         assert_pass_matches(LAUNCH[pass_], pass_, case, np.float64, "cpu")
 
 
+@pytest.mark.parametrize("case", [case2d(2, 3, 3, 70, 5, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
+                                  case2d(1, 2, 1, 100, 3, 1, 5, (1, 1), (0, 0, 2, 2), (1, 1), 1)], ids=case_id)
+def test_cpu_rows_wider_than_a_micro_panel(case):
+    """Stride-1 rows of >= NR pixels: a panel's origins are consecutive and the gather copies
+    whole vectors (the fast path of _gather_panels); panels that straddle two rows do not."""
+    for pass_ in PASSES:
+        assert_pass_matches(LAUNCH[pass_], pass_, case, np.float64, "cpu")
+        assert_pass_matches(LAUNCH[pass_], pass_, case, np.float32, "cpu")
+
+
 @pytest.mark.parametrize("case", [CASES[2], WIDE_CASES[1]], ids=case_id)
 def test_cpu_results_are_deterministic(case):
     for pass_ in PASSES:
