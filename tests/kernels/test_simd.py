@@ -45,3 +45,44 @@ def test_vector_width_follows_the_isa():
     assert simd.VECTOR_BYTES in (16, 32, 64)
     assert simd.lanes(np.float32) == 2 * simd.lanes(np.float64) == simd.VECTOR_BYTES // 4
     assert simd.MR == (8 if simd.VECTOR_BYTES == 64 else 4)
+
+
+_OTHER_ISA_CHECK = """
+import numpy as np
+from convkern.kernels import simd
+assert simd.VECTOR_BYTES == {bytes}, simd.VECTOR_BYTES
+rng = np.random.default_rng(0)
+for dt in (np.float32, np.float64):
+    nr = simd.panel_width(dt)
+    a = rng.standard_normal((2, 2 * simd.MR + 1, 13)).astype(dt)
+    b = rng.standard_normal((13, 2 * nr)).astype(dt)
+    bp = np.ascontiguousarray(b.reshape(13, 2, nr).transpose(1, 0, 2)).reshape(-1)
+    rows = simd.round_up(a.shape[1], simd.MR)
+    ct = np.zeros((rows, 2 * nr), dt)
+    simd.panel_gemm(13, simd.pack_rows(a), rows * 13, 13 * simd.MR, bp, 2, ct)      # group 1
+    np.testing.assert_allclose(ct[:a.shape[1]], a[1] @ b, rtol=1e-4, atol=1e-4)
+print("ok", simd.MR)
+"""
+
+
+@pytest.mark.parametrize("vector_bytes", [32, 16])
+def test_the_narrower_isas_micro_kernel_in_a_subprocess(vector_bytes, tmp_path):
+    """The machine running the tests compiles one register tile; the others (MR = 4 with 16
+    vector registers) are compiled here for AVX2 or SSE by masking the CPU features Numba sees."""
+    import os
+    import subprocess
+    import sys
+
+    import llvmlite.binding as llvm
+    features = llvm.get_host_cpu_features()
+    if not features.get("avx2"):
+        pytest.skip("needs an x86 host with AVX2 to emulate the narrower ISAs")
+    drop = ("avx512", "amx", "evex512") if vector_bytes == 32 else ("avx", "amx", "fma", "f16c", "evex512", "vaes",
+                                                                     "vpclmulqdq", "gfni", "xsave")
+    flags = ",".join(("-" if k.startswith(drop) or not v else "+") + k for k, v in features.items())
+    env = dict(os.environ, NUMBA_CPU_NAME="haswell" if vector_bytes == 32 else "x86-64", NUMBA_CPU_FEATURES=flags,
+               NUMBA_CACHE_DIR=str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", _OTHER_ISA_CHECK.format(bytes=vector_bytes)], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["ok", "4"]
