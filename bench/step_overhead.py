@@ -5,8 +5,9 @@
 Times SGD-with-momentum training steps of a reference CNN on random data, then runs the same
 steps under cProfile and sums the time spent inside the CPU kernels: the ``*_cpu`` functions of
 kernels/, whose own time is the compiled njit code (which cProfile does not slow down) or, for
-``gemm.matmul_cpu``, NumPy's BLAS call (a ufunc, which cProfile does not list apart). The ratio step / kernels is what issue 11's overhead target (<= 1.3x for a
-LeNet-5 step at batch 64) measures. Run it on a quiet machine.
+``gemm.matmul_cpu``, NumPy's BLAS call (a ufunc, which cProfile does not list apart). The ratio
+step / kernels is what issue 11's overhead target (<= 1.3x for a LeNet-5 step at batch 64)
+measures. Run it on a quiet machine.
 """
 import cProfile
 import pstats

@@ -519,8 +519,8 @@ def _bwd_data_cpu(dy, w, dx, g):
         taps = wg[:, :, :, td.start:td.stop:td.step, th.start:th.stop:th.step, tw.start:tw.stop:tw.step]
         org = (n * (g.K * plane_dy) + spix[f, pixels]).reshape(-1)
         dst = (n * (g.C * dhw) + dpix[f, pixels]).reshape(-1)
-        run_product(dyp.reshape(-1), off, org, Kg * plane_dy, taps.transpose(0, 2, 1, 3, 4, 5).reshape(g.groups, Cg, -1),
-                    dx.reshape(-1), dst, dhw, Cg * dhw, g.groups)
+        rows_a = taps.transpose(0, 2, 1, 3, 4, 5).reshape(g.groups, Cg, -1)
+        run_product(dyp.reshape(-1), off, org, Kg * plane_dy, rows_a, dx.reshape(-1), dst, dhw, Cg * dhw, g.groups)
 
 
 def _bwd_filter_cpu(dy, x, dw, g):

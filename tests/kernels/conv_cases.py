@@ -115,3 +115,14 @@ def assert_pass_matches(launch, pass_, case, dtype, device, tol=None):
     out, ref = run_pass(launch, pass_, case, dtype, device)
     assert out.dtype == dtype
     np.testing.assert_allclose(out, ref, *(tol or tolerance(dtype)), err_msg=f"{pass_} {case_id(case)}")
+
+
+def tiny_cpu_tiles(monkeypatch):
+    """Shrink the CPU implicit GEMM's tiling (both ranks share it): one column micro-panel per
+    work item, tap blocks of one micro-panel, reduction chunks of MR steps (several per item),
+    and the backward-filter reduction split into slices."""
+    from convkern.kernels import conv_implicit_gemm as G
+    monkeypatch.setattr(G, "CPU_PANEL_BYTES", 1)
+    monkeypatch.setattr(G, "CPU_TILE_PANELS", 1)
+    monkeypatch.setattr(G, "CPU_FILTER_PANELS", 1)
+    monkeypatch.setattr(G, "CPU_MIN_ITEMS", 1000)

@@ -6,7 +6,8 @@ import pytest
 
 from convkern.kernels import conv3d_implicit_gemm as G3
 from convkern.kernels import conv_implicit_gemm as G
-from tests.kernels.conv_cases import CASES_3D, PASSES, Case, assert_pass_matches, case_id, geometry, run_pass
+from tests.kernels.conv_cases import (CASES_3D, PASSES, Case, assert_pass_matches, case_id, geometry, run_pass,
+                                     tiny_cpu_tiles)
 
 LAUNCH = {"fwd": G3.conv3d_fwd_implicit_gemm, "bwd_data": G3.conv3d_bwd_data_implicit_gemm,
           "bwd_filter": G3.conv3d_bwd_filter_implicit_gemm}
@@ -32,13 +33,9 @@ def test_wide_channels_match_reference(case, pass_, device):
 
 @pytest.mark.parametrize("case", [CASES_3D[0], CASES_3D[1], WIDE_CASES[1]], ids=case_id)
 def test_cpu_tile_edges(case, monkeypatch):
-    """Tiny CPU tiles: one column micro-panel per work item, tap blocks of one micro-panel,
-    reduction chunks of MR steps (several per item), columns and rows that are not multiples of
-    the register tile, and the backward-filter reduction split into slices."""
-    monkeypatch.setattr(G, "CPU_PANEL_BYTES", 1)
-    monkeypatch.setattr(G, "CPU_TILE_PANELS", 1)
-    monkeypatch.setattr(G, "CPU_FILTER_PANELS", 1)
-    monkeypatch.setattr(G, "CPU_MIN_ITEMS", 1000)
+    """Tiny CPU tiles (``tiny_cpu_tiles``): columns and rows that are not multiples of the
+    register tile, several reduction chunks per item, the backward-filter reduction in slices."""
+    tiny_cpu_tiles(monkeypatch)
     for pass_ in PASSES:
         assert_pass_matches(LAUNCH[pass_], pass_, case, np.float64, "cpu")
 
