@@ -261,7 +261,7 @@ class BasicBlock(nn.Module):
         self.shortcut = _shortcut(cin, width, stride, dtype)
 
     def forward(self, x):
-        out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+        out = self.bn2(self.conv2(nn.fused(self.bn1, self.relu, self.conv1(x))))
         return self.relu(out + self.shortcut(x))
 
 
@@ -291,8 +291,8 @@ class Bottleneck(nn.Module):
         self.shortcut = _shortcut(cin, cout, stride, dtype)
 
     def forward(self, x):
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
+        out = nn.fused(self.bn1, self.relu, self.conv1(x))
+        out = nn.fused(self.bn2, self.relu, self.conv2(out))
         out = self.bn3(self.conv3(out))
         return self.relu(out + self.shortcut(x))
 

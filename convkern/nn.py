@@ -312,6 +312,11 @@ class _Conv(_ConvNd):
         return self._fn(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
                         self.algorithm)
 
+    def forward_activation(self, x, activation):
+        """``activation(self(x))`` with the bias and activation fused into the convolution."""
+        return self._fn(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
+                        self.algorithm, activation=activation)
+
 
 class Conv1d(_Conv):
     """``F.conv1d`` with weight (out_channels, in_channels/groups, k) and optional bias."""
@@ -412,6 +417,10 @@ class Linear(Module):
     def forward(self, x):
         return F.linear(x, self.weight, self.bias)
 
+    def forward_activation(self, x, activation):
+        """``activation(self(x))`` with the bias and activation fused into one pass."""
+        return F.linear(x, self.weight, self.bias, activation=activation)
+
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
@@ -441,6 +450,10 @@ class _BatchNorm(Module):
             self.running_mean = self.running_var = self.num_batches_tracked = None
 
     def forward(self, x):
+        return self.forward_activation(x, None)
+
+    def forward_activation(self, x, activation):
+        """``activation(self(x))``; "relu" is fused into the normalisation (``F.batch_norm``)."""
         op = type(self).__name__
         x = as_tensor(x, "input", op)
         if self.ranks is not None and x.ndim not in self.ranks:
@@ -455,8 +468,9 @@ class _BatchNorm(Module):
             momentum = 1.0 / float(self.num_batches_tracked.data + 1)
         elif momentum is None:
             momentum = 0.0  # no running-stat update happens here
+        extra = {} if activation is None else {"activation": activation}
         y = self._normalize(x, self.running_mean, self.running_var, self.weight, self.bias,
-                            training=use_batch_stats, momentum=momentum, eps=self.eps)
+                            training=use_batch_stats, momentum=momentum, eps=self.eps, **extra)
         if track:  # counted only once the batch was accepted
             self.num_batches_tracked.data += 1
         return y
@@ -551,6 +565,46 @@ Sigmoid = _stateless("Sigmoid", F.sigmoid, (), "``F.sigmoid`` as a module.")
 Flatten = _stateless("Flatten", F.flatten, ("start_dim", "end_dim"), "``F.flatten`` as a module (start_dim=1).")
 
 
+_FUSION = {"enabled": True}
+_ACTIVATION_MODULES = {ReLU: "relu", Tanh: "tanh", Sigmoid: "sigmoid"}
+
+
+def fuse_activations(enabled=None):
+    """Whether a layer and the activation module after it run as one fused op (on by default):
+    in ``Sequential`` (and through ``fused``), a Conv1d/Conv2d/Conv3d or Linear followed by ReLU,
+    Tanh or Sigmoid (``F.conv2d(..., activation=)``, ``F.linear(..., activation=)``: the bias and
+    activation in the forward's epilogue, their gradients in one backward pass) and a
+    BatchNorm1d/BatchNorm2d followed by ReLU (``F.batch_norm(..., activation="relu")``; the
+    reference ResNets' blocks use it). The results
+    equal the unfused modules'; ``fuse_activations(False)`` runs every module on its own.
+
+    ``fuse_activations()`` returns the setting; ``fuse_activations(True/False)`` sets it and
+    returns the previous one."""
+    previous = _FUSION["enabled"]
+    if enabled is not None:
+        if not isinstance(enabled, bool):
+            raise TypeError(f"fuse_activations: enabled must be True, False or None, got {enabled!r}")
+        _FUSION["enabled"] = enabled
+    return previous
+
+
+def fusable_activation(layer, following):
+    """The activation name ("relu", "tanh", "sigmoid") that ``layer`` can fuse with the module
+    ``following`` it, or None: fusion is on, ``layer`` is exactly one of the fusing layer types
+    (a subclass may override forward) and ``following`` exactly ReLU, Tanh or Sigmoid."""
+    if not _FUSION["enabled"] or type(layer) not in _FUSING:
+        return None
+    act = _ACTIVATION_MODULES.get(type(following))
+    return act if act in _FUSING[type(layer)] else None
+
+
+def fused(layer, activation, x):
+    """``activation(layer(x))`` for modules ``layer`` and ``activation``, as one fused op when
+    ``fusable_activation`` allows (the reference ResNets' blocks use it for BN + ReLU)."""
+    act = fusable_activation(layer, activation)
+    return activation(layer(x)) if act is None else layer.forward_activation(x, act)
+
+
 class Dropout(Module):
     """``F.dropout(x, p, training=self.training)``: active in train mode, identity in eval mode."""
 
@@ -619,9 +673,20 @@ class Sequential(Module):
         return iter(self._modules.values())
 
     def forward(self, x):
-        for m in self._modules.values():
-            x = m(x)
+        """Each module in turn; a layer followed by its activation (Conv1d/2d/3d or Linear, then
+        ReLU, Tanh or Sigmoid) runs as one fused op unless ``fuse_activations(False)``."""
+        modules = list(self._modules.values())
+        i = 0
+        while i < len(modules):
+            nxt = modules[i + 1] if i + 1 < len(modules) else None
+            act = fusable_activation(modules[i], nxt)
+            x = modules[i](x) if act is None else modules[i].forward_activation(x, act)
+            i += 1 if act is None else 2
         return x
+
+
+_FUSING = {**{cls: ("relu", "tanh", "sigmoid") for cls in (Conv1d, Conv2d, Conv3d, Linear)},
+           BatchNorm1d: ("relu",), BatchNorm2d: ("relu",)}
 
 
 class ModuleList(Module):

@@ -4,6 +4,11 @@
 - ``activation_bwd(op, y, dy, dx)``: the gradient from the saved *output* ``y``:
   relu ``dx = dy if y > 0 else 0`` (0 at ``x <= 0``, as PyTorch), tanh ``dx = dy (1 - y²)``,
   sigmoid ``dx = dy y (1 - y)``.
+- ``bias_activation(op, y, b)``: the fused epilogue of a layer, in place
+  ``y[n, k, ...] = op(y[n, k, ...] + b[k])`` (op None: the bias alone; b None: the activation alone).
+- ``activation_bias_grad(op, y, dy, dx, db)``: its backward in one pass, ``dx = dy * op'`` from
+  the output ``y`` and ``db[k] = Σ_{n, ...} dx[n, k, ...]`` (deterministic: per channel in a fixed
+  order on the CPU; on CUDA fixed splits per channel whose sums are added in order).
 
 ``relu(x) = 0 if x <= 0 else x`` passes NaN through, as PyTorch does. The sigmoid is
 evaluated in the form that never overflows: with ``e = exp(-|x|)``, ``1 / (1 + e)`` for
@@ -24,14 +29,16 @@ import math
 import numpy as np
 from numba import cuda, int64, njit, prange
 
-from .cuda_util import SIMULATOR, array1, blocks, per_dtype, stream
-from .elementwise import op_code, flat_operands
+from .cuda_util import (SIMULATOR, array1, array2, block_sum, blocks, device_empty, is_device_array, per_dtype,
+                        resident_blocks, stream, wave_splits)
+from .elementwise import MIN_PER_THREAD, REDUCE_THREADS, flat_operands, op_code, sum_rows_cuda
 from .float16 import accumulator, accumulator_dtype, cpu_view, narrow, widen, zero
 
 THREADS = 32 if SIMULATOR else 256
 
-RELU, TANH, SIGMOID, TANH_RATIONAL = range(4)       # TANH_RATIONAL: float32 tanh on the CPU
+RELU, TANH, SIGMOID, TANH_RATIONAL, IDENTITY = range(5)   # TANH_RATIONAL: float32 tanh on the CPU
 ACTIVATIONS = {"relu": RELU, "tanh": TANH, "sigmoid": SIGMOID}
+EPILOGUES = {None: IDENTITY, **ACTIVATIONS}                  # what may follow a bias: nothing or an activation
 
 TANH_CLAMP = np.float32(7.90531110763549805)
 TANH_SMALL = np.float32(4e-4)
@@ -40,6 +47,31 @@ P1, P3, P5, P7, P9, P11, P13 = (np.float32(c) for c in (
     -8.60467152213735e-11, 2.00018790482477e-13, -2.76076847742355e-16))
 Q0, Q2, Q4, Q6 = (np.float32(c) for c in (
     4.89352518554385e-03, 2.26843463243900e-03, 1.18534705686654e-04, 1.19825839466702e-06))
+
+
+@cuda.jit(device=True, inline="always")
+def activate_cuda(op, v, zero_, one):
+    """op(v) for an activation code (IDENTITY: v); zero_ and one of v's type."""
+    if op == RELU:
+        return zero_ if v <= zero_ else v
+    if op == TANH:
+        return math.tanh(v)
+    if op == SIGMOID:
+        e = math.exp(-abs(v))
+        s = one / (one + e)
+        return s if v >= zero_ else e * s
+    return v
+
+
+@cuda.jit(device=True, inline="always")
+def _activation_grad_cuda(op, v, g, zero_, one):
+    if op == RELU:
+        return zero_ if v <= zero_ else g
+    if op == TANH:
+        return g * (one - v * v)
+    if op == SIGMOID:
+        return g * v * (one - v)
+    return g
 
 
 # one thread per element i
@@ -51,16 +83,7 @@ def activation_fwd_cuda(dt):
     def kernel(op, x, y):
         i = cuda.grid(1)
         if i < y.shape[0]:
-            v = acc(x[i])
-            if op == RELU:
-                r = acc(0) if v <= acc(0) else v
-            elif op == TANH:
-                r = math.tanh(v)
-            else:
-                e = math.exp(-abs(v))
-                s = acc(1) / (acc(1) + e)
-                r = s if v >= acc(0) else e * s
-            y[i] = dt(r)
+            y[i] = dt(activate_cuda(op, acc(x[i]), acc(0), acc(1)))
     return kernel
 
 
@@ -73,23 +96,40 @@ def _tanh_rational(v):
     return v if abs(v) < TANH_SMALL else p / q
 
 
+@njit(inline="always")
+def activate_cpu(op, v, zero_, one):
+    """op(v) for an activation code (IDENTITY: v); zero_ and one of v's type."""
+    if op == RELU:
+        return zero_ if v <= zero_ else v
+    if op == TANH:
+        return math.tanh(v)
+    if op == TANH_RATIONAL:
+        return _tanh_rational(v)
+    if op == SIGMOID:
+        e = math.exp(-abs(v))
+        s = one / (one + e)
+        return s if v >= zero_ else e * s
+    return v
+
+
+@njit(inline="always")
+def _activation_grad_cpu(op, v, g, zero_, one):
+    """The gradient g times op' at the point whose output was v."""
+    if op == RELU:
+        return zero_ if v <= zero_ else g
+    if op == TANH or op == TANH_RATIONAL:
+        return g * (one - v * v)
+    if op == SIGMOID:
+        return g * v * (one - v)
+    return g
+
+
 @njit(parallel=True, cache=True, error_model="numpy")
 def activation_fwd_cpu(op, x, y):
     zero_ = zero(x)
     one = zero_ + np.float32(1)       # float32 + float32 stays float32; a float64 zero makes it float64
     for i in prange(y.shape[0]):
-        v = widen(x[i])
-        if op == RELU:
-            r = zero_ if v <= zero_ else v
-        elif op == TANH:
-            r = math.tanh(v)
-        elif op == TANH_RATIONAL:
-            r = _tanh_rational(v)
-        else:
-            e = math.exp(-abs(v))
-            s = one / (one + e)
-            r = s if v >= zero_ else e * s
-        y[i] = narrow(r, y)
+        y[i] = narrow(activate_cpu(op, widen(x[i]), zero_, one), y)
 
 
 # one thread per element i
@@ -101,15 +141,7 @@ def activation_bwd_cuda(dt):
     def kernel(op, y, dy, dx):
         i = cuda.grid(1)
         if i < dx.shape[0]:
-            v = acc(y[i])
-            g = acc(dy[i])
-            if op == RELU:
-                r = acc(0) if v <= acc(0) else g
-            elif op == TANH:
-                r = g * (acc(1) - v * v)
-            else:
-                r = g * v * (acc(1) - v)
-            dx[i] = dt(r)
+            dx[i] = dt(_activation_grad_cuda(op, acc(y[i]), acc(dy[i]), acc(0), acc(1)))
     return kernel
 
 
@@ -118,15 +150,7 @@ def activation_bwd_cpu(op, y, dy, dx):
     zero_ = zero(y)
     one = zero_ + np.float32(1)       # float32 + float32 stays float32; a float64 zero makes it float64
     for i in prange(dx.shape[0]):
-        v = widen(y[i])
-        g = widen(dy[i])
-        if op == RELU:
-            r = zero_ if v <= zero_ else g
-        elif op == TANH:
-            r = g * (one - v * v)
-        else:
-            r = g * v * (one - v)
-        dx[i] = narrow(r, dx)
+        dx[i] = narrow(_activation_grad_cpu(op, widen(y[i]), widen(dy[i]), zero_, one), dx)
 
 
 def activation_fwd(op, x, y):
@@ -149,3 +173,141 @@ def activation_bwd(op, y, dy, dx):
         activation_bwd_cuda[dx.dtype][blocks(dx.size, THREADS), THREADS, stream()](code, y1, dy1, dx1)
     else:
         activation_bwd_cpu(code, cpu_view(y1), cpu_view(dy1), cpu_view(dx1))
+
+
+# --- bias + activation, fused: the epilogue of a convolution or linear layer and its gradient ---
+
+# one thread per element i of y viewed as (N, K, plane), channel k = (i // plane) % K
+@per_dtype(lambda dt: (int64, array1(dt), array1(dt), int64), threads=THREADS, half=True)
+def bias_activation_cuda(dt):
+    acc = accumulator(dt)
+
+    @cuda.jit
+    def kernel(op, y, b, plane):
+        i = cuda.grid(1)
+        if i < y.shape[0]:
+            v = acc(y[i])
+            if b.shape[0] > 0:
+                v += acc(b[(i // plane) % b.shape[0]])
+            y[i] = dt(activate_cuda(op, v, acc(0), acc(1)))
+    return kernel
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def bias_activation_cpu(op, y, b, n_images, channels, plane):
+    zero_ = zero(y)
+    one = zero_ + np.float32(1)
+    for nk in prange(n_images * channels):
+        bk = widen(b[nk % channels]) if b.shape[0] > 0 else zero_
+        yk = y[nk * plane:(nk + 1) * plane]
+        for j in range(plane):
+            yk[j] = narrow(activate_cpu(op, widen(yk[j]) + bk, zero_, one), yk)
+
+
+# one block per (split s, channel k), as elementwise.bias_grad_partials_cuda: thread t takes the
+# values lo + t, lo + t + REDUCE_THREADS, ... below hi of channel k, writes dx = op'(y) dy for
+# each and sums them; the block's sum goes to partials[s, k]
+@per_dtype(lambda dt: (int64, array1(dt), array1(dt), array1(dt), array2(accumulator(dt)), int64, int64),
+           threads=REDUCE_THREADS, half=True)
+def activation_bias_grad_partials_cuda(dt):
+    acc = accumulator(dt)
+
+    @cuda.jit
+    def kernel(op, y, dy, dx, partials, plane, chunk):
+        buf = cuda.shared.array(REDUCE_THREADS, acc)
+        s = cuda.blockIdx.x
+        k = cuda.blockIdx.y
+        K = partials.shape[1]
+        t = cuda.threadIdx.x
+        lo = s * chunk
+        hi = min(dx.shape[0] // K, lo + chunk)
+        a = acc(0)
+        for e in range(lo + t, hi, REDUCE_THREADS):
+            n = e // plane
+            i = (n * K + k) * plane + e - n * plane
+            r = _activation_grad_cuda(op, acc(y[i]), acc(dy[i]), acc(0), acc(1))
+            dx[i] = dt(r)
+            a += r
+        total = block_sum(buf, a)
+        if t == 0:
+            partials[s, k] = total
+    return kernel
+
+
+@njit(parallel=True, cache=True, error_model="numpy", fastmath={"reassoc"})
+def activation_bias_grad_cpu(op, y, dy, dx, db, n_images, plane):
+    zero_ = zero(y)
+    one = zero_ + np.float32(1)
+    K = db.shape[0]
+    for k in prange(K):
+        acc = zero_
+        for n in range(n_images):
+            lo = (n * K + k) * plane
+            for j in range(lo, lo + plane):
+                r = _activation_grad_cpu(op, widen(y[j]), widen(dy[j]), zero_, one)
+                dx[j] = narrow(r, dx)
+                acc += r
+        db[k] = narrow(acc, db)
+
+
+def epilogue_code(op, family):
+    """The kernels' code of an epilogue activation: None (bias only), "relu", "tanh" or "sigmoid"."""
+    if op not in EPILOGUES:
+        raise ValueError(f"{family}: activation must be None or one of {sorted(ACTIVATIONS)}, got {op!r}")
+    return EPILOGUES[op]
+
+
+def _channels_operands(y, b, name, *others):
+    """Check y (N, K, ...) C-contiguous with ``others`` like it and b None or (K,); return the flat
+    views, (N, K, plane) and the device flag."""
+    if len(y.shape) < 2:
+        raise ValueError(f"{name}: expected an (N, K, ...) array of at least 2 dimensions, got shape {y.shape}")
+    flat, on_device = flat_operands(y, *others)
+    if b is not None:
+        if b.shape != (y.shape[1],):
+            raise ValueError(f"{name}: the bias must have shape (K,) = ({y.shape[1]},), got {b.shape}")
+        if b.dtype != y.dtype or is_device_array(b) != on_device:
+            raise TypeError(f"{name}: the bias must have dtype {y.dtype} and live on the array's device")
+    N, K = y.shape[0], y.shape[1]
+    return flat, (N, K, y.size // max(1, N * K)), on_device
+
+
+def bias_activation(op, y, b):
+    """In place ``y[n, k, ...] = op(y[n, k, ...] + b[k])`` for ``y`` (N, K, ...), ``b`` (K,) or None,
+    ``op`` None (the bias alone), "relu", "tanh" or "sigmoid": the fused epilogue of a layer."""
+    code = epilogue_code(op, "bias_activation")
+    (y1,), (N, K, plane), on_device = _channels_operands(y, b, "bias_activation")
+    if y.size == 0 or (b is None and code == IDENTITY):
+        return
+    if on_device:
+        bias = b if b is not None else device_empty((0,), y.dtype)
+        bias_activation_cuda[y.dtype][blocks(y.size, THREADS), THREADS, stream()](code, y1, bias, plane)
+    else:
+        rational = code == TANH and accumulator_dtype(y.dtype) == np.float32
+        bias = b if b is not None else np.empty(0, y.dtype)
+        bias_activation_cpu(TANH_RATIONAL if rational else code, cpu_view(y1), cpu_view(bias), N, K, plane)
+
+
+def activation_bias_grad(op, y, dy, dx, db=None):
+    """The backward of ``bias_activation``: ``dx = dy * op'`` at the point whose output was ``y``
+    (all (N, K, ...)) and, when ``db`` (K,) is given, ``db[k] = sum over n, ... of dx[n, k, ...]``,
+    in one pass and in a fixed order (deterministic)."""
+    code = epilogue_code(op, "activation_bias_grad")
+    (y1, dy1, dx1), (N, K, plane), on_device = _channels_operands(y, db, "activation_bias_grad", dy, dx)
+    if db is None:
+        if code == IDENTITY:
+            raise ValueError("activation_bias_grad: with no activation there is nothing to do without db")
+        activation_bwd(op, y1, dy1, dx1)
+        return
+    if on_device:
+        m = N * plane
+        kernel = activation_bias_grad_partials_cuda[dx.dtype]
+        splits = wave_splits(K, blocks(max(m, 1), REDUCE_THREADS * MIN_PER_THREAD),
+                             resident_blocks(kernel, REDUCE_THREADS))
+        chunk = blocks(blocks(max(m, 1), splits), REDUCE_THREADS) * REDUCE_THREADS
+        splits = blocks(max(m, 1), chunk)
+        partials = device_empty((splits, K), accumulator_dtype(dx.dtype))
+        kernel[(splits, K), REDUCE_THREADS, stream()](code, y1, dy1, dx1, partials, plane, chunk)
+        sum_rows_cuda[dx.dtype][blocks(K, THREADS), THREADS, stream()](partials, db)
+    else:
+        activation_bias_grad_cpu(code, cpu_view(y1), cpu_view(dy1), cpu_view(dx1), cpu_view(db), N, plane)

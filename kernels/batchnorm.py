@@ -3,8 +3,11 @@ M = N*L values ``x[n, c, l]``.
 
 - ``batchnorm_stats(x, mean, var)``: ``mean[c] = Σ x / M``, ``var[c] = Σ (x - mean[c])² / M``
   (biased; two passes, so no cancellation of ``E[x²] - E[x]²``).
-- ``batchnorm_fwd(x, mean, var, weight, bias, eps, y)``:
-  ``y = (x - mean[c]) * invstd[c] * weight[c] + bias[c]`` with ``invstd = 1/sqrt(var + eps)``.
+- ``batchnorm_fwd(x, mean, var, weight, bias, eps, y, relu=False)``:
+  ``y = (x - mean[c]) * invstd[c] * weight[c] + bias[c]`` with ``invstd = 1/sqrt(var + eps)``;
+  with ``relu``, ``max(that, 0)`` (BN + ReLU fused: the backward kernels then take the output y
+  as ``relu_output`` and zero ``dy`` where ``y <= 0`` as they read it, so no ReLU gradient is
+  ever stored).
 - ``batchnorm_update_running(running_mean, running_var, mean, var, momentum, unbias)``:
   ``running = (1 - momentum) * running + momentum * stat`` in place, ``var * unbias`` for the
   variance (``unbias = M/(M-1)`` gives PyTorch's unbiased running variance).
@@ -53,13 +56,13 @@ def _partials3(dt):
 
 # one block per (split s, channel c): thread t sums the values lo + t, lo + t + REDUCE_THREADS, ...
 # below hi of channel c, [lo, hi) being split s of its N*L values; the block's sums go to partials[c, s]
-@per_dtype(lambda dt: (array1(dt), array1(dt), array1(accumulator(dt)), int64, _partials3(accumulator(dt)), int64,
-                       int64, int64), threads=REDUCE_THREADS, half=True)
+@per_dtype(lambda dt: (array1(dt), array1(dt), array1(dt), int64, array1(accumulator(dt)), int64,
+                       _partials3(accumulator(dt)), int64, int64, int64), threads=REDUCE_THREADS, half=True)
 def batchnorm_partials_cuda(dt):
     acc = accumulator(dt)
 
     @cuda.jit
-    def kernel(x, dy, mean, mode, partials, n_images, plane, chunk):
+    def kernel(x, dy, y, relu, mean, mode, partials, n_images, plane, chunk):
         buf = cuda.shared.array(REDUCE_THREADS, acc)
         s = cuda.blockIdx.x
         c = cuda.blockIdx.y
@@ -84,7 +87,7 @@ def batchnorm_partials_cuda(dt):
             for e in range(lo + t, hi, REDUCE_THREADS):
                 n = e // plane
                 i = (n * C + c) * plane + e - n * plane
-                g = acc(dy[i])
+                g = acc(0) if relu and acc(y[i]) <= acc(0) else acc(dy[i])
                 acc0 += g
                 acc1 += g * (acc(x[i]) - mu)
         acc0 = block_sum(buf, acc0)
@@ -140,31 +143,35 @@ def batchnorm_stats_cpu(x, mean, var, n_images, plane):
 
 
 # one thread per element i of y, channel c = (i // plane) % C
-@per_dtype(lambda dt: (array1(dt), *(array1(accumulator(dt)),) * 4, accumulator(dt), array1(dt), int64),
+@per_dtype(lambda dt: (array1(dt), *(array1(accumulator(dt)),) * 4, accumulator(dt), array1(dt), int64, int64),
            threads=THREADS, half=True)
 def batchnorm_fwd_cuda(dt):
     acc = accumulator(dt)
 
     @cuda.jit
-    def kernel(x, mean, var, weight, bias, eps, y, plane):
+    def kernel(x, mean, var, weight, bias, eps, y, plane, relu):
         i = cuda.grid(1)
         if i < y.shape[0]:
             c = (i // plane) % mean.shape[0]
             invstd = acc(1) / math.sqrt(var[c] + eps)
-            y[i] = dt((acc(x[i]) - mean[c]) * (invstd * weight[c]) + bias[c])
+            v = (acc(x[i]) - mean[c]) * (invstd * weight[c]) + bias[c]
+            y[i] = dt(acc(0) if relu and v <= acc(0) else v)
     return kernel
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def batchnorm_fwd_cpu(x, mean, var, weight, bias, eps, y, n_images, plane):
+def batchnorm_fwd_cpu(x, mean, var, weight, bias, eps, y, n_images, plane, relu):
     C = mean.shape[0]
     one = mean.dtype.type(1)
+    # relu: 0 for v <= 0 (NaN passes); the lower bound of a max that NaN fails is the same select
+    low = mean.dtype.type(0) if relu else -mean.dtype.type(np.inf)
     if plane == 1:  # (N, C): a row runs over the channels, vectorise along it
         for n in prange(n_images):
             xs = x[n * C:(n + 1) * C]
             ys = y[n * C:(n + 1) * C]
             for c in range(C):
-                ys[c] = narrow((widen(xs[c]) - mean[c]) * (one / math.sqrt(var[c] + eps) * weight[c]) + bias[c], ys)
+                v = (widen(xs[c]) - mean[c]) * (one / math.sqrt(var[c] + eps) * weight[c]) + bias[c]
+                ys[c] = narrow(low if v <= low else v, ys)
         return
     for nc in prange(n_images * C):
         c = nc % C
@@ -174,7 +181,8 @@ def batchnorm_fwd_cpu(x, mean, var, weight, bias, eps, y, n_images, plane):
         xs = x[nc * plane:(nc + 1) * plane]
         ys = y[nc * plane:(nc + 1) * plane]
         for j in range(plane):
-            ys[j] = narrow((widen(xs[j]) - mu) * scale + shift, ys)
+            v = (widen(xs[j]) - mu) * scale + shift
+            ys[j] = narrow(low if v <= low else v, ys)
 
 
 # one thread per channel c; the running statistics are float16 in the float16 build, the batch's float32
@@ -202,7 +210,7 @@ def batchnorm_update_running_cpu(running_mean, running_var, mean, var, momentum,
 
 
 @njit(parallel=True, cache=True, error_model="numpy", fastmath={"reassoc"})
-def batchnorm_bwd_reduce_cpu(x, dy, mean, var, eps, sum_dy, sum_dy_xhat, n_images, plane):
+def batchnorm_bwd_reduce_cpu(x, dy, y, relu, mean, var, eps, sum_dy, sum_dy_xhat, n_images, plane):
     C = mean.shape[0]
     for c in prange(C):
         mu = mean[c]
@@ -211,8 +219,9 @@ def batchnorm_bwd_reduce_cpu(x, dy, mean, var, eps, sum_dy, sum_dy_xhat, n_image
         for n in range(n_images):
             xs = x[(n * C + c) * plane:(n * C + c + 1) * plane]
             gs = dy[(n * C + c) * plane:(n * C + c + 1) * plane]
+            ys = y[(n * C + c) * plane:(n * C + c + 1) * plane]
             for j in range(plane):
-                g = widen(gs[j])
+                g = zero(x) if relu and widen(ys[j]) <= zero(x) else widen(gs[j])
                 acc_dy += g
                 acc_dyx += g * (widen(xs[j]) - mu)
         sum_dy[c] = acc_dy
@@ -220,34 +229,38 @@ def batchnorm_bwd_reduce_cpu(x, dy, mean, var, eps, sum_dy, sum_dy_xhat, n_image
 
 
 # one thread per element i of dx, channel c = (i // plane) % C
-@per_dtype(lambda dt: (array1(dt), array1(dt), *(array1(accumulator(dt)),) * 5, accumulator(dt), accumulator(dt),
-                       array1(dt), int64), threads=THREADS, half=True)
+@per_dtype(lambda dt: (array1(dt), array1(dt), array1(dt), int64, *(array1(accumulator(dt)),) * 5, accumulator(dt),
+                       accumulator(dt), array1(dt), int64), threads=THREADS, half=True)
 def batchnorm_bwd_data_cuda(dt):
     acc = accumulator(dt)
 
     @cuda.jit
-    def kernel(x, dy, mean, var, weight, sum_dy, sum_dy_xhat, eps, inv_m, dx, plane):
+    def kernel(x, dy, y, relu, mean, var, weight, sum_dy, sum_dy_xhat, eps, inv_m, dx, plane):
         i = cuda.grid(1)
         if i < dx.shape[0]:
             c = (i // plane) % mean.shape[0]
             invstd = acc(1) / math.sqrt(var[c] + eps)
             xhat = (acc(x[i]) - mean[c]) * invstd
-            dx[i] = dt((weight[c] * invstd) * (acc(dy[i]) - sum_dy[c] * inv_m - xhat * (sum_dy_xhat[c] * inv_m)))
+            g = acc(0) if relu and acc(y[i]) <= acc(0) else acc(dy[i])
+            dx[i] = dt((weight[c] * invstd) * (g - sum_dy[c] * inv_m - xhat * (sum_dy_xhat[c] * inv_m)))
     return kernel
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def batchnorm_bwd_data_cpu(x, dy, mean, var, weight, sum_dy, sum_dy_xhat, eps, inv_m, dx, n_images, plane):
+def batchnorm_bwd_data_cpu(x, dy, y, relu, mean, var, weight, sum_dy, sum_dy_xhat, eps, inv_m, dx, n_images, plane):
     C = mean.shape[0]
     one = mean.dtype.type(1)
+    nil = zero(x)
     if plane == 1:  # (N, C): a row runs over the channels, vectorise along it
         for n in prange(n_images):
             xs = x[n * C:(n + 1) * C]
             gs = dy[n * C:(n + 1) * C]
+            ys = y[n * C:(n + 1) * C]
             dxs = dx[n * C:(n + 1) * C]
             for c in range(C):
                 invstd = one / math.sqrt(var[c] + eps)
-                dxs[c] = narrow(weight[c] * invstd * (widen(gs[c]) - sum_dy[c] * inv_m
+                g = nil if relu and widen(ys[c]) <= nil else widen(gs[c])
+                dxs[c] = narrow(weight[c] * invstd * (g - sum_dy[c] * inv_m
                                                       - (widen(xs[c]) - mean[c]) * (sum_dy_xhat[c] * inv_m * invstd)),
                                 dxs)
         return
@@ -260,12 +273,14 @@ def batchnorm_bwd_data_cpu(x, dy, mean, var, weight, sum_dy, sum_dy_xhat, eps, i
         k_x = sum_dy_xhat[c] * inv_m * invstd
         xs = x[nc * plane:(nc + 1) * plane]
         gs = dy[nc * plane:(nc + 1) * plane]
+        ys = y[nc * plane:(nc + 1) * plane]
         dxs = dx[nc * plane:(nc + 1) * plane]
         for j in range(plane):
-            dxs[j] = narrow(scale * (widen(gs[j]) - k_dy - (widen(xs[j]) - mu) * k_x), dxs)
+            g = nil if relu and widen(ys[j]) <= nil else widen(gs[j])
+            dxs[j] = narrow(scale * (g - k_dy - (widen(xs[j]) - mu) * k_x), dxs)
 
 
-def _reduce_cuda(mode, x1, dy1, mean, var, eps, out0, out1, n_images, plane):
+def _reduce_cuda(mode, x1, dy1, mean, var, eps, out0, out1, n_images, plane, y1=None):
     """The per-channel sums of ``mode`` over flat device arrays into ``out0`` (and ``out1``)."""
     C, m = out0.shape[0], n_images * plane
     dt = out0.dtype.type
@@ -274,7 +289,8 @@ def _reduce_cuda(mode, x1, dy1, mean, var, eps, out0, out1, n_images, plane):
     chunk = blocks(blocks(m, splits), REDUCE_THREADS) * REDUCE_THREADS
     splits = blocks(m, chunk)
     partials = device_empty((C, splits, 2), out0.dtype)
-    kernel[(splits, C), REDUCE_THREADS, stream()](x1, dy1, mean, mode, partials, n_images, plane, chunk)
+    kernel[(splits, C), REDUCE_THREADS, stream()](x1, dy1, x1 if y1 is None else y1, int(y1 is not None), mean, mode,
+                                                  partials, n_images, plane, chunk)
     batchnorm_finish_cuda[out0.dtype][blocks(C, THREADS), THREADS, stream()](partials, mode, dt(m), var, dt(eps),
                                                                              out0, out1)
 
@@ -330,9 +346,9 @@ def batchnorm_stats(x, mean, var):
         batchnorm_stats_cpu(x1, mean, var, N, L)
 
 
-def batchnorm_fwd(x, mean, var, weight, bias, eps, y):
+def batchnorm_fwd(x, mean, var, weight, bias, eps, y, relu=False):
     """``y = (x - mean[c]) / sqrt(var[c] + eps) * weight[c] + bias[c]`` for ``x``, ``y`` (N, C, L);
-    ``weight`` None means 1, ``bias`` None means 0."""
+    ``weight`` None means 1, ``bias`` None means 0; with ``relu`` the ReLU of that, fused."""
     C = x.shape[1] if len(x.shape) == 3 else 0
     on_device = is_device_array(x)
     weight = _constant(1.0, C, x.dtype, on_device) if weight is None else weight
@@ -341,9 +357,10 @@ def batchnorm_fwd(x, mean, var, weight, bias, eps, y):
                                        dict(y=y))
     eps = accumulator_dtype(x.dtype).type(eps)
     if on_device:
-        batchnorm_fwd_cuda[x.dtype][blocks(y1.size, THREADS), THREADS, stream()](x1, mean, var, weight, bias, eps, y1, L)
+        batchnorm_fwd_cuda[x.dtype][blocks(y1.size, THREADS), THREADS, stream()](x1, mean, var, weight, bias, eps, y1, L,
+                                                                                 int(relu))
     else:
-        batchnorm_fwd_cpu(x1, mean, var, weight, bias, eps, y1, N, L)
+        batchnorm_fwd_cpu(x1, mean, var, weight, bias, eps, y1, N, L, bool(relu))
 
 
 def batchnorm_update_running(running_mean, running_var, mean, var, momentum, unbias):
@@ -370,39 +387,43 @@ def batchnorm_update_running(running_mean, running_var, mean, var, momentum, unb
         batchnorm_update_running_cpu(cpu_view(running_mean), cpu_view(running_var), mean, var, momentum, unbias)
 
 
-def batchnorm_bwd_reduce(x, dy, mean, var, eps, sum_dy, sum_dy_xhat):
+def batchnorm_bwd_reduce(x, dy, mean, var, eps, sum_dy, sum_dy_xhat, relu_output=None):
     """``sum_dy[c] = Σ dy`` and ``sum_dy_xhat[c] = Σ dy * (x - mean[c]) / sqrt(var[c] + eps)`` over
-    the (N, L) values of channel c; deterministic. They are dbias and dweight."""
-    (x1, dy1), N, L, on_device = _check("batchnorm_bwd_reduce", x,
-                                        dict(mean=mean, var=var, sum_dy=sum_dy, sum_dy_xhat=sum_dy_xhat),
-                                        dict(dy=dy))
+    the (N, L) values of channel c; deterministic. They are dbias and dweight. Given
+    ``relu_output``, the output y of a fused BN + ReLU, ``dy`` is first zeroed where ``y <= 0``."""
+    full = dict(dy=dy) if relu_output is None else dict(dy=dy, relu_output=relu_output)
+    (x1, dy1, *y1), N, L, on_device = _check("batchnorm_bwd_reduce", x,
+                                             dict(mean=mean, var=var, sum_dy=sum_dy, sum_dy_xhat=sum_dy_xhat), full)
     eps = accumulator_dtype(x.dtype).type(eps)
     if on_device:
-        _reduce_cuda(DOT, x1, dy1, mean, var, eps, sum_dy, sum_dy_xhat, N, L)
+        _reduce_cuda(DOT, x1, dy1, mean, var, eps, sum_dy, sum_dy_xhat, N, L, y1[0] if y1 else None)
     else:
-        batchnorm_bwd_reduce_cpu(x1, dy1, mean, var, eps, sum_dy, sum_dy_xhat, N, L)
+        batchnorm_bwd_reduce_cpu(x1, dy1, y1[0] if y1 else x1, bool(y1), mean, var, eps, sum_dy, sum_dy_xhat, N, L)
 
 
-def batchnorm_bwd_data(x, dy, mean, var, weight, sum_dy, sum_dy_xhat, eps, training, dx):
+def batchnorm_bwd_data(x, dy, mean, var, weight, sum_dy, sum_dy_xhat, eps, training, dx, relu_output=None):
     """``dx`` for ``y = batchnorm_fwd(x, mean, var, weight, ...)``, all of ``x``, ``dy``, ``dx`` (N, C, L).
 
     training (``mean``, ``var`` are the batch statistics, ``sum_dy``, ``sum_dy_xhat`` from
     ``batchnorm_bwd_reduce``): ``dx = weight*invstd/M * (M*dy - sum_dy - xhat*sum_dy_xhat)``.
     Not training (running statistics; the sums are not used and may be None):
-    ``dx = dy * weight * invstd``. ``weight`` None means 1.
+    ``dx = dy * weight * invstd``. ``weight`` None means 1. Given ``relu_output`` (the output of a
+    fused BN + ReLU), ``dy`` is zeroed where it is <= 0 first, as ``batchnorm_bwd_reduce`` does.
     """
     C = x.shape[1] if len(x.shape) == 3 else 0
     on_device = is_device_array(x)
     weight = _constant(1.0, C, x.dtype, on_device) if weight is None else weight
     if not training:
         sum_dy = sum_dy_xhat = _constant(0.0, C, x.dtype, on_device)
-    (x1, dy1, dx1), N, L, on_device = _check(
-        "batchnorm_bwd_data", x, dict(mean=mean, var=var, weight=weight, sum_dy=sum_dy, sum_dy_xhat=sum_dy_xhat),
-        dict(dy=dy, dx=dx))
+    full = dict(dy=dy, dx=dx) if relu_output is None else dict(dy=dy, dx=dx, relu_output=relu_output)
+    (x1, dy1, dx1, *y1), N, L, on_device = _check(
+        "batchnorm_bwd_data", x, dict(mean=mean, var=var, weight=weight, sum_dy=sum_dy, sum_dy_xhat=sum_dy_xhat), full)
+    relu = bool(y1)
+    y1 = y1[0] if y1 else x1
     stat = accumulator_dtype(x.dtype).type
     eps, inv_m = stat(eps), stat(1.0 / (N * L) if training else 0.0)
     if on_device:
         batchnorm_bwd_data_cuda[x.dtype][blocks(dx1.size, THREADS), THREADS, stream()](
-            x1, dy1, mean, var, weight, sum_dy, sum_dy_xhat, eps, inv_m, dx1, L)
+            x1, dy1, y1, int(relu), mean, var, weight, sum_dy, sum_dy_xhat, eps, inv_m, dx1, L)
     else:
-        batchnorm_bwd_data_cpu(x1, dy1, mean, var, weight, sum_dy, sum_dy_xhat, eps, inv_m, dx1, N, L)
+        batchnorm_bwd_data_cpu(x1, dy1, y1, relu, mean, var, weight, sum_dy, sum_dy_xhat, eps, inv_m, dx1, N, L)

@@ -458,7 +458,7 @@ def _pixel_offsets(padded, g):
     return (o + p + q).reshape(-1).astype(np.int64)
 
 
-def _fwd_cpu(x, w, y, g):
+def _fwd_cpu(x, w, y, g, bias=None, act=None):
     xp, padded = _padded_source(x, g)
     Cg, Kg = g.C // g.groups, g.K // g.groups
     plane, opq = math.prod(padded), math.prod(g.out_size)
@@ -466,7 +466,7 @@ def _fwd_cpu(x, w, y, g):
     org = (n * (g.C * plane) + _pixel_offsets(padded, g)).reshape(-1)
     dst = (n * (g.K * opq) + np.arange(opq)).reshape(-1)
     run_product(xp.reshape(-1), _patch_offsets(Cg, padded, g), org, Cg * plane, w.reshape(g.groups, Kg, -1),
-                y.reshape(-1), dst, opq, Kg * opq, g.groups)
+                y.reshape(-1), dst, opq, Kg * opq, g.groups, bias, act)
 
 
 def _phase_tables(g, axes, padded_dy):

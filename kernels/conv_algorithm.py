@@ -11,10 +11,14 @@ computes some dtype in lower precision than the dtype itself (TF32 tensor-core m
 says so in ``reduced_precision``; ``auto`` skips it for that dtype unless the user allowed it
 (``convkern.allow_tf32``), and ``tolerance(dtype)`` is what its results are tested against. Launchers are
 ``launch(a, b, out, g)`` with the operands of ``ConvGeometry.operand_shapes(pass_)``; they
-overwrite ``out`` and pick the CPU or CUDA kernel by the array type.
+overwrite ``out`` and pick the CPU or CUDA kernel by the array type. ``forward_fused(x, w, y, g,
+bias, act)`` runs the forward with the layer's bias and activation: an algorithm whose kernel
+fuses them into its epilogue says so with ``fused_fwd``; any other runs its forward and then one
+fused bias-activation pass (``activation.bias_activation``).
 """
 import numpy as np
 
+from .activation import bias_activation
 from .cuda_util import is_device_array
 from .shapes import PASSES
 
@@ -36,11 +40,13 @@ class ConvAlgorithm:
     ``dtypes``: the dtypes its launchers take, a sequence (each for every rank in ``ranks``) or
     ``{dtype: ranks}``; default float32 and float64. ``reduced_precision``: ``{dtype: (rtol,
     atol)}`` for the dtypes it computes in lower precision, with the tolerance of its results
-    against a float64 reference."""
+    against a float64 reference. ``fused_fwd(x, w, y, g, bias, act)``: a forward launcher
+    that adds the bias and applies the activation in its kernel's epilogue, when it has one."""
 
     def __init__(self, name, fwd, bwd_data, bwd_filter, ranks=(2,), limits=always, preference=None, summary="",
-                 reduced_precision=None, dtypes=FLOAT_DTYPES):
+                 reduced_precision=None, dtypes=FLOAT_DTYPES, fused_fwd=None):
         self.name = name
+        self.fused_fwd = fused_fwd
         self.launchers = {"fwd": fwd, "bwd_data": bwd_data, "bwd_filter": bwd_filter}
         self.ranks = tuple(ranks)
         by_dtype = dtypes if isinstance(dtypes, dict) else dict.fromkeys(dtypes, self.ranks)
@@ -90,6 +96,15 @@ class ConvAlgorithm:
 
     def launcher(self, pass_):
         return self.launchers[pass_]
+
+    def forward_fused(self, x, w, y, g, bias, act):
+        """``y = act(conv(x, w) + bias)``: the forward, its bias (None or (K,)) and activation
+        (None, "relu", "tanh" or "sigmoid"), fused into the kernel when ``fused_fwd`` is given."""
+        if self.fused_fwd is not None:
+            self.fused_fwd(x, w, y, g, bias, act)
+        else:
+            self.launchers["fwd"](x, w, y, g)
+            bias_activation(act, y, bias)
 
     def __repr__(self):
         return f"ConvAlgorithm({self.name!r})"

@@ -47,7 +47,8 @@ from numba import cuda, int32, int64, njit, prange, uint32, uint64
 from .conv_algorithm import ConvAlgorithm, by_rank, check_conv_arrays
 from .cuda_util import (SIMULATOR, array1, array2, blocks, device_empty, is_device_array, per_dtype,
                         resident_blocks, stream, wave_splits)
-from .float16 import accumulator
+from .activation import TANH, TANH_RATIONAL, activate_cpu, bias_activation, epilogue_code
+from .float16 import accumulator, zero
 from .simd import MR, pack_rows, panel_gemm, panel_width, round_up, vlanes, vload, vstore
 from .gemm import (A_LOADS, A_PITCH, B_PITCH, BK, BM, BN, INDEX_LIMIT, SMEM_ALIGN, THREADS, TX, element, jit_options,
                    stage, tile_origin, tile_step, unstage, zero_tile)
@@ -501,7 +502,7 @@ def gather_all_cpu(src, off, org, src_group, groups, tile, chunk, gathered):
 
 @njit(parallel=True, fastmath=True, cache=True)
 def implicit_gemm_cpu(src, off, org, src_group, ap, rows, out, dst, out_row, out_group, groups, tile, chunk,
-                      row_block, runs, gathered):
+                      row_block, runs, gathered, bias, act):
     """out[dst[t] + gi*out_group + i*out_row] = sum_l A_gi[i, l] * src[org[t] + gi*src_group + off[l]]
     for every group gi, row i < ``rows`` and column t < len(org): the forward product (A = W_g,
     columns = output pixels) and, per stride phase, the backward-data product (A = the phase's
@@ -514,6 +515,10 @@ def implicit_gemm_cpu(src, off, org, src_group, ap, rows, out, dst, out_row, out
     into ``runs`` contiguous runs, one set of buffers each. A non-empty ``gathered`` holds every
     tile's panels already (``gather_all_cpu``): when rows are split into several blocks, each
     block's items read them instead of gathering the same columns again.
+
+    The epilogue stores ``act(sum + bias[gi*rows + i])`` (``activation.activate_cpu``; an empty
+    ``bias`` adds nothing, ``act`` IDENTITY stores the sum): the forward's fused bias and
+    activation, while the tile is still in registers and L1.
     """
     cols = org.shape[0]
     L = off.shape[0]
@@ -522,6 +527,8 @@ def implicit_gemm_cpu(src, off, org, src_group, ap, rows, out, dst, out_row, out
     tiles = (cols + tile - 1) // tile
     rblocks = (rp + row_block - 1) // row_block
     items = groups * tiles * rblocks
+    zero_ = zero(src)
+    one = zero_ + np.float32(1)
     for run in prange(runs):
         bp = np.empty(tile * chunk, src.dtype)
         ct = np.empty((row_block, tile), src.dtype)
@@ -549,8 +556,9 @@ def implicit_gemm_cpu(src, off, org, src_group, ap, rows, out, dst, out_row, out
             for i in range(min(nrow, rows - r0)):
                 base = gi * out_group + (r0 + i) * out_row
                 row = c[i]
+                bk = bias[gi * rows + r0 + i] if bias.shape[0] > 0 else zero_
                 for j in range(nt):
-                    out[uint64(dst[t0 + j] + base)] = row[j]
+                    out[uint64(dst[t0 + j] + base)] = activate_cpu(act, row[j] + bk, zero_, one)
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -704,9 +712,11 @@ def _product_plan(rows, cols, groups, dtype):
     return tile, row_block, groups * tiles * -(-rp // row_block)
 
 
-def run_product(src, off, org, src_group, a, out, dst, out_row, out_group, groups):
+def run_product(src, off, org, src_group, a, out, dst, out_row, out_group, groups, bias=None, act=None):
     """``implicit_gemm_cpu`` with A = a (groups, rows, L) packed here, tiles planned here (the
-    columns gathered once up front when the rows are split); shared with conv3d."""
+    columns gathered once up front when the rows are split), ``bias`` ((groups*rows,) or None)
+    and activation ``act`` (None, "relu", "tanh", "sigmoid") fused into its epilogue; shared
+    with conv3d."""
     rows = a.shape[1]
     tile, row_block, items = _product_plan(rows, org.shape[0], groups, src.dtype)
     chunk = _cpu_chunk(off.shape[0], src.dtype)
@@ -715,8 +725,12 @@ def run_product(src, off, org, src_group, a, out, dst, out_row, out_group, group
         gather_all_cpu(src, off, org, src_group, groups, tile, chunk, gathered)
     else:
         gathered = np.empty(0, src.dtype)
+    code = epilogue_code(act, "implicit_gemm")
+    if code == TANH and src.dtype == np.float32:
+        code = TANH_RATIONAL
     implicit_gemm_cpu(src, off, org, src_group, pack_rows(a), rows, out, dst, out_row, out_group, groups, tile,
-                      chunk, row_block, _runs(items), gathered)
+                      chunk, row_block, _runs(items), gathered, np.empty(0, src.dtype) if bias is None else bias,
+                      code)
 
 
 def _columns(N, src_image, P, src_row, Q, src_col, dst_image, dst_row, dst_col, dst_base):
@@ -730,13 +744,13 @@ def _columns(N, src_image, P, src_row, Q, src_col, dst_image, dst_row, dst_col, 
             (n * dst_image + p * dst_row + q * dst_col + dst_base).reshape(-1))
 
 
-def _fwd_cpu(x, w, y, g):
+def _fwd_cpu(x, w, y, g, bias=None, act=None):
     xp, Hp, Wp = _padded_source(x, g)
     Cg, Kg = g.C // g.groups, g.K // g.groups
     PQ = g.P * g.Q
     org, dst = _columns(g.N, g.C * Hp * Wp, g.P, g.stride_h * Wp, g.Q, g.stride_w, g.K * PQ, g.Q, 1, 0)
     run_product(xp.reshape(-1), _patch_offsets(Cg, Hp, Wp, g), org, Cg * Hp * Wp,
-                w.reshape(g.groups, Kg, -1), y.reshape(-1), dst, PQ, Kg * PQ, g.groups)
+                w.reshape(g.groups, Kg, -1), y.reshape(-1), dst, PQ, Kg * PQ, g.groups, bias, act)
 
 
 def _bwd_data_cpu(dy, w, dx, g):
@@ -881,8 +895,25 @@ from . import conv3d_implicit_gemm  # noqa: E402
 
 
 _3D = conv3d_implicit_gemm
+
+
+def conv_fwd_implicit_gemm_fused(x, w, y, g, bias, act):
+    """The forward pass with ``y = act(conv(x, w) + bias)`` (``activation.bias_activation``;
+    bias None or (K,), act None, "relu", "tanh" or "sigmoid"), 2-D or 3-D: on the CPU the
+    bias and activation are the micro-kernel's epilogue (no second pass over y); on CUDA a
+    fused bias-activation pass follows the product."""
+    check_conv_arrays("implicit_gemm", g, "fwd", x, w, y)
+    if is_device_array(x):
+        (_3D._fwd_cuda if g.rank == 3 else _fwd_cuda)(x, w, y, g)
+        bias_activation(act, y, bias)
+    else:
+        epilogue_code(act, "implicit_gemm")
+        (_3D._fwd_cpu if g.rank == 3 else _fwd_cpu)(x, w, y, g, bias, act)
+
+
 ALGORITHM = ConvAlgorithm("implicit_gemm", by_rank(conv2d_fwd_implicit_gemm, _3D.conv3d_fwd_implicit_gemm),
                           by_rank(conv2d_bwd_data_implicit_gemm, _3D.conv3d_bwd_data_implicit_gemm),
                           by_rank(conv2d_bwd_filter_implicit_gemm, _3D.conv3d_bwd_filter_implicit_gemm),
                           ranks=(2, 3), limits=_limits, preference=lambda g, device, pass_: 2,
+                          fused_fwd=conv_fwd_implicit_gemm_fused,
                           summary="GEMM tiles gathered straight from the input; no column matrix")

@@ -7,7 +7,7 @@ import numpy as np
 
 from convkern import amp, autotune, backend
 from convkern.autograd import Function
-from convkern.kernels import elementwise
+from convkern.kernels import activation, elementwise
 from convkern.kernels.conv_registry import ALGORITHMS, BY_NAME
 from convkern.kernels.shapes import PASSES, ConvGeometry, same_padding
 from convkern.ops.common import as_tensor, check_float, check_rank, check_same, int_tuple
@@ -97,21 +97,31 @@ def check_algorithm(algorithm, g, device, passes, op, dtype=None):
 
 
 def launcher(algorithm, g, device, pass_):
-    """The function ``f(a, b, out, g)`` running ``pass_`` with ``algorithm`` (overwrites ``out``).
+    """The function ``f(a, b, out, g, bias=None, act=None)`` running ``pass_`` with ``algorithm``
+    (overwrites ``out``); a forward given a ``bias`` or an activation ``act`` returns
+    ``act(conv + bias)``, fused as the algorithm can (``ConvAlgorithm.forward_fused``).
 
     For "auto" it is looked up at each call: the autotuned choice for the key (device, dtype,
-    pass, geometry) among ``auto_candidates``, timed on the call's own arrays
+    pass, geometry) among ``auto_candidates``, timed on the call's own arrays (the plain pass)
     the first time (see ``convkern.autotune``), or ``heuristic_algorithm`` when autotuning is off.
     """
     if algorithm != "auto":
-        return BY_NAME[algorithm].launcher(pass_)
+        alg = BY_NAME[algorithm]
+        return lambda a, b, out, g, bias=None, act=None: _launch(alg, pass_, a, b, out, g, bias, act)
 
-    def auto(a, b, out, g):
+    def auto(a, b, out, g, bias=None, act=None):
         candidates = auto_candidates(g, device, pass_, out.dtype)
         name = autotune.choose(g, device, out.dtype, pass_, lambda n: BY_NAME[n].launcher(pass_)(a, b, out, g),
                                candidates, heuristic_algorithm(g, device, pass_, out.dtype))
-        BY_NAME[name].launcher(pass_)(a, b, out, g)  # the winner's result, whichever candidate ran last
+        _launch(BY_NAME[name], pass_, a, b, out, g, bias, act)  # the winner's result, whichever ran last
     return auto
+
+
+def _launch(alg, pass_, a, b, out, g, bias, act):
+    if bias is None and act is None:
+        alg.launcher(pass_)(a, b, out, g)
+    else:
+        alg.forward_fused(a, b, out, g, bias, act)
 
 
 def _view(a, shape):
@@ -124,16 +134,19 @@ def _add_bias(y, b):
 
 
 class Conv(Function):
-    """A convolution of any spatial rank; with ``transposed`` its transpose.
+    """A convolution of any spatial rank; with ``transposed`` its transpose; with an
+    ``activation`` (plain convolutions only) the activation of its output, fused.
 
-    Plain: ``y = conv(x, w) + b`` runs the geometry's forward pass, backward gives
-    ``dx = bwd_data(dy, w)``, ``dw = bwd_filter(dy, x)``. Transposed (the adjoint of the
-    geometry's forward): ``y = bwd_data(x, w) + b``, and backward reuses the forward and
-    backward-filter kernels: ``dx = fwd(dy, w)``, ``dw = bwd_filter(x, dy)``. Rank-1 arrays
-    are viewed as rank 2 (``ConvGeometry.as_2d``) and run on the 2-D kernels.
+    Plain: ``y = act(conv(x, w) + b)`` runs the geometry's forward pass with the bias and
+    activation in its epilogue; backward gives ``dz = dy * act'`` (from the saved y) and
+    ``db = Σ dz`` in one pass, then ``dx = bwd_data(dz, w)``, ``dw = bwd_filter(dz, x)``.
+    Transposed (the adjoint of the geometry's forward): ``y = bwd_data(x, w) + b``, and
+    backward reuses the forward and backward-filter kernels: ``dx = fwd(dy, w)``,
+    ``dw = bwd_filter(x, dy)``. Rank-1 arrays are viewed as rank 2 (``ConvGeometry.as_2d``)
+    and run on the 2-D kernels.
     """
 
-    def _run(self, pass_, a, b, out):
+    def _run(self, pass_, a, b, out, bias=None, act=None):
         g = self.params["geometry"].as_2d()
         if g.N == 0:
             # an empty batch: nothing to launch; the filter gradient of no images is zero
@@ -142,33 +155,46 @@ class Conv(Function):
             return out
         shapes = g.operand_shapes(pass_)
         launcher(self.params["algorithm"], g, self.device, pass_)(
-            _view(a, shapes[0]), _view(b, shapes[1]), _view(out, shapes[2]), g)
+            _view(a, shapes[0]), _view(b, shapes[1]), _view(out, shapes[2]), g, bias, act)
         return out
 
     def forward(self, x, w, b):
-        g, transposed = self.params["geometry"], self.params["transposed"]
-        need_x, need_w, _ = self.needs_input_grad
-        out_shape = g.x_shape if transposed else g.y_shape
-        y = self._run("bwd_data" if transposed else "fwd", x, w, backend.empty(out_shape, x.dtype, self.device))
-        _add_bias(y, b)
-        self.save_for_backward(x if need_w else None, w if need_x else None)
+        g, transposed, act = self.params["geometry"], self.params["transposed"], self.params.get("activation")
+        need_x, need_w, need_b = self.needs_input_grad
+        if transposed:
+            y = self._run("bwd_data", x, w, backend.empty(g.x_shape, x.dtype, self.device))
+            _add_bias(y, b)
+        else:
+            y = self._run("fwd", x, w, backend.empty(g.y_shape, x.dtype, self.device), b, act)
+        self.save_for_backward(x if need_w else None, w if need_x else None,
+                               y if act is not None and (need_x or need_w or need_b) else None)
         return y
 
     def backward(self, dy):
-        g, transposed = self.params["geometry"], self.params["transposed"]
+        g, transposed, act = self.params["geometry"], self.params["transposed"], self.params.get("activation")
         need_x, need_w, need_b = self.needs_input_grad
-        x, w = self.saved
+        x, w, y = self.saved
         dx = dw = db = None
+        if need_b:
+            db = backend.empty((dy.shape[1],), dy.dtype, self.device)
+        if act is not None:
+            dz = backend.empty(dy.shape, dy.dtype, self.device)
+            if dy.size:
+                activation.activation_bias_grad(act, y, dy, dz, db)
+            elif need_b:
+                elementwise.fill(db, 0.0)
+            dy = dz
+        elif need_b:
+            if dy.size:
+                elementwise.bias_grad_nchw(dy.reshape(dy.shape[0], dy.shape[1], 1, -1), db)
+            else:
+                elementwise.fill(db, 0.0)
         if need_x:
             dx = backend.empty(g.y_shape if transposed else g.x_shape, dy.dtype, self.device)
             self._run("fwd" if transposed else "bwd_data", dy, w, dx)
         if need_w:
             dw = backend.empty(g.w_shape, dy.dtype, self.device)
             self._run("bwd_filter", x if transposed else dy, dy if transposed else x, dw)
-        if need_b:
-            db = backend.zeros((dy.shape[1],), dy.dtype, self.device)
-            if dy.size:
-                elementwise.bias_grad_nchw(dy.reshape(dy.shape[0], dy.shape[1], 1, -1), db)
         return dx, dw, db
 
 
@@ -297,12 +323,13 @@ def _passes(x, w):
         (("bwd_filter",) if grad and w.requires_grad else ())
 
 
-def _conv(op, rank, input, weight, bias, stride, padding, dilation, groups, algorithm):
+def _conv(op, rank, input, weight, bias, stride, padding, dilation, groups, algorithm, activation_=None):
+    activation.epilogue_code(activation_, op)
     layouts = (LAYOUTS[rank][0], LAYOUTS[rank][1])
     x, w, b = _operands(op, input, weight, bias, rank, layouts, lambda w: w.shape[0])
     g = conv_geometry(x.shape, w.shape, stride, padding, dilation, groups, op)
     check_algorithm(algorithm, g, x.device, _passes(x, w), op, x.dtype)
-    return Conv.apply(x, w, b, geometry=g, algorithm=algorithm, transposed=False)
+    return Conv.apply(x, w, b, geometry=g, algorithm=algorithm, transposed=False, activation=activation_)
 
 
 def _conv_transpose(op, rank, input, weight, bias, stride, padding, output_padding, groups, dilation, algorithm):
@@ -334,21 +361,25 @@ _CONV_DOC = """{rank}-D convolution (cross-correlation), {layout}, PyTorch's sem
         groups: input and output channels split into this many independent groups (default 1).
         algorithm: "auto" or one of ``convkern.conv_algorithms(device)``; a named algorithm that
             cannot run this convolution raises ValueError saying why.
+        activation: None (default), "relu", "tanh" or "sigmoid": returns ``activation(conv + b)``
+            with the bias and activation fused into the forward kernel's epilogue (``implicit_gemm``
+            on the CPU; one fused pass after the other algorithms) and, backward, the activation's
+            gradient and the bias gradient in one pass. Equal to applying ``F.relu`` (...) after.
 
     Returns a Tensor (N, K, *out).
     """
 
 
-def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, algorithm="auto"):
-    return _conv("conv1d", 1, input, weight, bias, stride, padding, dilation, groups, algorithm)
+def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, algorithm="auto", activation=None):
+    return _conv("conv1d", 1, input, weight, bias, stride, padding, dilation, groups, algorithm, activation)
 
 
-def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, algorithm="auto"):
-    return _conv("conv2d", 2, input, weight, bias, stride, padding, dilation, groups, algorithm)
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, algorithm="auto", activation=None):
+    return _conv("conv2d", 2, input, weight, bias, stride, padding, dilation, groups, algorithm, activation)
 
 
-def conv3d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, algorithm="auto"):
-    return _conv("conv3d", 3, input, weight, bias, stride, padding, dilation, groups, algorithm)
+def conv3d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, algorithm="auto", activation=None):
+    return _conv("conv3d", 3, input, weight, bias, stride, padding, dilation, groups, algorithm, activation)
 
 
 for _f, _r in ((conv1d, 1), (conv2d, 2), (conv3d, 3)):

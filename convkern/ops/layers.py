@@ -9,6 +9,7 @@ import numpy as np
 from convkern import amp, backend, random
 from convkern.autograd import Function, cast_array
 from convkern.kernels import activation, dropout as dropout_kernels, elementwise, gemm, softmax as softmax_kernels
+from convkern.kernels.activation import epilogue_code
 from convkern.kernels.float16 import accumulator_dtype
 from convkern.ops.common import as_tensor, check_float, check_rank, check_same
 
@@ -43,28 +44,40 @@ def _no_inplace(inplace, op):
 
 
 class Linear(Function):
-    """y = x Wᵀ + b over the last axis of x; backward dx = dy W, dW = dyᵀ x, db = Σ_rows dy."""
+    """y = act(x Wᵀ + b) over the last axis of x (``activation`` None: no act); backward
+    dz = dy * act' (from the saved y) with db = Σ_rows dz in one pass, dx = dz W, dW = dzᵀ x."""
 
     def forward(self, x, w, b):
-        need_x, need_w, _ = self.needs_input_grad
+        need_x, need_w, need_b = self.needs_input_grad
+        act = self.params.get("activation")
         out_features, in_features = w.shape
         lead = tuple(x.shape)[:-1]
         rows = int(np.prod(lead, dtype=np.int64))
         x2 = x.reshape((rows, in_features))
         y = backend.empty((rows, out_features), x.dtype, self.device)
         gemm.gemm(x2, w, y, trans_b=True)
-        if b is not None:
-            elementwise.bias_add_nchw(y.reshape((rows, out_features, 1, 1)), b)
+        if b is not None or act is not None:
+            activation.bias_activation(act, y, b)
         self.x_shape, self.rows, self.out_features = tuple(x.shape), rows, out_features
-        self.save_for_backward(x2 if need_w else None, w if need_x else None)
+        self.save_for_backward(x2 if need_w else None, w if need_x else None,
+                               y if act is not None and (need_x or need_w or need_b) else None)
         return y.reshape(lead + (out_features,))
 
     def backward(self, dy):
         need_x, need_w, need_b = self.needs_input_grad
-        x2, w = self.saved
+        act = self.params.get("activation")
+        x2, w, y = self.saved
         out_features = self.out_features
         dy2 = dy.reshape((self.rows, out_features))
         dx = dw = db = None
+        if need_b:
+            db = backend.empty((out_features,), dy.dtype, self.device)
+        if act is not None:
+            dz = backend.empty(dy2.shape, dy.dtype, self.device)
+            activation.activation_bias_grad(act, y, dy2, dz, db)
+            dy2 = dz
+        elif need_b:
+            elementwise.bias_grad_nchw(dy2.reshape((self.rows, out_features, 1, 1)), db)
         if need_x:
             dx = backend.empty((self.rows, self.x_shape[-1]), dy.dtype, self.device)
             gemm.gemm(dy2, w, dx)
@@ -72,13 +85,10 @@ class Linear(Function):
         if need_w:
             dw = backend.empty((out_features, self.x_shape[-1]), dy.dtype, self.device)
             gemm.gemm(dy2, x2, dw, trans_a=True)
-        if need_b:
-            db = backend.empty((out_features,), dy.dtype, self.device)
-            elementwise.bias_grad_nchw(dy2.reshape((self.rows, out_features, 1, 1)), db)
         return dx, dw, db
 
 
-def linear(input, weight, bias=None):
+def linear(input, weight, bias=None, activation=None):
     """Fully connected layer, PyTorch's ``F.linear``: ``y[..., j] = sum_i x[..., i] * W[j, i] + b[j]``.
 
     input (*, in_features) with any number of leading dimensions (1-D included); weight
@@ -87,8 +97,13 @@ def linear(input, weight, bias=None):
     tiled kernel on CUDA; the bias is added per feature and its gradient is a deterministic
     column sum. float16 input, weight and bias are multiplied with fp32 accumulation and the
     result rounded to float16 (the gradients likewise).
+
+    ``activation`` None (default), "relu", "tanh" or "sigmoid" returns ``activation(linear)``: the
+    bias and activation in one pass over the product, and backward the activation's gradient and
+    the bias gradient in one pass (equal to applying ``F.relu`` (...) after).
     """
     op = "linear"
+    epilogue_code(activation, op)
     input, weight, bias = amp.autocast_inputs(op, input, weight, bias)
     x = _float_input(input, op, half=True)
     w = as_tensor(weight, "weight", op)
@@ -106,7 +121,7 @@ def linear(input, weight, bias=None):
         check_same(b, x, "bias", "input", op)
         if b.shape != (w.shape[0],):
             raise ValueError(f"{op}: bias must have shape (out_features,) = ({w.shape[0]},), got {b.shape}")
-    return Linear.apply(x, w, b)
+    return Linear.apply(x, w, b, activation=activation)
 
 
 def flatten(input, start_dim=1, end_dim=-1):

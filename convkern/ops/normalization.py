@@ -6,7 +6,7 @@ import numpy as np
 
 from convkern import backend
 from convkern.autograd import Function, cast_array
-from convkern.kernels import batchnorm, elementwise
+from convkern.kernels import activation, batchnorm, elementwise
 from convkern.kernels.float16 import accumulator_dtype
 from convkern.ops.common import as_tensor, check_float, check_same
 
@@ -57,10 +57,13 @@ class BatchNorm(Function):
             elif need_x or need_w:  # backward must see these values even if the buffers change later
                 mean, var = _copy(mean), _copy(var)
         y = backend.empty(x.shape, x.dtype, self.device)
-        batchnorm.batchnorm_fwd(x3, mean, var, w, b, p["eps"], y.reshape(shape3))
+        relu = p.get("activation") == "relu"
+        batchnorm.batchnorm_fwd(x3, mean, var, w, b, p["eps"], y.reshape(shape3), relu=relu)
         self.shape3 = shape3
         if need_x or need_w:
-            self.save_for_backward(x3, mean, var, w if need_x else None)
+            self.save_for_backward(x3, mean, var, w if need_x else None, y.reshape(shape3) if relu else None)
+        elif relu:  # only the bias needs a gradient: the ReLU mask
+            self.save_for_backward(None, None, None, None, y.reshape(shape3))
         return y
 
     def backward(self, dy):
@@ -72,23 +75,28 @@ class BatchNorm(Function):
             return (backend.empty(dy.shape, dy.dtype, self.device) if need_x else None,
                     backend.zeros((C,), w_dtype, self.device) if need_w else None,
                     backend.zeros((C,), b_dtype, self.device) if need_b else None)
+        x3, mean, var, w, y3 = self.saved or (None,) * 5
         if not (need_x or need_w):
             # the bias's dtype throughout: a float32 bias of float16 data gets a float32 sum
-            dyb = _as(dy, b_dtype)
-            db = backend.empty((C,), dyb.dtype, self.device)
-            elementwise.bias_grad_nchw(dyb.reshape((N, C, L, 1)), db)
+            db = backend.empty((C,), b_dtype, self.device)
+            if y3 is None:
+                elementwise.bias_grad_nchw(_as(dy, b_dtype).reshape((N, C, L, 1)), db)
+            else:
+                dz = backend.empty(y3.shape, dy.dtype, self.device)
+                db_data = db if b_dtype == dy.dtype else backend.empty((C,), dy.dtype, self.device)
+                activation.activation_bias_grad("relu", y3, dy.reshape(self.shape3), dz, db_data)
+                db = _as(db_data, b_dtype)
             return None, None, db
-        x3, mean, var, w = self.saved
         dy3 = dy.reshape(self.shape3)
         sum_dy = sum_dy_xhat = dx = None
         if need_w or need_b or p["training"]:
             sum_dy = backend.empty((C,), mean.dtype, self.device)
             sum_dy_xhat = backend.empty((C,), mean.dtype, self.device)
-            batchnorm.batchnorm_bwd_reduce(x3, dy3, mean, var, p["eps"], sum_dy, sum_dy_xhat)
+            batchnorm.batchnorm_bwd_reduce(x3, dy3, mean, var, p["eps"], sum_dy, sum_dy_xhat, relu_output=y3)
         if need_x:
             dx = backend.empty(dy.shape, dy.dtype, self.device)
             batchnorm.batchnorm_bwd_data(x3, dy3, mean, var, w, sum_dy, sum_dy_xhat, p["eps"], p["training"],
-                                         dx.reshape(self.shape3))
+                                         dx.reshape(self.shape3), relu_output=y3)
         return dx, (_as(sum_dy_xhat, w_dtype) if need_w else None), (_as(sum_dy, b_dtype) if need_b else None)
 
 
@@ -122,7 +130,8 @@ def _number(value, name, op):
     return float(value)
 
 
-def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5):
+def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5,
+               activation=None):
     """Batch normalisation, PyTorch's semantics, over the channels (dimension 1) of input
     (N, C), (N, C, L), (N, C, H, W) or any (N, C, ...) viewed as (N, C, L), L the product of
     the trailing sizes: statistics per channel over the M = N*L values.
@@ -143,8 +152,14 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     float16 input (storage; PyTorch's half batch norm): weight, bias, running_mean and
     running_var may each be float16 or float32; the statistics are computed and the output
     evaluated in float32 and rounded to float16 once. Each gradient has its tensor's dtype.
+
+    ``activation="relu"`` returns ``relu(batch_norm(...))`` fused: the ReLU in the normalising
+    pass, and backward its mask applied as the batch-norm kernels read ``dy`` (from the saved
+    output; no ReLU gradient is stored). Equal to ``F.relu`` after.
     """
     op = "batch_norm"
+    if activation not in (None, "relu"):
+        raise ValueError(f"{op}: activation must be None or 'relu', got {activation!r}")
     x = as_tensor(input, "input", op)
     check_float(x, "input", op, half=True)
     if x.ndim < 2:
@@ -167,5 +182,5 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
         raise ValueError(f"{op}: expected more than 1 value per channel when training, got input size {x.shape}")
     grad_dtypes = tuple(None if t is None else t.dtype for t in (x, w, b))
     return BatchNorm.apply(x, w, b, running_mean=rm, running_var=rv, training=bool(training),
-                           momentum=momentum, eps=eps, grad_dtypes=grad_dtypes)
+                           momentum=momentum, eps=eps, grad_dtypes=grad_dtypes, activation=activation)
 

@@ -638,3 +638,73 @@ def test_registry_declares_the_dtypes_each_algorithm_takes():
             assert ok == (a.name in ("direct", "implicit_gemm_tc")), a.name
             assert ok or why == f"{a.name} takes float32 and float64 arrays, not float16"
             assert a.supports(g, device, "fwd", np.float32) == a.supports(g, device, "fwd")
+
+
+ACTIVATIONS = {"relu": F.relu, "tanh": F.tanh, "sigmoid": F.sigmoid}
+
+
+def assert_fused_equals_composed(fused, composed, arrays, device, dtype, rtol=1e-10, atol=1e-12):
+    """``fused(*tensors)`` and ``composed(*tensors)``: the same output and input gradients."""
+    results = []
+    for fn in (fused, composed):
+        ts = [ck.tensor(a, requires_grad=True, device=device) for a in arrays]
+        y = fn(*ts)
+        y.backward(ck.tensor(np.random.default_rng(9).standard_normal(y.shape).astype(dtype), device=device))
+        results.append([y.numpy()] + [t.grad.numpy() for t in ts])
+    for got, want in zip(*results):
+        np.testing.assert_allclose(got, want, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("rank,act,device", [(r, a, "cpu") for r in (1, 2, 3) for a in ACTIVATIONS]
+                         + [(r, "tanh", "cuda") for r in (1, 2, 3)])
+def test_conv_activation_is_the_fused_composition(rank, act, device):
+    """conv{rank}d(..., activation=act) = act(conv{rank}d(...)), forward and every gradient (the
+    activation's gradient and the bias gradient in one pass), through "auto" (on the simulator
+    one activation and tiny maps: the kernel tests cover the rest)."""
+    rng = np.random.default_rng(rank)
+    size = ((9, 8, 5) if device == "cpu" else (4, 3, 3))[:rank]
+    x = rng.standard_normal((2, 4) + size)
+    w = rng.standard_normal((6, 2) + (3,) * rank)
+    b = rng.standard_normal(6)
+    conv = getattr(F, f"conv{rank}d")
+    assert_fused_equals_composed(lambda x, w, b: conv(x, w, b, padding=1, groups=2, activation=act),
+                                 lambda x, w, b: ACTIVATIONS[act](conv(x, w, b, padding=1, groups=2)),
+                                 [x, w, b], device, np.float64)
+
+
+@pytest.mark.parametrize("algorithm", ["implicit_gemm", "im2col", "direct", "fft", "winograd"])
+def test_conv2d_activation_with_each_cpu_algorithm_matches_pytorch(algorithm):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    x, w, b = rng.standard_normal((2, 3, 8, 7)), rng.standard_normal((5, 3, 3, 3)), rng.standard_normal(5)
+    ts = [ck.tensor(a.astype(np.float32), requires_grad=True) for a in (x, w, b)]
+    y = F.conv2d(*ts, padding=1, algorithm=algorithm, activation="relu")
+    g = rng.standard_normal(y.shape)
+    y.backward(g.astype(np.float32))
+    rs = [torch.tensor(a, requires_grad=True) for a in (x, w, b)]
+    yr = torch.relu(torch.nn.functional.conv2d(*rs, padding=1))
+    yr.backward(torch.tensor(g))
+    rtol, atol = _tolerance(algorithm, np.float32)
+    np.testing.assert_allclose(y.numpy(), yr.detach().numpy(), rtol=rtol, atol=atol)
+    for t, r in zip(ts, rs):
+        np.testing.assert_allclose(t.grad.numpy(), r.grad.numpy(), rtol=rtol, atol=atol * 10)
+
+
+def test_conv_activation_without_bias_and_with_frozen_inputs(device):
+    rng = np.random.default_rng(1)
+    x, w = rng.standard_normal((2, 3, 6, 6)), rng.standard_normal((4, 3, 3, 3))
+    xt = ck.tensor(x, device=device)                        # no gradient for x: dx is not computed
+    wt = ck.tensor(w, requires_grad=True, device=device)
+    y = F.conv2d(xt, wt, activation="tanh")
+    y.backward(ck.tensor(np.ones(y.shape), device=device))
+    yr = np.tanh(conv2d_fwd_ref(x, w))
+    np.testing.assert_allclose(y.numpy(), yr, rtol=1e-10)
+    np.testing.assert_allclose(wt.grad.numpy(), conv2d_bwd_filter_ref(1 - yr ** 2, x, w.shape), rtol=1e-9)
+
+
+def test_conv_activation_bad_input():
+    x, w = np.ones((1, 2, 5, 5)), np.ones((3, 2, 3, 3))
+    with pytest.raises(ValueError, match="conv2d: activation must be None or one of"):
+        F.conv2d(x, w, activation="gelu")
+    with pytest.raises(ValueError, match="conv1d: activation must be None or one of"):
+        F.conv1d(np.ones((1, 2, 5)), np.ones((3, 2, 3)), activation=True)

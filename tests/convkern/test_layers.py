@@ -288,3 +288,18 @@ def test_device_mismatch():
         F.linear(x, np.zeros((4, 3), np.float32))
     with pytest.raises(ValueError, match="target is on device 'cpu' but input is on 'cuda'"):
         F.cross_entropy(x, np.array([0, 1]))
+
+
+@pytest.mark.parametrize("act", ["relu", "tanh", "sigmoid"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_activation_is_the_fused_composition(act, bias, device):
+    from tests.convkern.test_conv import ACTIVATIONS, assert_fused_equals_composed
+    rng = np.random.default_rng(2)
+    arrays = [rng.standard_normal((2, 3, 7)), rng.standard_normal((5, 7))] + ([rng.standard_normal(5)] if bias else [])
+    assert_fused_equals_composed(lambda *t: F.linear(*t, activation=act),
+                                 lambda *t: ACTIVATIONS[act](F.linear(*t)), arrays, device, np.float64)
+
+
+def test_linear_activation_bad_input():
+    with pytest.raises(ValueError, match="linear: activation must be None or one of"):
+        F.linear(np.ones((2, 3)), np.ones((4, 3)), activation="softmax")

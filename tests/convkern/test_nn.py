@@ -383,3 +383,79 @@ def test_summary_with_a_shared_module_and_mixed_modes():
     s = summary(conv, (1, 1, 5, 5))
     assert [layer.name for layer in s.layers] == ["0", "1", "2", "1", "4"]
     assert conv.training and not conv[4].training and "forward" not in act.__dict__
+
+
+def _fusion_net():
+    return nn.Sequential(nn.Conv2d(2, 4, 3, padding=1, dtype=np.float64), nn.ReLU(),
+                         nn.BatchNorm2d(4, dtype=np.float64), nn.ReLU(),
+                         nn.Conv2d(4, 3, 3, dtype=np.float64), nn.Tanh(), nn.Flatten(),
+                         nn.Linear(3 * 4 * 4, 5, dtype=np.float64), nn.Sigmoid(), nn.Linear(5, 3, dtype=np.float64))
+
+
+def _run_fusion_net(fuse, x, seed=0):
+    previous = nn.fuse_activations(fuse)
+    try:
+        ck.manual_seed(seed)
+        net = _fusion_net()
+        y = net(ck.tensor(x))
+        y.backward(np.ones(y.shape))
+        return y, [p.grad.numpy() for p in net.parameters()], net.state_dict()
+    finally:
+        nn.fuse_activations(previous)
+
+
+def test_sequential_fuses_layers_with_their_activations_and_matches_unfused():
+    x = np.random.default_rng(0).standard_normal((3, 2, 6, 6))
+    fused, unfused = _run_fusion_net(True, x), _run_fusion_net(False, x)
+    assert type(fused[0].grad_fn).__name__ == "Linear"
+    np.testing.assert_allclose(fused[0].numpy(), unfused[0].numpy(), rtol=1e-12)
+    for a, b in zip(fused[1], unfused[1]):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+    for key in fused[2]:                          # running statistics updated alike
+        np.testing.assert_allclose(np.asarray(fused[2][key]), np.asarray(unfused[2][key]), rtol=1e-12)
+
+
+def test_fusion_is_recorded_in_the_graph_and_can_be_switched_off():
+    net = nn.Sequential(nn.Linear(3, 2, dtype=np.float64), nn.ReLU())
+    x = ck.tensor(np.ones((1, 3)), requires_grad=True)
+    assert type(net(x).grad_fn).__name__ == "Linear"
+    previous = nn.fuse_activations(False)
+    try:
+        assert nn.fuse_activations() is False
+        assert type(net(x).grad_fn).__name__ == "Activation"
+    finally:
+        nn.fuse_activations(previous)
+    with pytest.raises(TypeError, match="fuse_activations: enabled must be True, False or None"):
+        nn.fuse_activations("yes")
+
+
+def test_a_subclass_that_overrides_forward_is_not_fused():
+    class Doubled(nn.Linear):
+        def forward(self, x):
+            return super().forward(x) * 2.0
+
+    layer = Doubled(2, 2, dtype=np.float64)
+    assert nn.fusable_activation(layer, nn.ReLU()) is None
+    assert nn.fusable_activation(nn.BatchNorm2d(2), nn.Tanh()) is None     # BN fuses ReLU only
+    assert nn.fusable_activation(nn.Linear(2, 2), nn.Sigmoid()) == "sigmoid"
+    x = ck.tensor(np.array([[1.0, -3.0]]))
+    y = nn.Sequential(layer, nn.ReLU())(x)
+    np.testing.assert_allclose(y.numpy(), np.maximum(layer(x).numpy(), 0))
+
+
+def test_resnet_block_fuses_batch_norm_and_relu():
+    from convkern.models import BasicBlock
+    x = np.random.default_rng(1).standard_normal((2, 3, 6, 6))
+    runs = []
+    for fuse in (True, False):
+        previous = nn.fuse_activations(fuse)
+        try:
+            ck.manual_seed(0)
+            block = BasicBlock(3, 4, stride=2, dtype=np.float64)
+            y = block(ck.tensor(x))
+            y.backward(np.ones(y.shape))
+            runs.append([y.numpy()] + [p.grad.numpy() for p in block.parameters()])
+        finally:
+            nn.fuse_activations(previous)
+    for a, b in zip(*runs):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)

@@ -244,3 +244,31 @@ def test_batch_norm_float16_bias_only_gradient_is_summed_in_float32():
     F.batch_norm(x, np.zeros(3, np.float32), np.ones(3, np.float32), None, bt).backward(dy)
     assert bt.grad.dtype == np.float32
     np.testing.assert_array_equal(bt.grad.numpy(), np.full(3, 4096 * (1.0 + 2.0 ** -10), np.float32))
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_batch_norm_relu_is_the_fused_composition(shape, training, device):
+    from tests.convkern.test_conv import assert_fused_equals_composed
+    x, w, b, rm, rv, _ = _case(shape, np.float64)
+
+    def bn(x, w, b, **kw):
+        return F.batch_norm(x, ck.tensor(rm.copy(), device=device), ck.tensor(rv.copy(), device=device), w, b,
+                            training=training, **kw)
+    assert_fused_equals_composed(lambda x, w, b: bn(x, w, b, activation="relu"), lambda x, w, b: F.relu(bn(x, w, b)),
+                                 [x, w, b], device, np.float64, rtol=1e-9, atol=1e-11)
+
+
+def test_batch_norm_relu_bias_only_gradient(device):
+    x, w, b, rm, rv, dy = _case((2, 3, 4), np.float64)
+    bt = ck.tensor(b, requires_grad=True, device=device)
+    y = F.batch_norm(ck.tensor(x, device=device), ck.tensor(rm, device=device), ck.tensor(rv, device=device),
+                     ck.tensor(w, device=device), bt, training=True, activation="relu")
+    y.backward(ck.tensor(dy, device=device))
+    np.testing.assert_allclose(bt.grad.numpy(), np.where(y.numpy() > 0, dy, 0).sum(axis=(0, 2)), rtol=1e-12)
+
+
+def test_batch_norm_activation_bad_input():
+    x, w, b, rm, rv, _ = _case((2, 3, 4), np.float32)
+    with pytest.raises(ValueError, match="batch_norm: activation must be None or 'relu'"):
+        F.batch_norm(x, rm, rv, w, b, training=True, activation="tanh")

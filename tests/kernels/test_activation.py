@@ -135,3 +135,79 @@ def test_float32_tanh_is_within_a_few_ulp():
     want = np.tanh(x.astype(np.float64))
     ulp = np.spacing(np.abs(want).astype(np.float32)).astype(np.float64)
     assert (np.abs(y - want) <= 6 * ulp).all()
+
+
+EPILOGUES = [None, "relu", "tanh", "sigmoid"]
+LAYER_SHAPES = [(2, 3, 5), (5, 4), (1, 2, 3, 7)]   # (N, K, ...): a conv's output, a linear's (rows, features)
+
+
+@pytest.mark.parametrize("shape", LAYER_SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("op", EPILOGUES)
+def test_bias_activation(op, dtype, shape, device, rng):
+    x = inputs(rng, shape, dtype)
+    b = rng.uniform(-1, 1, shape[1]).astype(dtype)
+    y = put(x, device)
+    activation.bias_activation(op, y, put(b, device))
+    pre = x.astype(np.float64) + b.astype(np.float64).reshape((1, -1) + (1,) * (len(shape) - 2))
+    rtol, atol = tolerance(dtype)
+    np.testing.assert_allclose(host(y), pre if op is None else forward_ref(op, pre), rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("op", ["relu", "tanh"])
+def test_bias_activation_without_bias_is_the_activation(op, device, rng):
+    x = inputs(rng, (3, 4, 5), np.float64)
+    y = put(x, device)
+    activation.bias_activation(op, y, None)
+    np.testing.assert_allclose(host(y), forward_ref(op, x), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", LAYER_SHAPES + [(3, 2, 300)], ids=str)   # 600 values: several CUDA splits
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("op", EPILOGUES)
+def test_activation_bias_grad(op, dtype, shape, device, rng):
+    y = (inputs(rng, shape, dtype) if op in (None, "relu") else forward_ref(op, inputs(rng, shape, dtype))).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    dx = garbage(shape, dtype, device)
+    db = garbage(shape[1], dtype, device)
+    activation.activation_bias_grad(op, put(y, device), put(dy, device), dx, db)
+    want = dy.astype(np.float64) if op is None else backward_from_output_ref(op, y, dy)
+    rtol, atol = tolerance(dtype)
+    np.testing.assert_allclose(host(dx), want, rtol=rtol, atol=atol)
+    axes = (0,) + tuple(range(2, len(shape)))
+    scale = np.sqrt(want.size / shape[1])            # a sum of that many rounded terms
+    np.testing.assert_allclose(host(db), want.sum(axis=axes), rtol=rtol * scale, atol=atol * scale)
+
+
+def test_activation_bias_grad_without_db_is_the_activation_gradient(device, rng):
+    y = forward_ref("tanh", inputs(rng, (2, 3, 4), np.float64))
+    dy = rng.standard_normal(y.shape)
+    dx = garbage(y.shape, np.float64, device)
+    activation.activation_bias_grad("tanh", put(y, device), put(dy, device), dx)
+    np.testing.assert_allclose(host(dx), backward_from_output_ref("tanh", y, dy), rtol=1e-12)
+
+
+def test_activation_bias_grad_is_bitwise_deterministic(device, rng):
+    y = inputs(rng, (4, 3, 257), np.float32)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    runs = []
+    for _ in range(2):
+        db = garbage(3, np.float32, device)
+        activation.activation_bias_grad("relu", put(y, device), put(dy, device), garbage(y.shape, np.float32, device),
+                                        db)
+        runs.append(host(db))
+    np.testing.assert_array_equal(runs[0], runs[1])
+
+
+def test_fused_epilogue_bad_arguments():
+    y = np.ones((2, 3, 4), np.float32)
+    with pytest.raises(ValueError, match="activation must be None or one of"):
+        activation.bias_activation("gelu", y, None)
+    with pytest.raises(ValueError, match=r"bias must have shape \(K,\) = \(3,\)"):
+        activation.bias_activation("relu", y, np.ones(4, np.float32))
+    with pytest.raises(TypeError, match="bias must have dtype float32"):
+        activation.bias_activation(None, y, np.ones(3))
+    with pytest.raises(ValueError, match="at least 2 dimensions"):
+        activation.bias_activation("relu", np.ones(3, np.float32), None)
+    with pytest.raises(ValueError, match="share one shape"):
+        activation.activation_bias_grad("relu", y, np.ones((2, 3, 5), np.float32), y, np.ones(3, np.float32))

@@ -182,3 +182,39 @@ def test_launcher_rejects_bad_arrays():
                                     np.zeros(3, np.float32), 0.1, 1.0)
     with pytest.raises(TypeError, match="x must be float16, float32 or float64"):
         bn.batchnorm_stats(x.astype(np.int32), np.zeros(3, np.int32), np.zeros(3, np.int32))
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fwd_relu(shape, dtype, device, rng):
+    x, _, mean, var, w, b = operands(rng, shape, dtype)
+    y = garbage(shape, dtype, device)
+    bn.batchnorm_fwd(put(x, device), put(mean, device), put(var, device), put(w, device), put(b, device), EPS, y,
+                     relu=True)
+    check(y, np.maximum(xhat_ref(x, mean, var) * w[None, :, None] + b[None, :, None], 0.0), dtype)
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bwd_with_relu_output_masks_dy(shape, dtype, training, device, rng):
+    """Fused BN + ReLU backward = the plain backward of dy zeroed where the output y <= 0."""
+    x, dy, _, _, w, b = operands(rng, shape, dtype)
+    stat = stat_dtype(dtype)
+    mean, var = (a.astype(stat) for a in stats_ref(x))
+    y = np.maximum(xhat_ref(x, mean, var) * w[None, :, None] + b[None, :, None], 0.0).astype(dtype)
+    masked = np.where(y > 0, dy, 0).astype(dtype)
+    got, want = [], []
+    for g, relu_output in ((dy, y), (masked, None)):
+        d = {k: put(v, device) for k, v in dict(x=x, dy=g, mean=mean, var=var, w=w).items()}
+        out = put(relu_output, device) if relu_output is not None else None
+        sums = garbage(shape[1], stat, device), garbage(shape[1], stat, device)
+        bn.batchnorm_bwd_reduce(d["x"], d["dy"], d["mean"], d["var"], EPS, *sums, relu_output=out)
+        dx = garbage(shape, dtype, device)
+        bn.batchnorm_bwd_data(d["x"], d["dy"], d["mean"], d["var"], d["w"], *(sums if training else (None, None)),
+                              EPS, training, dx, relu_output=out)
+        (got if relu_output is not None else want).append([host(a) for a in (*sums, dx)])
+    # equal up to the order of the sums (a vectorised masked loop may add in another order)
+    for a, e, dt in zip(got[0], want[0], (stat, stat, dtype)):
+        rtol, atol = tolerance(dt)
+        np.testing.assert_allclose(a, e, rtol=rtol, atol=atol)

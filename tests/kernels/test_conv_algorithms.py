@@ -89,3 +89,41 @@ def test_check_conv_arrays_messages():
         check_conv_arrays("x", g, "bwd_data", dy, w, np.zeros(g.x_shape[::-1], np.float32).T)
     with pytest.raises(TypeError, match="grad_output float32, weight float32, grad_input int32"):
         check_conv_arrays("x", g, "bwd_data", dy, w, np.zeros(g.x_shape, np.int32))
+
+
+ACTIVATION_REF = {None: lambda v: v, "relu": lambda v: np.maximum(v, 0.0), "tanh": np.tanh,
+                  "sigmoid": lambda v: 0.5 * (1 + np.tanh(v / 2))}
+
+
+def _fused_params(device):
+    """Per algorithm, the first case of each rank whose forward it supports, with each epilogue
+    in float32 and float64 on the CPU; on the simulator (where every algorithm's forward is
+    followed by the one bias-activation kernel) float64 and tanh only."""
+    params = []
+    for a in ALGORITHMS:
+        for cases in (CASES, CASES_3D):
+            case = next((c for c in cases if a.supports(geometry(c), device, "fwd")[0]), None)
+            for act in (ACTIVATION_REF if device == "cpu" else ["tanh"]) if case is not None else ():
+                for dtype in (np.float32, np.float64) if device == "cpu" else (np.float64,):
+                    if a.takes(dtype) and a.supports(geometry(case), device, "fwd", dtype)[0]:
+                        params.append(pytest.param(a.name, case, act, dtype, device,
+                                                   id=f"{device}-{a.name}-{case_id(case)}-{act}-{np.dtype(dtype)}"))
+    return params
+
+
+@pytest.mark.parametrize("name,case,act,dtype,device", _fused_params("cpu") + _fused_params("cuda"))
+def test_forward_fused_matches_reference(name, case, act, dtype, device, monkeypatch):
+    """``forward_fused``: act(conv(x, w) + b), in the kernel's epilogue where the algorithm has
+    one (the CPU implicit GEMM, here with tiny tiles so the epilogue meets every tile edge)."""
+    from tests.kernels.conv_cases import random_operands, reference, tiny_cpu_tiles, to_device, to_host
+    from tests.reference import tolerance
+    if device == "cpu":
+        tiny_cpu_tiles(monkeypatch)
+    g = geometry(case)
+    x, w, _ = random_operands(case, dtype)
+    b = np.random.default_rng(3).standard_normal(g.K).astype(dtype)
+    xd, wd, bd, y = to_device(device, x, w, b, np.full(g.y_shape, np.nan, dtype))
+    BY_NAME[name].forward_fused(xd, wd, y, g, bd, act)
+    pre = reference("fwd", case, x, w, None) + b.reshape((1, -1) + (1,) * (len(g.y_shape) - 2))
+    rtol, atol = BY_NAME[name].tolerance(dtype) or tolerance(dtype)
+    np.testing.assert_allclose(to_host(y), ACTIVATION_REF[act](pre), rtol=rtol, atol=atol)
