@@ -591,8 +591,12 @@ def fuse_activations(enabled=None):
 def fusable_activation(layer, following):
     """The activation name ("relu", "tanh", "sigmoid") that ``layer`` can fuse with the module
     ``following`` it, or None: fusion is on, ``layer`` is exactly one of the fusing layer types
-    (a subclass may override forward) and ``following`` exactly ReLU, Tanh or Sigmoid."""
+    (a subclass may override forward) and ``following`` exactly ReLU, Tanh or Sigmoid, and neither
+    has its ``forward`` replaced on the instance (``summary`` and ``bench --model`` trace layers that
+    way: a fused call would skip the tracer)."""
     if not _FUSION["enabled"] or type(layer) not in _FUSING:
+        return None
+    if "forward" in layer.__dict__ or "forward" in getattr(following, "__dict__", {}):
         return None
     act = _ACTIVATION_MODULES.get(type(following))
     return act if act in _FUSING[type(layer)] else None

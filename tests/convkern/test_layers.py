@@ -213,8 +213,9 @@ def test_only_what_backward_needs_is_saved():
     x = ck.tensor(np.ones((2, 3)), requires_grad=False)
     w = ck.tensor(np.ones((4, 3)), requires_grad=True)
     y = F.linear(x, w)
-    saved_x, saved_w = y.grad_fn.saved
-    assert saved_x is not None and saved_w is None
+    saved_x, saved_w, saved_y = y.grad_fn.saved
+    assert saved_x is not None and saved_w is None and saved_y is None     # y only for an activation
+    assert F.linear(x, w, activation="relu").grad_fn.saved[2] is not None
     assert F.relu(x).grad_fn is None
     y.sum().backward()
     assert x.grad is None and w.grad.shape == (4, 3)
