@@ -13,7 +13,9 @@ instrumentation.
 How the layers are timed: each leaf module's forward is wrapped (device drained before and
 after); every autograd node made while a module runs is tagged with that module, and its
 backward is timed when the graph is walked. The per-layer profile is a separate step from the
-timed ones.
+timed ones; in it every layer runs on its own (a wrapped module is never fused with its
+activation, see ``nn.fusable_activation``), while the timed steps run the model as users do,
+fused.
 
 Peers (``peers=True``): the same model mirrored in PyTorch (same layers, hyper-parameters and
 initial weights, the blocks' own ``forward`` code run on torch modules), timed the same way in a

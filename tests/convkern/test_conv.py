@@ -242,8 +242,9 @@ def test_conv2d_saves_only_what_backward_needs():
     x = ck.tensor(np.ones((1, 2, 5, 5), np.float32), requires_grad=False)
     w = ck.tensor(np.ones((3, 2, 3, 3), np.float32), requires_grad=True)
     y = F.conv2d(x, w)
-    saved_x, saved_w = y.grad_fn.saved
-    assert saved_x is not None and saved_w is None
+    saved_x, saved_w, saved_y = y.grad_fn.saved
+    assert saved_x is not None and saved_w is None and saved_y is None      # y only for an activation
+    assert F.conv2d(x, w, activation="relu").grad_fn.saved[2] is not None
     y.sum().backward()
     assert x.grad is None and w.grad.shape == (3, 2, 3, 3)
     with pytest.raises(RuntimeError, match="a second time"):

@@ -1,0 +1,85 @@
+"""Training step and inference of a reference CNN with and without fused activations.
+
+    python bench/fusion.py [MODEL] [BATCH] [INPUT_SIZE]      (default: lenet5 64)
+
+Each setting runs in its own worker process (alternating, three rounds; the best round of each
+is quoted), so that neither inherits the other's caches or thread pools. A step is forward,
+cross-entropy, backward and SGD with momentum on random data; inference is eval mode without a
+graph. ``nn.fuse_activations(False)`` runs every layer and activation module on its own;
+``True`` (the default) fuses conv/linear + bias + activation and BN + ReLU. Run it on a quiet
+machine.
+"""
+import multiprocessing
+import sys
+import time
+
+ROUNDS, STEPS = 3, 20
+
+
+def _worker(conn, fuse, model, batch, input_size):
+    import numpy as np
+
+    import convkern as ck
+    import convkern.functional as F
+    from convkern import models, nn, optim
+
+    nn.fuse_activations(fuse)
+    build, shape = models.REGISTRY[model]
+    if input_size:
+        shape = (shape[0], input_size, input_size)
+    net = build()
+    opt = optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    x = ck.tensor(np.random.default_rng(0).random((batch,) + tuple(shape), dtype=np.float32))
+    y = ck.tensor(np.random.default_rng(1).integers(0, 10, batch))
+
+    def step():
+        opt.zero_grad()
+        F.cross_entropy(net(x), y).backward()
+        opt.step()
+
+    def infer():
+        with ck.no_grad():
+            net(x)
+
+    def best_ms(fn):
+        for _ in range(3):
+            fn()
+        times = []
+        for _ in range(STEPS):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return float(np.median(times)) * 1e3
+
+    train = best_ms(step)
+    net.eval()
+    conn.send((train, best_ms(infer)))
+
+
+def main(model="lenet5", batch=64, input_size=None):
+    from convkern import models
+    if model not in models.REGISTRY:
+        raise SystemExit(f"fusion: MODEL must be one of {', '.join(models.REGISTRY)}, got {model!r}")
+    if batch < 1:
+        raise SystemExit(f"fusion: BATCH must be a positive integer, got {batch}")
+    ctx = multiprocessing.get_context("spawn")
+    best = {}
+    for _ in range(ROUNDS):
+        for fuse in (False, True):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_worker, args=(child, fuse, model, batch, input_size))
+            proc.start()
+            train, infer = parent.recv()
+            proc.join()
+            old = best.get(fuse, (float("inf"), float("inf")))
+            best[fuse] = (min(old[0], train), min(old[1], infer))
+    (t0, i0), (t1, i1) = best[False], best[True]
+    size = f" at {input_size}x{input_size}" if input_size else ""
+    print(f"{model}{size}, batch {batch}: train step unfused {t0:.2f} ms, fused {t1:.2f} ms ({t0 / t1:.2f}x); "
+          f"inference unfused {i0:.2f} ms, fused {i1:.2f} ms ({i0 / i1:.2f}x)")
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    main(args[0] if args else "lenet5", int(args[1]) if len(args) > 1 else 64,
+         int(args[2]) if len(args) > 2 else None)
