@@ -45,7 +45,7 @@ RECHECK_MARGIN = 0.10
 RECHECK_ROUNDS = 6
 ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_bf16", "avx512_vnni",
              "amx_tile", "amx_bf16", "neon", "asimd", "sve")
-_state = {"path": None, "entries": {}, "machines": {}, "write_warned": False}
+_state = {"path": None, "entries": {}, "machines": {}, "write_warned": False, "generation": 0}
 
 
 def cache_path():
@@ -163,6 +163,7 @@ def _load():
     if _state["path"] != path:
         entries, machines = _read(path)
         _state.update(path=path, entries=entries, machines=machines, write_warned=False)
+        _state["generation"] = _state.get("generation", 0) + 1
     return _state["entries"]
 
 
@@ -222,6 +223,8 @@ def measure(run_candidate, candidates, device):
 def _remember(key, g, device, dtype, pass_, medians, info):
     mid = key.split("|", 1)[0]
     _state["machines"][mid] = info
+    if key in _state["entries"]:                  # a re-timed choice: remembered answers may be stale
+        _state["generation"] = _state.get("generation", 0) + 1
     _state["entries"][key] = {"algorithm": min(medians, key=medians.get), "device": device,
                               "dtype": np.dtype(dtype).name, "pass": pass_, "geometry": _geometry_json(g),
                               "median_ms": {n: round(t * 1e3, 6) for n, t in medians.items()}}
@@ -242,6 +245,17 @@ def choose(g, device, dtype, pass_, run_candidate, candidates, default):
     if hit is not None and hit["algorithm"] in candidates:
         return hit["algorithm"]
     return _remember(key, g, device, dtype, pass_, measure(run_candidate, candidates, device), info)
+
+
+def state_token():
+    """What ``choose``'s answer depends on besides its arguments: the settings it reads from the
+    environment, the thread count and a counter of changes to cached choices (a new cache file, a
+    cleared or re-timed choice; a choice added for a new shape changes no earlier answer). A caller may
+    keep an answer while the token is unchanged (``convkern.ops.conv`` does, per shape)."""
+    import numba
+    env = os.environ
+    return (env.get("CONVKERN_AUTOTUNE"), env.get("CONVKERN_CACHE_DIR"), env.get("XDG_CACHE_HOME"),
+            numba.get_num_threads(), id(_state), _state.get("generation", 0))
 
 
 def _geometry_json(g):
@@ -303,6 +317,7 @@ def retune(device="cpu", log=None):
 def clear_cache(file=True):
     """Forget the autotuned choices: in memory, and (``file=True``) the cache file."""
     _state.update(path=None, entries={}, machines={}, write_warned=False)
+    _state["generation"] = _state.get("generation", 0) + 1
     if file:
         try:
             os.remove(cache_path())

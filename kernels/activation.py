@@ -243,9 +243,11 @@ def activation_bias_grad_cpu(op, y, dy, dx, db, n_images, plane):
         acc = zero_
         for n in range(n_images):
             lo = (n * K + k) * plane
-            for j in range(lo, lo + plane):
-                r = _activation_grad_cpu(op, widen(y[j]), widen(dy[j]), zero_, one)
-                dx[j] = narrow(r, dx)
+            # slices indexed from 0: LLVM then vectorises the loop (an index from lo does not)
+            yk, dyk, dxk = y[lo:lo + plane], dy[lo:lo + plane], dx[lo:lo + plane]
+            for j in range(plane):
+                r = _activation_grad_cpu(op, widen(yk[j]), widen(dyk[j]), zero_, one)
+                dxk[j] = narrow(r, dxk)
                 acc += r
         db[k] = narrow(acc, db)
 

@@ -328,3 +328,25 @@ def test_auto_matches_the_named_algorithms_with_real_timing(cache, config, dtype
         for i, winner in enumerate(winners):
             tight = name == winner                      # the same kernel on the same arrays
             np.testing.assert_allclose(result[i], named[i], rtol=1e-6 if tight else rtol, atol=1e-6 if tight else atol)
+
+
+def test_the_choice_is_remembered_per_shape_until_the_cache_or_a_setting_changes(calls, monkeypatch):
+    from convkern.ops import conv
+    asked = []
+    real = conv.heuristic_algorithm          # asked, with the candidates, each time auto decides
+    monkeypatch.setattr(conv, "heuristic_algorithm", lambda *a: asked.append(a[2]) or real(*a))
+    _conv()
+    assert sorted(asked) == sorted(PASSES)                    # one question per pass, then timing
+    asked.clear()
+    timed = dict(calls.timed)
+    _conv()
+    assert asked == [] and calls.timed == timed              # remembered: no question, no timing
+    autotune.clear_cache(file=False)
+    _conv()
+    assert sorted(asked) == sorted(PASSES) and calls.timed == timed   # asked again, answered by the file
+    asked.clear()
+    monkeypatch.setenv("CONVKERN_AUTOTUNE", "0")
+    calls.clear()
+    _conv()
+    assert sorted(asked) == sorted(PASSES)                   # so is a changed setting: the heuristic now
+    assert ("direct", "fwd") in calls and ("im2col", "fwd") not in calls
