@@ -29,6 +29,7 @@ import math
 import numpy as np
 from numba import cuda, int64, njit, prange
 
+from .cpu_util import cpu_kernel
 from .cuda_util import (SIMULATOR, array1, array2, block_sum, blocks, device_empty, is_device_array, per_dtype,
                         resident_blocks, stream, wave_splits)
 from .elementwise import MIN_PER_THREAD, REDUCE_THREADS, flat_operands, op_code, sum_rows_cuda
@@ -124,12 +125,22 @@ def _activation_grad_cpu(op, v, g, zero_, one):
     return g
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
-def activation_fwd_cpu(op, x, y):
+@njit(inline="always")
+def _activation_fwd_body(op, x, y):
     zero_ = zero(x)
     one = zero_ + np.float32(1)       # float32 + float32 stays float32; a float64 zero makes it float64
     for i in prange(y.shape[0]):
         y[i] = narrow(activate_cpu(op, widen(x[i]), zero_, one), y)
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def activation_fwd_cpu(op, x, y):
+    _activation_fwd_body(op, x, y)
+
+
+@njit(cache=True, error_model="numpy")
+def activation_fwd_serial_cpu(op, x, y):
+    _activation_fwd_body(op, x, y)
 
 
 # one thread per element i
@@ -145,12 +156,22 @@ def activation_bwd_cuda(dt):
     return kernel
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
-def activation_bwd_cpu(op, y, dy, dx):
+@njit(inline="always")
+def _activation_bwd_body(op, y, dy, dx):
     zero_ = zero(y)
     one = zero_ + np.float32(1)       # float32 + float32 stays float32; a float64 zero makes it float64
     for i in prange(dx.shape[0]):
         dx[i] = narrow(_activation_grad_cpu(op, widen(y[i]), widen(dy[i]), zero_, one), dx)
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def activation_bwd_cpu(op, y, dy, dx):
+    _activation_bwd_body(op, y, dy, dx)
+
+
+@njit(cache=True, error_model="numpy")
+def activation_bwd_serial_cpu(op, y, dy, dx):
+    _activation_bwd_body(op, y, dy, dx)
 
 
 def activation_fwd(op, x, y):
@@ -162,7 +183,8 @@ def activation_fwd(op, x, y):
     else:
         # float16 data is computed in float32, so it takes the float32 tanh too
         rational = code == TANH and accumulator_dtype(y.dtype) == np.float32
-        activation_fwd_cpu(TANH_RATIONAL if rational else code, cpu_view(x1), cpu_view(y1))
+        kernel = cpu_kernel(activation_fwd_cpu, activation_fwd_serial_cpu, y.size)
+        kernel(TANH_RATIONAL if rational else code, cpu_view(x1), cpu_view(y1))
 
 
 def activation_bwd(op, y, dy, dx):
@@ -172,7 +194,8 @@ def activation_bwd(op, y, dy, dx):
     if on_device:
         activation_bwd_cuda[dx.dtype][blocks(dx.size, THREADS), THREADS, stream()](code, y1, dy1, dx1)
     else:
-        activation_bwd_cpu(code, cpu_view(y1), cpu_view(dy1), cpu_view(dx1))
+        kernel = cpu_kernel(activation_bwd_cpu, activation_bwd_serial_cpu, dx.size)
+        kernel(code, cpu_view(y1), cpu_view(dy1), cpu_view(dx1))
 
 
 # --- bias + activation, fused: the epilogue of a convolution or linear layer and its gradient ---
@@ -193,8 +216,8 @@ def bias_activation_cuda(dt):
     return kernel
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
-def bias_activation_cpu(op, y, b, n_images, channels, plane):
+@njit(inline="always")
+def _bias_activation_body(op, y, b, n_images, channels, plane):
     zero_ = zero(y)
     one = zero_ + np.float32(1)
     for nk in prange(n_images * channels):
@@ -202,6 +225,16 @@ def bias_activation_cpu(op, y, b, n_images, channels, plane):
         yk = y[nk * plane:(nk + 1) * plane]
         for j in range(plane):
             yk[j] = narrow(activate_cpu(op, widen(yk[j]) + bk, zero_, one), yk)
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def bias_activation_cpu(op, y, b, n_images, channels, plane):
+    _bias_activation_body(op, y, b, n_images, channels, plane)
+
+
+@njit(cache=True, error_model="numpy")
+def bias_activation_serial_cpu(op, y, b, n_images, channels, plane):
+    _bias_activation_body(op, y, b, n_images, channels, plane)
 
 
 # one block per (split s, channel k), as elementwise.bias_grad_partials_cuda: thread t takes the
@@ -234,8 +267,8 @@ def activation_bias_grad_partials_cuda(dt):
     return kernel
 
 
-@njit(parallel=True, cache=True, error_model="numpy", fastmath={"reassoc"})
-def activation_bias_grad_cpu(op, y, dy, dx, db, n_images, plane):
+@njit(inline="always")
+def _activation_bias_grad_body(op, y, dy, dx, db, n_images, plane):
     zero_ = zero(y)
     one = zero_ + np.float32(1)
     K = db.shape[0]
@@ -250,6 +283,16 @@ def activation_bias_grad_cpu(op, y, dy, dx, db, n_images, plane):
                 dxk[j] = narrow(r, dxk)
                 acc += r
         db[k] = narrow(acc, db)
+
+
+@njit(parallel=True, cache=True, error_model="numpy", fastmath={"reassoc"})
+def activation_bias_grad_cpu(op, y, dy, dx, db, n_images, plane):
+    _activation_bias_grad_body(op, y, dy, dx, db, n_images, plane)
+
+
+@njit(cache=True, error_model="numpy", fastmath={"reassoc"})
+def activation_bias_grad_serial_cpu(op, y, dy, dx, db, n_images, plane):
+    _activation_bias_grad_body(op, y, dy, dx, db, n_images, plane)
 
 
 def epilogue_code(op, family):
@@ -287,7 +330,8 @@ def bias_activation(op, y, b):
     else:
         rational = code == TANH and accumulator_dtype(y.dtype) == np.float32
         bias = b if b is not None else np.empty(0, y.dtype)
-        bias_activation_cpu(TANH_RATIONAL if rational else code, cpu_view(y1), cpu_view(bias), N, K, plane)
+        kernel = cpu_kernel(bias_activation_cpu, bias_activation_serial_cpu, y.size)
+        kernel(TANH_RATIONAL if rational else code, cpu_view(y1), cpu_view(bias), N, K, plane)
 
 
 def activation_bias_grad(op, y, dy, dx, db=None):
@@ -312,4 +356,5 @@ def activation_bias_grad(op, y, dy, dx, db=None):
         kernel[(splits, K), REDUCE_THREADS, stream()](code, y1, dy1, dx1, partials, plane, chunk)
         sum_rows_cuda[dx.dtype][blocks(K, THREADS), THREADS, stream()](partials, db)
     else:
-        activation_bias_grad_cpu(code, cpu_view(y1), cpu_view(dy1), cpu_view(dx1), cpu_view(db), N, plane)
+        kernel = cpu_kernel(activation_bias_grad_cpu, activation_bias_grad_serial_cpu, y.size)
+        kernel(code, cpu_view(y1), cpu_view(dy1), cpu_view(dx1), cpu_view(db), N, plane)

@@ -32,6 +32,7 @@ import numpy as np
 from numba import cuda, float32, float64, int64, njit, prange
 from numba.types import float16
 
+from .cpu_util import cpu_kernel
 from .cuda_util import (SIMULATOR, array1, array2, block_sum, blocks, device_empty, is_device_array, per_dtype,
                         resident_blocks, stream, wave_splits)
 from .float16 import HALF, accumulator, accumulator_dtype, cpu_view, narrow, widen, zero
@@ -72,8 +73,8 @@ def binary_cuda(dt):
     return kernel
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
-def binary_cpu(op, a, b, out):
+@njit(inline="always")
+def _binary_body(op, a, b, out):
     for i in prange(out.shape[0]):
         x = widen(a[i])
         y = widen(b[i])
@@ -86,6 +87,16 @@ def binary_cpu(op, a, b, out):
         else:
             r = x / y
         out[i] = narrow(r, out)
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def binary_cpu(op, a, b, out):
+    _binary_body(op, a, b, out)
+
+
+@njit(cache=True, error_model="numpy")
+def binary_serial_cpu(op, a, b, out):
+    _binary_body(op, a, b, out)
 
 
 # one thread per element i
@@ -116,8 +127,8 @@ def scalar_cuda(dt):
     return kernel
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
-def scalar_cpu(op, a, value, out):
+@njit(inline="always")
+def _scalar_body(op, a, value, out):
     for i in prange(out.shape[0]):
         x = widen(a[i])
         if op == ADD:
@@ -135,6 +146,16 @@ def scalar_cpu(op, a, value, out):
         else:
             r = math.pow(x, value)
         out[i] = narrow(r, out)
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def scalar_cpu(op, a, value, out):
+    _scalar_body(op, a, value, out)
+
+
+@njit(cache=True, error_model="numpy")
+def scalar_serial_cpu(op, a, value, out):
+    _scalar_body(op, a, value, out)
 
 
 # one thread per element i
@@ -159,8 +180,8 @@ def unary_cuda(dt):
     return kernel
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
-def unary_cpu(op, a, out):
+@njit(inline="always")
+def _unary_body(op, a, out):
     for i in prange(out.shape[0]):
         x = widen(a[i])
         if op == NEG:
@@ -174,6 +195,16 @@ def unary_cpu(op, a, out):
         out[i] = narrow(r, out)
 
 
+@njit(parallel=True, cache=True, error_model="numpy")
+def unary_cpu(op, a, out):
+    _unary_body(op, a, out)
+
+
+@njit(cache=True, error_model="numpy")
+def unary_serial_cpu(op, a, out):
+    _unary_body(op, a, out)
+
+
 # one thread per element i
 @per_dtype(lambda dt: (array1(dt), accumulator(dt)), threads=THREADS, half=True)
 def fill_cuda(dt):
@@ -185,11 +216,21 @@ def fill_cuda(dt):
     return kernel
 
 
-@njit(parallel=True, cache=True)
-def fill_cpu(out, value):
+@njit(inline="always")
+def _fill_body(out, value):
     v = narrow(value, out)
     for i in prange(out.shape[0]):
         out[i] = v
+
+
+@njit(parallel=True, cache=True)
+def fill_cpu(out, value):
+    _fill_body(out, value)
+
+
+@njit(cache=True)
+def fill_serial_cpu(out, value):
+    _fill_body(out, value)
 
 
 # one thread per element i of out
@@ -203,11 +244,21 @@ def broadcast_scalar_cuda(dt):
     return kernel
 
 
-@njit(parallel=True, cache=True)
-def broadcast_scalar_cpu(a, out):
+@njit(inline="always")
+def _broadcast_scalar_body(a, out):
     v = a[0]
     for i in prange(out.shape[0]):
         out[i] = v
+
+
+@njit(parallel=True, cache=True)
+def broadcast_scalar_cpu(a, out):
+    _broadcast_scalar_body(a, out)
+
+
+@njit(cache=True)
+def broadcast_scalar_serial_cpu(a, out):
+    _broadcast_scalar_body(a, out)
 
 
 # one thread per element i: dst[i] = src[i] converted to dst's type. float64 -> float16 rounds
@@ -242,10 +293,20 @@ CAST_CUDA = {HALF: cast_to_float16_cuda, np.dtype(np.float32): cast_to_float32_c
              np.dtype(np.float64): cast_to_float64_cuda}
 
 
-@njit(parallel=True, cache=True)
-def cast_cpu(src, dst):
+@njit(inline="always")
+def _cast_body(src, dst):
     for i in prange(dst.shape[0]):
         dst[i] = narrow(widen(src[i]), dst)
+
+
+@njit(parallel=True, cache=True)
+def cast_cpu(src, dst):
+    _cast_body(src, dst)
+
+
+@njit(cache=True)
+def cast_serial_cpu(src, dst):
+    _cast_body(src, dst)
 
 
 # one block per partial sum partials[blockIdx.x]; thread t sums a[blockIdx.x*blockDim.x + t :: gridDim.x*blockDim.x]
@@ -276,8 +337,8 @@ def sum_partials_cuda(dt):
     return _sum_blocks_cuda(accumulator(dt), dt)
 
 
-@njit(parallel=True, cache=True, fastmath={"reassoc"})
-def sum_blocks_cpu(a, partials, scale):
+@njit(inline="always")
+def _sum_blocks_body(a, partials, scale):
     chunk = (a.shape[0] + partials.shape[0] - 1) // partials.shape[0]
     for j in prange(partials.shape[0]):
         seg = a[j * chunk:(j + 1) * chunk]
@@ -285,6 +346,16 @@ def sum_blocks_cpu(a, partials, scale):
         for i in range(seg.shape[0]):
             acc += widen(seg[i])
         partials[j] = narrow(acc * scale, partials)
+
+
+@njit(parallel=True, cache=True, fastmath={"reassoc"})
+def sum_blocks_cpu(a, partials, scale):
+    _sum_blocks_body(a, partials, scale)
+
+
+@njit(cache=True, fastmath={"reassoc"})
+def sum_blocks_serial_cpu(a, partials, scale):
+    _sum_blocks_body(a, partials, scale)
 
 
 # one thread per element i of y, channel k = (i // plane) % K
@@ -300,14 +371,24 @@ def bias_add_nchw_cuda(dt):
     return kernel
 
 
-@njit(parallel=True, cache=True)
-def bias_add_nchw_cpu(y, b, n_images, plane):
+@njit(inline="always")
+def _bias_add_nchw_body(y, b, n_images, plane):
     K = b.shape[0]
     for nk in prange(n_images * K):
         bk = widen(b[nk % K])
         yk = y[nk * plane:(nk + 1) * plane]
         for j in range(plane):
             yk[j] = narrow(widen(yk[j]) + bk, yk)
+
+
+@njit(parallel=True, cache=True)
+def bias_add_nchw_cpu(y, b, n_images, plane):
+    _bias_add_nchw_body(y, b, n_images, plane)
+
+
+@njit(cache=True)
+def bias_add_nchw_serial_cpu(y, b, n_images, plane):
+    _bias_add_nchw_body(y, b, n_images, plane)
 
 
 # one block per (split s, channel k): thread t sums the values lo + t, lo + t + REDUCE_THREADS, ... below
@@ -351,8 +432,8 @@ def sum_rows_cuda(dt):
     return kernel
 
 
-@njit(parallel=True, cache=True, fastmath={"reassoc"})
-def bias_grad_nchw_cpu(dy, db, n_images, plane):
+@njit(inline="always")
+def _bias_grad_nchw_body(dy, db, n_images, plane):
     K = db.shape[0]
     for k in prange(K):
         acc = zero(dy)
@@ -361,6 +442,16 @@ def bias_grad_nchw_cpu(dy, db, n_images, plane):
             for j in range(plane):
                 acc += widen(dyk[j])
         db[k] = narrow(acc, db)
+
+
+@njit(parallel=True, cache=True, fastmath={"reassoc"})
+def bias_grad_nchw_cpu(dy, db, n_images, plane):
+    _bias_grad_nchw_body(dy, db, n_images, plane)
+
+
+@njit(cache=True, fastmath={"reassoc"})
+def bias_grad_nchw_serial_cpu(dy, db, n_images, plane):
+    _bias_grad_nchw_body(dy, db, n_images, plane)
 
 
 def flat_operands(*arrays):
@@ -410,7 +501,7 @@ def binary(op, a, b, out):
     if on_device:
         binary_cuda[out.dtype][blocks(out.size, THREADS), THREADS, stream()](code, a1, b1, out1)
     else:
-        binary_cpu(code, cpu_view(a1), cpu_view(b1), cpu_view(out1))
+        cpu_kernel(binary_cpu, binary_serial_cpu, out.size)(code, cpu_view(a1), cpu_view(b1), cpu_view(out1))
 
 
 def scalar(op, a, value, out):
@@ -421,7 +512,7 @@ def scalar(op, a, value, out):
     if on_device:
         scalar_cuda[out.dtype][blocks(out.size, THREADS), THREADS, stream()](code, a1, value, out1)
     else:
-        scalar_cpu(code, cpu_view(a1), value, cpu_view(out1))
+        cpu_kernel(scalar_cpu, scalar_serial_cpu, out.size)(code, cpu_view(a1), value, cpu_view(out1))
 
 
 def unary(op, a, out):
@@ -431,7 +522,7 @@ def unary(op, a, out):
     if on_device:
         unary_cuda[out.dtype][blocks(out.size, THREADS), THREADS, stream()](code, a1, out1)
     else:
-        unary_cpu(code, cpu_view(a1), cpu_view(out1))
+        cpu_kernel(unary_cpu, unary_serial_cpu, out.size)(code, cpu_view(a1), cpu_view(out1))
 
 
 def fill(out, value):
@@ -441,7 +532,7 @@ def fill(out, value):
     if on_device:
         fill_cuda[out.dtype][blocks(out.size, THREADS), THREADS, stream()](out1, value)
     else:
-        fill_cpu(cpu_view(out1), value)
+        cpu_kernel(fill_cpu, fill_serial_cpu, out.size)(cpu_view(out1), value)
 
 
 def broadcast_scalar(a, out):
@@ -453,7 +544,7 @@ def broadcast_scalar(a, out):
     if on_device:
         broadcast_scalar_cuda[out.dtype][blocks(out.size, THREADS), THREADS, stream()](a, out1)
     else:
-        broadcast_scalar_cpu(cpu_view(a), cpu_view(out1))
+        cpu_kernel(broadcast_scalar_cpu, broadcast_scalar_serial_cpu, out.size)(cpu_view(a), cpu_view(out1))
 
 
 def cast(src, dst):
@@ -474,7 +565,7 @@ def cast(src, dst):
     if on_device:
         CAST_CUDA[np.dtype(dst.dtype)][src.dtype][blocks(dst.size, THREADS), THREADS, stream()](s1, d1)
     else:
-        cast_cpu(cpu_view(s1), cpu_view(d1))
+        cpu_kernel(cast_cpu, cast_serial_cpu, dst.size)(cpu_view(s1), cpu_view(d1))
 
 
 def sum_all(a, out, scale=1.0):
@@ -497,8 +588,8 @@ def sum_all(a, out, scale=1.0):
         sum_partials_cuda[a.dtype][1, REDUCE_THREADS, stream()](partials, out, scale)
     else:
         partials = np.empty(blocks(a.size, CPU_SUM_CHUNK), acc)
-        sum_blocks_cpu(cpu_view(a1), partials, one)
-        sum_blocks_cpu(partials, cpu_view(out), scale)
+        cpu_kernel(sum_blocks_cpu, sum_blocks_serial_cpu, a1.size)(cpu_view(a1), partials, one)
+        cpu_kernel(sum_blocks_cpu, sum_blocks_serial_cpu, partials.size)(partials, cpu_view(out), scale)
 
 
 def bias_add_nchw(y, b):
@@ -508,7 +599,7 @@ def bias_add_nchw(y, b):
     if on_device:
         bias_add_nchw_cuda[y.dtype][blocks(y.size, THREADS), THREADS, stream()](y1, b, P * Q)
     else:
-        bias_add_nchw_cpu(cpu_view(y1), cpu_view(b), N, P * Q)
+        cpu_kernel(bias_add_nchw_cpu, bias_add_nchw_serial_cpu, y.size)(cpu_view(y1), cpu_view(b), N, P * Q)
 
 
 def bias_grad_nchw(dy, db):
@@ -526,4 +617,4 @@ def bias_grad_nchw(dy, db):
         kernel[(splits, K), REDUCE_THREADS, stream()](dy1, partials, N, P * Q, chunk)
         sum_rows_cuda[dy.dtype][blocks(K, THREADS), THREADS, stream()](partials, db)
     else:
-        bias_grad_nchw_cpu(cpu_view(dy1), cpu_view(db), N, P * Q)
+        cpu_kernel(bias_grad_nchw_cpu, bias_grad_nchw_serial_cpu, dy.size)(cpu_view(dy1), cpu_view(db), N, P * Q)

@@ -19,6 +19,7 @@ import math
 import numpy as np
 from numba import boolean, cuda, njit, prange
 
+from .cpu_util import cpu_kernel
 from .cuda_util import SIMULATOR, array1, blocks, is_device_array, per_dtype, stream
 from .float16 import accumulator, accumulator_dtype, cpu_view, narrow, widen, zero
 
@@ -44,8 +45,8 @@ def sgd_step_cuda(dt):
     return kernel
 
 
-@njit(parallel=True, cache=True)
-def sgd_step_cpu(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first):
+@njit(inline="always")
+def _sgd_step_body(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first):
     one = zero(p) + np.float32(1)        # the accumulator's 1 (float32 + float32 stays float32)
     for i in prange(p.shape[0]):
         pi = widen(p[i])
@@ -55,6 +56,16 @@ def sgd_step_cpu(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, fir
             buf[i] = narrow(b, buf)
             d = d + momentum * b if nesterov else b
         p[i] = narrow(pi - lr * d, p)
+
+
+@njit(parallel=True, cache=True)
+def sgd_step_cpu(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first):
+    _sgd_step_body(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first)
+
+
+@njit(cache=True)
+def sgd_step_serial_cpu(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first):
+    _sgd_step_body(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first)
 
 
 # one thread per parameter element i
@@ -76,8 +87,8 @@ def adam_step_cuda(dt):
     return kernel
 
 
-@njit(parallel=True, cache=True)
-def adam_step_cpu(p, g, m, v, step_size, beta1, beta2, eps, weight_decay, sqrt_bc2):
+@njit(inline="always")
+def _adam_step_body(p, g, m, v, step_size, beta1, beta2, eps, weight_decay, sqrt_bc2):
     one = zero(p) + np.float32(1)        # the accumulator's 1 (float32 + float32 stays float32)
     for i in prange(p.shape[0]):
         pi = widen(p[i])
@@ -87,6 +98,16 @@ def adam_step_cpu(p, g, m, v, step_size, beta1, beta2, eps, weight_decay, sqrt_b
         m[i] = narrow(mi, m)
         v[i] = narrow(vi, v)
         p[i] = narrow(pi - step_size * mi / (math.sqrt(vi) / sqrt_bc2 + eps), p)
+
+
+@njit(parallel=True, cache=True)
+def adam_step_cpu(p, g, m, v, step_size, beta1, beta2, eps, weight_decay, sqrt_bc2):
+    _adam_step_body(p, g, m, v, step_size, beta1, beta2, eps, weight_decay, sqrt_bc2)
+
+
+@njit(cache=True)
+def adam_step_serial_cpu(p, g, m, v, step_size, beta1, beta2, eps, weight_decay, sqrt_bc2):
+    _adam_step_body(p, g, m, v, step_size, beta1, beta2, eps, weight_decay, sqrt_bc2)
 
 
 def _check(name, p, *others):
@@ -106,7 +127,7 @@ def sgd_step(p, g, buf, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, neste
     if on_device:
         sgd_step_cuda[p.dtype][blocks(p.size, THREADS), THREADS, stream()](p, g, buf, *scalars)
     else:
-        sgd_step_cpu(cpu_view(p), cpu_view(g), cpu_view(buf), *scalars)
+        cpu_kernel(sgd_step_cpu, sgd_step_serial_cpu, p.size)(cpu_view(p), cpu_view(g), cpu_view(buf), *scalars)
 
 
 def adam_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step):
@@ -119,4 +140,5 @@ def adam_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step):
     if on_device:
         adam_step_cuda[p.dtype][blocks(p.size, THREADS), THREADS, stream()](p, g, m, v, *scalars)
     else:
-        adam_step_cpu(cpu_view(p), cpu_view(g), cpu_view(m), cpu_view(v), *scalars)
+        kernel = cpu_kernel(adam_step_cpu, adam_step_serial_cpu, p.size)
+        kernel(cpu_view(p), cpu_view(g), cpu_view(m), cpu_view(v), *scalars)

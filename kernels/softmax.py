@@ -47,6 +47,7 @@ import math
 import numpy as np
 from numba import cuda, int64, njit, prange
 
+from .cpu_util import cpu_kernel
 from .cuda_util import (SIMULATOR, array1, array2, block_sum, blocks, check_flag, device_check, is_device_array, per_dtype,
                         stream)
 from .float16 import HALF, accumulator, accumulator_dtype, cpu_view, narrow, widen, zero
@@ -304,8 +305,8 @@ def cross_entropy_fwd_cuda(dt):
     return kernel
 
 
-@njit(parallel=True, cache=True, error_model="numpy", fastmath={"reassoc"})
-def cross_entropy_fwd_cpu(x, labels, ignore_index, loss, stats, counted):
+@njit(inline="always")
+def _cross_entropy_fwd_body(x, labels, ignore_index, loss, stats, counted):
     """Returns the number of labels outside [0, C) that are not ignore_index (their loss is NaN)."""
     C = x.shape[1]
     bad = 0
@@ -334,6 +335,16 @@ def cross_entropy_fwd_cpu(x, labels, ignore_index, loss, stats, counted):
     return bad
 
 
+@njit(parallel=True, cache=True, error_model="numpy", fastmath={"reassoc"})
+def cross_entropy_fwd_cpu(x, labels, ignore_index, loss, stats, counted):
+    return _cross_entropy_fwd_body(x, labels, ignore_index, loss, stats, counted)
+
+
+@njit(cache=True, error_model="numpy", fastmath={"reassoc"})
+def cross_entropy_fwd_serial_cpu(x, labels, ignore_index, loss, stats, counted):
+    return _cross_entropy_fwd_body(x, labels, ignore_index, loss, stats, counted)
+
+
 # one thread per element (n, c)
 @per_dtype(lambda dt: (array2(dt), array2(accumulator(dt)), array1(int64), int64, array1(accumulator(dt)),
                        accumulator(dt), array2(dt)), threads=THREADS, half=True)
@@ -357,8 +368,8 @@ def cross_entropy_bwd_cuda(dt):
     return kernel
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
-def cross_entropy_bwd_cpu(x, stats, labels, ignore_index, g, scale, dx):
+@njit(inline="always")
+def _cross_entropy_bwd_body(x, stats, labels, ignore_index, g, scale, dx):
     C = x.shape[1]
     for n in prange(x.shape[0]):
         xn = x[n]
@@ -374,6 +385,16 @@ def cross_entropy_bwd_cpu(x, stats, labels, ignore_index, g, scale, dx):
             for c in range(C):
                 dxn[c] = narrow(math.exp((widen(xn[c]) - m) - log_s) * gn, dxn)
             dxn[label] = narrow((math.exp((widen(xn[label]) - m) - log_s) - stats.dtype.type(1)) * gn, dxn)
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def cross_entropy_bwd_cpu(x, stats, labels, ignore_index, g, scale, dx):
+    _cross_entropy_bwd_body(x, stats, labels, ignore_index, g, scale, dx)
+
+
+@njit(cache=True, error_model="numpy")
+def cross_entropy_bwd_serial_cpu(x, stats, labels, ignore_index, g, scale, dx):
+    _cross_entropy_bwd_body(x, stats, labels, ignore_index, g, scale, dx)
 
 
 def _row_threads(C):
@@ -482,7 +503,8 @@ def cross_entropy_fwd(x, labels, ignore_index, loss, stats, counted):
         bad = check_flag(CE_CHECK, message)
         cross_entropy_fwd_cuda[x.dtype][N, _row_threads(C), stream()](x, labels, ignore_index, loss, stats, counted,
                                                                        bad)
-    elif cross_entropy_fwd_cpu(cpu_view(x), labels, ignore_index, loss, stats, counted):
+    elif cpu_kernel(cross_entropy_fwd_cpu, cross_entropy_fwd_serial_cpu, x.size)(cpu_view(x), labels, ignore_index,
+                                                                                  loss, stats, counted):
         raise ValueError(message.replace("the CUDA kernel", "the CPU kernel"))
 
 
@@ -504,7 +526,8 @@ def cross_entropy_bwd(x, stats, labels, ignore_index, g, scale, dx):
         cross_entropy_bwd_cuda[x.dtype][blocks(x.size, THREADS), THREADS, stream()](x, stats, labels, ignore_index, g,
                                                                            scale, dx)
     else:
-        cross_entropy_bwd_cpu(cpu_view(x), stats, labels, ignore_index, g, scale, cpu_view(dx))
+        kernel = cpu_kernel(cross_entropy_bwd_cpu, cross_entropy_bwd_serial_cpu, x.size)
+        kernel(cpu_view(x), stats, labels, ignore_index, g, scale, cpu_view(dx))
 
 
 # one thread per row n
