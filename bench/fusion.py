@@ -1,6 +1,12 @@
-"""Training step and inference of a reference CNN with and without fused activations.
+"""Training step and inference of a reference CNN with and without fused activations, or
+(``layers``) single conv layers fused against their composition.
 
     python bench/fusion.py [MODEL] [BATCH] [INPUT_SIZE]      (default: lenet5 64)
+    python bench/fusion.py layers
+
+``layers`` times ``F.conv2d(x, w, b, activation=a)`` against ``F.a(F.conv2d(x, w, b))``, forward
+and forward + backward, at batch 64 in this process (one framework: no pools to fight), the best
+of three interleaved medians.
 
 Each setting runs in its own worker process (alternating, three rounds; the best round of each
 is quoted), so that neither inherits the other's caches or thread pools. A step is forward,
@@ -79,7 +85,54 @@ def main(model="lenet5", batch=64, input_size=None):
           f"inference unfused {i0:.2f} ms, fused {i1:.2f} ms ({i0 / i1:.2f}x)")
 
 
+LAYERS = [("lenet5.c1 + tanh", (64, 1, 32, 32), (6, 1, 5, 5), 0, "tanh"),
+          ("tf_mnist.conv1 + relu", (64, 1, 28, 28), (32, 1, 5, 5), 2, "relu"),
+          ("cifar10.conv2 + relu", (64, 64, 12, 12), (64, 64, 5, 5), 2, "relu")]
+
+
+def layers():
+    import numpy as np
+
+    import convkern as ck
+    import convkern.functional as F
+    rng = np.random.default_rng(0)
+
+    def median_ms(fn, n=30):
+        for _ in range(3):
+            fn()
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return float(np.median(times)) * 1e3
+
+    for name, x_shape, w_shape, pad, act in LAYERS:
+        x = ck.tensor(rng.standard_normal(x_shape).astype(np.float32), requires_grad=True)
+        w = ck.tensor(rng.standard_normal(w_shape).astype(np.float32) * 0.1, requires_grad=True)
+        b = ck.tensor(rng.standard_normal(w_shape[0]).astype(np.float32), requires_grad=True)
+        runs = {"fused": lambda: F.conv2d(x, w, b, padding=pad, activation=act),
+                "composed": lambda: getattr(F, act)(F.conv2d(x, w, b, padding=pad))}
+
+        def with_backward(fn):
+            def run():
+                y = fn()
+                y.backward(np.ones(y.shape, np.float32))
+            return run
+        best = {}
+        for _ in range(ROUNDS):
+            for kind, fn in runs.items():
+                for key, f in ((kind, fn), (kind + "+bwd", with_backward(fn))):
+                    best[key] = min(best.get(key, float("inf")), median_ms(f))
+        print(f"{name}: forward fused {best['fused']:.2f} ms, composed {best['composed']:.2f} ms "
+              f"({best['composed'] / best['fused']:.2f}x); forward + backward fused {best['fused+bwd']:.2f} ms, "
+              f"composed {best['composed+bwd']:.2f} ms ({best['composed+bwd'] / best['fused+bwd']:.2f}x)")
+
+
 if __name__ == "__main__":
     args = sys.argv[1:]
+    if args[:1] == ["layers"]:
+        layers()
+        sys.exit()
     main(args[0] if args else "lenet5", int(args[1]) if len(args) > 1 else 64,
          int(args[2]) if len(args) > 2 else None)
