@@ -17,57 +17,30 @@ machine.
 """
 import multiprocessing
 import sys
-import time
 
 ROUNDS, STEPS = 3, 20
 
 
 def _worker(conn, fuse, model, batch, input_size):
-    import numpy as np
-
     import convkern as ck
-    import convkern.functional as F
-    from convkern import models, nn, optim
+    from convkern import nn
+    from model_step import median_ms, training_step
 
     nn.fuse_activations(fuse)
-    build, shape = models.REGISTRY[model]
-    if input_size:
-        shape = (shape[0], input_size, input_size)
-    net = build()
-    opt = optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
-    x = ck.tensor(np.random.default_rng(0).random((batch,) + tuple(shape), dtype=np.float32))
-    y = ck.tensor(np.random.default_rng(1).integers(0, 10, batch))
-
-    def step():
-        opt.zero_grad()
-        F.cross_entropy(net(x), y).backward()
-        opt.step()
+    net, x, step = training_step("fusion", model, batch, input_size)
 
     def infer():
         with ck.no_grad():
             net(x)
 
-    def best_ms(fn):
-        for _ in range(3):
-            fn()
-        times = []
-        for _ in range(STEPS):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return float(np.median(times)) * 1e3
-
-    train = best_ms(step)
+    train = median_ms(step, STEPS)
     net.eval()
-    conn.send((train, best_ms(infer)))
+    conn.send((train, median_ms(infer, STEPS)))
 
 
 def main(model="lenet5", batch=64, input_size=None):
-    from convkern import models
-    if model not in models.REGISTRY:
-        raise SystemExit(f"fusion: MODEL must be one of {', '.join(models.REGISTRY)}, got {model!r}")
-    if batch < 1:
-        raise SystemExit(f"fusion: BATCH must be a positive integer, got {batch}")
+    from model_step import check_args
+    check_args("fusion", model, batch, input_size)
     ctx = multiprocessing.get_context("spawn")
     best = {}
     for _ in range(ROUNDS):
@@ -91,21 +64,11 @@ LAYERS = [("lenet5.c1 + tanh", (64, 1, 32, 32), (6, 1, 5, 5), 0, "tanh"),
 
 
 def layers():
-    import numpy as np
-
     import convkern as ck
     import convkern.functional as F
+    import numpy as np
+    from model_step import median_ms
     rng = np.random.default_rng(0)
-
-    def median_ms(fn, n=30):
-        for _ in range(3):
-            fn()
-        times = []
-        for _ in range(n):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return float(np.median(times)) * 1e3
 
     for name, x_shape, w_shape, pad, act in LAYERS:
         x = ck.tensor(rng.standard_normal(x_shape).astype(np.float32), requires_grad=True)
@@ -123,7 +86,7 @@ def layers():
         for _ in range(ROUNDS):
             for kind, fn in runs.items():
                 for key, f in ((kind, fn), (kind + "+bwd", with_backward(fn))):
-                    best[key] = min(best.get(key, float("inf")), median_ms(f))
+                    best[key] = min(best.get(key, float("inf")), median_ms(f, 30))
         print(f"{name}: forward fused {best['fused']:.2f} ms, composed {best['composed']:.2f} ms "
               f"({best['composed'] / best['fused']:.2f}x); forward + backward fused {best['fused+bwd']:.2f} ms, "
               f"composed {best['composed+bwd']:.2f} ms ({best['composed+bwd'] / best['fused+bwd']:.2f}x)")

@@ -14,29 +14,11 @@ import pstats
 import sys
 import time
 
-import numpy as np
-
-import convkern as ck
-import convkern.functional as F
-from convkern import models, optim
+from model_step import training_step
 
 
 def main(model="lenet5", batch=64, steps=50):
-    if model not in models.REGISTRY:
-        raise SystemExit(f"step_overhead: MODEL must be one of {', '.join(models.REGISTRY)}, got {model!r}")
-    if batch < 1:
-        raise SystemExit(f"step_overhead: BATCH must be a positive integer, got {batch}")
-    build, shape = models.REGISTRY[model]
-    net = build()
-    opt = optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
-    x = ck.tensor(np.random.default_rng(0).random((batch,) + tuple(shape), dtype=np.float32))
-    y = ck.tensor(np.random.default_rng(1).integers(0, 10, batch))
-
-    def step():
-        opt.zero_grad()
-        F.cross_entropy(net(x), y).backward()
-        opt.step()
-
+    _, _, step = training_step("step_overhead", model, batch)
     for _ in range(20):
         step()
     t0 = time.perf_counter()
