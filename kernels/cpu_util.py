@@ -11,7 +11,10 @@ So the kernels that often see small arrays (elementwise ops, activations, bias e
 loss, optimizer updates) are built twice from one body: ``<name>_cpu`` (parallel) and
 ``<name>_serial_cpu``, two wrappers around an ``inline="always"`` body whose ``prange`` runs as a
 plain loop in the serial build. Both compute exactly the same (the same loop, the same partition
-of any reduction), and ``cpu_kernel`` picks one by the amount of work. ``CONVKERN_SERIAL_BELOW``
+of any reduction), and ``cpu_kernel`` picks one by the amount of work. The wrappers are written
+out, not made by a factory: Numba's on-disk cache keys a function by its qualified name, source
+line and bytecode, not by its compile flags, so two builds of one Python function, or wrappers
+made at one line of a factory, would load each other's cached code. ``CONVKERN_SERIAL_BELOW``
 (read at import) changes the threshold: 0 runs every kernel on the pool.
 """
 import os
