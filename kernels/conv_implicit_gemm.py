@@ -49,7 +49,8 @@ from .cuda_util import (SIMULATOR, array1, array2, blocks, device_empty, is_devi
                         resident_blocks, stream, wave_splits)
 from .activation import TANH, TANH_RATIONAL, activate_cpu, bias_activation, epilogue_code
 from .float16 import accumulator, zero
-from .simd import MR, pack_rows, panel_gemm, panel_width, round_up, vlanes, vload, vstore
+from .simd import (MR, PR, gather_fma, gather_panel_width, pack_rows, panel_gemm, panel_width, round_up, vlanes,
+                   vload, vstore)
 from .gemm import (A_LOADS, A_PITCH, B_PITCH, BK, BM, BN, INDEX_LIMIT, SMEM_ALIGN, THREADS, TX, element, jit_options,
                    stage, tile_origin, tile_step, unstage, zero_tile)
 
@@ -64,6 +65,9 @@ CPU_TILE_PANELS = 8            # column micro-panels per work item (gathered onc
 CPU_FILTER_PANELS = 2          # backward filter: micro-panels of taps (c, r, s) per work item
 CPU_MIN_ITEMS = 8              # backward filter slices its reduction until it has this many work items
 CPU_RUNS_PER_THREAD = 4
+CPU_PIXEL_MICRO_TILES = 8      # turned-round products (_turned_round): PR-pixel micro-tiles per work item (fwd,
+CPU_TAP_MICRO_TILES = 8        # bwd_data) and PR-tap micro-tiles per work item (bwd_filter)
+CPU_TURNED_MIN_LENGTH = 256    # ... and the shortest reduction they take
 
 
 @cuda.jit(device=True, inline="always")
@@ -562,6 +566,55 @@ def implicit_gemm_cpu(src, off, org, src_group, ap, rows, out, dst, out_row, out
 
 
 @njit(parallel=True, fastmath=True, cache=True)
+def implicit_gemm_pixel_rows_cpu(src, off, org, src_group, bp, rows, out, dst, out_row, out_group, groups, tile,
+                                 block, runs, chunk, bias, act):
+    """The product of ``implicit_gemm_cpu`` (same arguments and result) turned round: the micro-
+    kernel's rows are the columns t (pixels), each broadcast straight from the source at
+    ``org[t] + off[l]``, and its vector columns are A's rows (output channels), so no operand is
+    gathered or packed per tile.
+
+    ``bp`` holds A_gi^T packed as NB-column panels (``simd.pack_rows(a, NB)``: rows padded to
+    ``Kp = round_up(rows, NB)``), group after group. One work item = (group, tile of ``tile``
+    columns (a multiple of PR), block of ``block`` rows (a multiple of NB)); it accumulates a
+    (tile x block) product ``chunk`` reduction steps at a time, each NB-wide panel of A (in L1)
+    against every PR-column micro-tile of the tile in turn.
+    """
+    cols = org.shape[0]
+    L = off.shape[0]
+    nb = 2 * vlanes(src)
+    kp = (rows + nb - 1) // nb * nb
+    tiles = (cols + tile - 1) // tile
+    kblocks = (kp + block - 1) // block
+    items = groups * tiles * kblocks
+    zero_ = zero(src)
+    one = zero_ + np.float32(1)
+    for run in prange(runs):
+        ct = np.empty(tile * block, src.dtype)
+        origins = np.empty(tile, np.int64)
+        for it in range(run * items // runs, (run + 1) * items // runs):
+            gi = it // (tiles * kblocks)
+            t0 = (it // kblocks % tiles) * tile
+            k0 = (it % kblocks) * block
+            kw = min(block, kp - k0)
+            nt = min(tile, cols - t0)
+            micro = (nt + PR - 1) // PR
+            _tile_columns(org, t0, nt, micro * PR, origins)
+            ct[:] = 0
+            grp = src[uint64(gi * src_group):]
+            for l0 in range(0, L, chunk):
+                kc = min(chunk, L - l0)
+                for kb in range(0, kw, nb):
+                    b0 = (gi * kp + k0 + kb) * L + l0 * nb
+                    for m in range(micro):
+                        gather_fma(kc, grp, origins, m * PR, off, l0, bp, b0, ct, m * PR * kw + kb, kw)
+            for k in range(min(kw, rows - k0)):
+                base = gi * out_group + (k0 + k) * out_row
+                bk = bias[gi * rows + k0 + k] if bias.shape[0] > 0 else zero_
+                for j in range(nt):
+                    out[uint64(dst[t0 + j] + base)] = activate_cpu(act, ct[j * kw + k] + bk, zero_, one)
+
+
+@njit(parallel=True, fastmath=True, cache=True)
 def implicit_gemm_bwd_filter_cpu(src, off, org, src_group, dyp, rows, ws, groups, cols, seg, runs):
     """ws[sl, gi*rows + k, l] = sum_{t in slice sl} dY_gi[k, t] * src[org[t] + gi*src_group + off[l]]:
     the backward-filter product, its reduction over the columns t (images x output pixels).
@@ -603,6 +656,50 @@ def implicit_gemm_bwd_filter_cpu(src, off, org, src_group, dyp, rows, ws, groups
                 panel_gemm(ns, dyp, gi * rp * T + s0 * MR, T * MR, bp, panels, ct)
             for k in range(rows):
                 ws[sl, gi * rows + k, l0:l0 + nc] = ct[k, :nc]
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def implicit_gemm_bwd_filter_tap_rows_cpu(src, off, org, src_group, dyp, rows, ws, groups, tile, runs, chunk):
+    """The product of ``implicit_gemm_bwd_filter_cpu`` (same result) turned round.
+
+    The micro-kernel's rows are taps l, broadcast from the source at ``off[l] + org[t]`` for
+    reduction step t; its vector columns are output channels: ``dyp`` is dY^T packed as NB-column
+    panels over all columns (``simd.pack_rows(dY, NB)`` of the (groups, rows, T) matrix, rows
+    padded to ``Kp``). One work item = (group, tile of ``tile`` taps, slice of the columns); it
+    accumulates its (tile x Kp) block ``chunk`` columns at a time, each chunk's NB-wide panel of
+    dY^T (in L1) against every PR-tap micro-tile in turn. Slice ``sl`` of ``ws.shape[0]`` covers
+    columns [sl*T/slices, (sl+1)*T/slices).
+    """
+    T = org.shape[0]
+    L = off.shape[0]
+    slices = ws.shape[0]
+    nb = 2 * vlanes(src)
+    kp = (rows + nb - 1) // nb * nb
+    tiles = (L + tile - 1) // tile
+    items = groups * tiles * slices
+    for run in prange(runs):
+        ct = np.empty(tile * kp, src.dtype)
+        taps = np.empty(tile, np.int64)
+        for it in range(run * items // runs, (run + 1) * items // runs):
+            gi = it // (tiles * slices)
+            l0 = (it // slices % tiles) * tile
+            sl = it % slices
+            nl = min(tile, L - l0)
+            micro = (nl + PR - 1) // PR
+            _tile_columns(off, l0, nl, micro * PR, taps)
+            ct[:] = 0
+            grp = src[uint64(gi * src_group):]
+            t1 = (sl + 1) * T // slices
+            for s0 in range(sl * T // slices, t1, chunk):
+                kc = min(chunk, t1 - s0)
+                for kb in range(0, kp, nb):
+                    b0 = (gi * kp + kb) * T + s0 * nb
+                    for m in range(micro):
+                        gather_fma(kc, grp, taps, m * PR, org, s0, dyp, b0, ct, m * PR * kp + kb, kp)
+            for k in range(rows):
+                wrow = ws[sl, gi * rows + k]
+                for i in range(nl):
+                    wrow[l0 + i] = ct[i * kp + k]
 
 
 def _sum_slices_signature(dt):
@@ -684,12 +781,25 @@ def _stride_phases(n_in, n_out, k, stride, pad, dil):
     return phases, -lo, hi - lo
 
 
-def _cpu_chunk(length, dtype):
-    """Reduction steps per B micro-panel: a panel (chunk x NR) fills at most about CPU_PANEL_BYTES
-    of L1, and ``length`` is cut into chunks as even as possible (no short last chunk)."""
-    most = max(MR, CPU_PANEL_BYTES // (panel_width(dtype) * np.dtype(dtype).itemsize))
+def _cpu_chunk(length, dtype, width=None):
+    """Reduction steps per micro-panel: a panel (chunk x ``width``, default NR) fills at most about
+    CPU_PANEL_BYTES of L1, and ``length`` is cut into chunks as even as possible (no short last
+    chunk)."""
+    width = panel_width(dtype) if width is None else width
+    most = max(MR, CPU_PANEL_BYTES // (width * np.dtype(dtype).itemsize))
     length = max(1, length)
     return -(-length // -(-length // most))
+
+
+def _turned_round(rows, length, dtype):
+    """Whether a product of ``rows`` output rows (channels) and a reduction of ``length`` runs
+    turned round (``implicit_gemm_pixel_rows_cpu``, ``implicit_gemm_bwd_filter_tap_rows_cpu``):
+    when the rows fill one or two NB-wide panels and the reduction is long. With more rows the
+    gathered B panels of ``implicit_gemm_cpu`` serve enough rows to pay for their gather; with
+    fewer, the padding to NB wastes the FMAs; with a short reduction, the accumulators' loads and
+    stores per micro-tile cost more than the packing they save (bench: docs/benchmarks.md)."""
+    nb = gather_panel_width(dtype)
+    return nb <= rows <= 2 * nb and length >= CPU_TURNED_MIN_LENGTH
 
 
 def _product_plan(rows, cols, groups, dtype):
@@ -712,12 +822,41 @@ def _product_plan(rows, cols, groups, dtype):
     return tile, row_block, groups * tiles * -(-rp // row_block)
 
 
+def _pixel_rows_plan(rows, cols, groups, dtype):
+    """(tile, block, items) for ``implicit_gemm_pixel_rows_cpu``: tiles of CPU_PIXEL_MICRO_TILES
+    micro-tiles; the rows split into the fewest NB-wide blocks that share the items evenly among
+    the threads or give each at least CPU_RUNS_PER_THREAD (a 2 x 2 map of 512 channels at batch
+    32 has 128 columns: 2 tiles)."""
+    nb = gather_panel_width(dtype)
+    threads = numba.get_num_threads()
+    tile = PR * CPU_PIXEL_MICRO_TILES
+    tiles = -(-cols // tile)
+    kp = round_up(rows, nb)
+    kblocks = 1
+    while (kblocks < kp // nb and (groups * tiles * kblocks) % threads
+           and groups * tiles * kblocks < CPU_RUNS_PER_THREAD * threads):
+        kblocks += 1
+    block = round_up(-(-kp // kblocks), nb)
+    return tile, block, groups * tiles * -(-kp // block)
+
+
 def run_product(src, off, org, src_group, a, out, dst, out_row, out_group, groups, bias=None, act=None):
     """``implicit_gemm_cpu`` with A = a (groups, rows, L) packed here, tiles planned here (the
     columns gathered once up front when the rows are split), ``bias`` ((groups*rows,) or None)
     and activation ``act`` (None, "relu", "tanh", "sigmoid") fused into its epilogue; shared
     with conv3d."""
     rows = a.shape[1]
+    code = epilogue_code(act, "implicit_gemm")
+    if code == TANH and src.dtype == np.float32:
+        code = TANH_RATIONAL
+    bias = np.empty(0, src.dtype) if bias is None else bias
+    if _turned_round(rows, off.shape[0], src.dtype):
+        nb = gather_panel_width(src.dtype)
+        tile, block, items = _pixel_rows_plan(rows, org.shape[0], groups, src.dtype)
+        implicit_gemm_pixel_rows_cpu(src, off, org, src_group, pack_rows(a, nb), rows, out, dst, out_row, out_group,
+                                     groups, tile, block, _runs(items), _cpu_chunk(off.shape[0], src.dtype, nb),
+                                     bias, code)
+        return
     tile, row_block, items = _product_plan(rows, org.shape[0], groups, src.dtype)
     chunk = _cpu_chunk(off.shape[0], src.dtype)
     if row_block < round_up(rows, MR):
@@ -725,12 +864,8 @@ def run_product(src, off, org, src_group, a, out, dst, out_row, out_group, group
         gather_all_cpu(src, off, org, src_group, groups, tile, chunk, gathered)
     else:
         gathered = np.empty(0, src.dtype)
-    code = epilogue_code(act, "implicit_gemm")
-    if code == TANH and src.dtype == np.float32:
-        code = TANH_RATIONAL
     implicit_gemm_cpu(src, off, org, src_group, pack_rows(a), rows, out, dst, out_row, out_group, groups, tile,
-                      chunk, row_block, _runs(items), gathered, np.empty(0, src.dtype) if bias is None else bias,
-                      code)
+                      chunk, row_block, _runs(items), gathered, bias, code)
 
 
 def _columns(N, src_image, P, src_row, Q, src_col, dst_image, dst_row, dst_col, dst_base):
@@ -788,21 +923,28 @@ def _bwd_filter_cpu(dy, x, dw, g):
 
 
 def run_filter_product(src, off, org, src_group, dy4, dw2, groups):
-    """dW (K, L) = the backward-filter product of ``implicit_gemm_bwd_filter_cpu``, dY given as
-    (N, groups, Kg, pixels), its columns in ``org``'s order (image-major); shared with conv3d."""
+    """dW (K, L) = the backward-filter product of ``implicit_gemm_bwd_filter_cpu`` (or, for
+    ``_turned_round`` shapes, ``implicit_gemm_bwd_filter_tap_rows_cpu``), dY given as (N, groups,
+    Kg, pixels), its columns in ``org``'s order (image-major); shared with conv3d."""
     N, _, Kg, pix = dy4.shape
     T = N * pix
     L = off.shape[0]
-    nr = panel_width(src.dtype)
-    cols = nr * CPU_FILTER_PANELS
-    seg = _cpu_chunk(T, src.dtype)
-    cblocks = -(-L // cols)
+    dy3 = dy4.transpose(1, 2, 0, 3).reshape(groups, Kg, T)
+    if _turned_round(Kg, T, src.dtype):
+        nb = gather_panel_width(src.dtype)
+        tile, chunk = PR * CPU_TAP_MICRO_TILES, _cpu_chunk(T, src.dtype, nb)
+    else:
+        tile, chunk = panel_width(src.dtype) * CPU_FILTER_PANELS, _cpu_chunk(T, src.dtype)
+    tiles = -(-L // tile)
     # a fixed number of slices (never the thread count), so the sums' order and result are fixed
-    slices = max(1, min(-(-T // seg), -(-CPU_MIN_ITEMS // (groups * cblocks))))
+    slices = max(1, min(-(-T // chunk), -(-CPU_MIN_ITEMS // (groups * tiles))))
     ws = dw2.reshape(1, *dw2.shape) if slices == 1 else np.empty((slices,) + dw2.shape, dw2.dtype)
-    dyp = pack_rows(dy4.transpose(1, 2, 0, 3).reshape(groups, Kg, T))
-    implicit_gemm_bwd_filter_cpu(src, off, org, src_group, dyp, Kg, ws, groups, cols, seg,
-                                 _runs(groups * cblocks * slices))
+    runs = _runs(groups * tiles * slices)
+    if _turned_round(Kg, T, src.dtype):
+        implicit_gemm_bwd_filter_tap_rows_cpu(src, off, org, src_group, pack_rows(dy3, nb), Kg, ws, groups, tile,
+                                              runs, chunk)
+    else:
+        implicit_gemm_bwd_filter_cpu(src, off, org, src_group, pack_rows(dy3), Kg, ws, groups, tile, chunk, runs)
     if slices > 1:
         sum_slices_cpu(ws.reshape(slices, -1), dw2.reshape(-1))
 

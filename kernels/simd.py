@@ -22,7 +22,7 @@ row-major tile with row stride ``ldc``.
 import llvmlite.binding as llvm
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import njit, prange, types, uint64
 from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
@@ -230,6 +230,103 @@ tile_fma = _tile_fma_8x3 if MR == 8 else _tile_fma_4x3
 
 
 @njit(cache=True)
+def _gather_fma_8x2(kc, src, base, i0, idx, l0, bp, b0, c, c0, ldc):
+    """c[i*ldc + c0 + j] += sum_l src[base[i0 + i] + idx[l0 + l]] * bp[b0 + l*NB + j] for i < 8,
+    j < NB: A's rows broadcast straight from ``src`` (nothing packed), B a packed NB-column panel."""
+    w = vlanes(c)
+    nb = 2 * w
+    p0, r0 = uint64(base[i0 + 0]), c0 + 0 * ldc
+    p1, r1 = uint64(base[i0 + 1]), c0 + 1 * ldc
+    p2, r2 = uint64(base[i0 + 2]), c0 + 2 * ldc
+    p3, r3 = uint64(base[i0 + 3]), c0 + 3 * ldc
+    p4, r4 = uint64(base[i0 + 4]), c0 + 4 * ldc
+    p5, r5 = uint64(base[i0 + 5]), c0 + 5 * ldc
+    p6, r6 = uint64(base[i0 + 6]), c0 + 6 * ldc
+    p7, r7 = uint64(base[i0 + 7]), c0 + 7 * ldc
+    c00, c01 = vload(c, r0), vload(c, r0 + w)
+    c10, c11 = vload(c, r1), vload(c, r1 + w)
+    c20, c21 = vload(c, r2), vload(c, r2 + w)
+    c30, c31 = vload(c, r3), vload(c, r3 + w)
+    c40, c41 = vload(c, r4), vload(c, r4 + w)
+    c50, c51 = vload(c, r5), vload(c, r5 + w)
+    c60, c61 = vload(c, r6), vload(c, r6 + w)
+    c70, c71 = vload(c, r7), vload(c, r7 + w)
+    for l in range(kc):
+        o = uint64(idx[l0 + l])
+        bl = b0 + l * nb
+        b_0, b_1 = vload(bp, bl), vload(bp, bl + w)
+        a = vbroadcast(src, p0 + o)
+        c00, c01 = vfma(a, b_0, c00), vfma(a, b_1, c01)
+        a = vbroadcast(src, p1 + o)
+        c10, c11 = vfma(a, b_0, c10), vfma(a, b_1, c11)
+        a = vbroadcast(src, p2 + o)
+        c20, c21 = vfma(a, b_0, c20), vfma(a, b_1, c21)
+        a = vbroadcast(src, p3 + o)
+        c30, c31 = vfma(a, b_0, c30), vfma(a, b_1, c31)
+        a = vbroadcast(src, p4 + o)
+        c40, c41 = vfma(a, b_0, c40), vfma(a, b_1, c41)
+        a = vbroadcast(src, p5 + o)
+        c50, c51 = vfma(a, b_0, c50), vfma(a, b_1, c51)
+        a = vbroadcast(src, p6 + o)
+        c60, c61 = vfma(a, b_0, c60), vfma(a, b_1, c61)
+        a = vbroadcast(src, p7 + o)
+        c70, c71 = vfma(a, b_0, c70), vfma(a, b_1, c71)
+    vstore(c, r0, c00), vstore(c, r0 + w, c01)
+    vstore(c, r1, c10), vstore(c, r1 + w, c11)
+    vstore(c, r2, c20), vstore(c, r2 + w, c21)
+    vstore(c, r3, c30), vstore(c, r3 + w, c31)
+    vstore(c, r4, c40), vstore(c, r4 + w, c41)
+    vstore(c, r5, c50), vstore(c, r5 + w, c51)
+    vstore(c, r6, c60), vstore(c, r6 + w, c61)
+    vstore(c, r7, c70), vstore(c, r7 + w, c71)
+
+
+@njit(cache=True)
+def _gather_fma_4x2(kc, src, base, i0, idx, l0, bp, b0, c, c0, ldc):
+    """c[i*ldc + c0 + j] += sum_l src[base[i0 + i] + idx[l0 + l]] * bp[b0 + l*NB + j] for i < 4,
+    j < NB."""
+    w = vlanes(c)
+    nb = 2 * w
+    p0, r0 = uint64(base[i0 + 0]), c0 + 0 * ldc
+    p1, r1 = uint64(base[i0 + 1]), c0 + 1 * ldc
+    p2, r2 = uint64(base[i0 + 2]), c0 + 2 * ldc
+    p3, r3 = uint64(base[i0 + 3]), c0 + 3 * ldc
+    c00, c01 = vload(c, r0), vload(c, r0 + w)
+    c10, c11 = vload(c, r1), vload(c, r1 + w)
+    c20, c21 = vload(c, r2), vload(c, r2 + w)
+    c30, c31 = vload(c, r3), vload(c, r3 + w)
+    for l in range(kc):
+        o = uint64(idx[l0 + l])
+        bl = b0 + l * nb
+        b_0, b_1 = vload(bp, bl), vload(bp, bl + w)
+        a = vbroadcast(src, p0 + o)
+        c00, c01 = vfma(a, b_0, c00), vfma(a, b_1, c01)
+        a = vbroadcast(src, p1 + o)
+        c10, c11 = vfma(a, b_0, c10), vfma(a, b_1, c11)
+        a = vbroadcast(src, p2 + o)
+        c20, c21 = vfma(a, b_0, c20), vfma(a, b_1, c21)
+        a = vbroadcast(src, p3 + o)
+        c30, c31 = vfma(a, b_0, c30), vfma(a, b_1, c31)
+    vstore(c, r0, c00), vstore(c, r0 + w, c01)
+    vstore(c, r1, c10), vstore(c, r1 + w, c11)
+    vstore(c, r2, c20), vstore(c, r2 + w, c21)
+    vstore(c, r3, c30), vstore(c, r3 + w, c31)
+
+
+# the gathered-rows micro-kernel: PR rows broadcast from the source x NB = 2 vectors of columns.
+# LLVM hoists all PR broadcasts of a step above its FMAs, so 2*PR accumulators + 2 B vectors + PR
+# broadcasts must fit: 26 of 32 registers on AVX-512, 14 of 16 on AVX2 (12 rows spilled and ran
+# at 74 GF/s per core where 8 ran at 110, bench/micro_kernel.py).
+PR = 8 if VECTOR_BYTES == 64 else 4
+gather_fma = _gather_fma_8x2 if PR == 8 else _gather_fma_4x2
+
+
+def gather_panel_width(dtype):
+    """NB: columns of the gathered-rows micro-kernel (2 vectors) for ``dtype``."""
+    return 2 * lanes(dtype)
+
+
+@njit(cache=True)
 def panel_gemm(kc, ap, a_panel, a_step, bp, n_panels, ct):
     """ct[i, j] += sum_{l < kc} A[i, l] * B[l, j] for all rows of ``ct`` (a multiple of MR) and
     its first ``n_panels * NR`` columns.
@@ -248,14 +345,16 @@ def panel_gemm(kc, ap, a_panel, a_step, bp, n_panels, ct):
 
 @njit(parallel=True, cache=True)
 def _pack_rows_cpu(a, out):
-    """out[g, m, l, i] = a[g, m*MR + i, l], zero past a's rows; one iteration per micro-panel."""
+    """out[g, m, l, i] = a[g, m*h + i, l] (h = out.shape[3]), zero past a's rows; one iteration
+    per micro-panel."""
     groups, rows, L = a.shape
     panels = out.shape[1]
+    h = out.shape[3]
     for it in prange(groups * panels):
         g = it // panels
         m = it - g * panels
-        for i in range(MR):
-            r = m * MR + i
+        for i in range(h):
+            r = m * h + i
             if r < rows:
                 src = a[g, r]
                 for l in range(L):
@@ -265,11 +364,11 @@ def _pack_rows_cpu(a, out):
                     out[g, m, l, i] = 0
 
 
-def pack_rows(a):
-    """A (groups, rows, L) as MR-row micro-panels, group after group: ``out[g, m, l, i] =
-    a[g, m*MR + i, l]``, rows zero-padded to a multiple of MR; flat, C-contiguous."""
+def pack_rows(a, height=MR):
+    """A (groups, rows, L) as ``height``-row micro-panels, group after group: ``out[g, m, l, i] =
+    a[g, m*height + i, l]``, rows zero-padded to a multiple of ``height``; flat, C-contiguous."""
     groups, rows, L = a.shape
-    out = np.empty((groups, round_up(rows, MR) // MR, L, MR), a.dtype)
+    out = np.empty((groups, round_up(rows, height) // height, L, height), a.dtype)
     _pack_rows_cpu(a, out)
     return out.reshape(-1)
 

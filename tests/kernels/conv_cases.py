@@ -117,12 +117,26 @@ def assert_pass_matches(launch, pass_, case, dtype, device, tol=None):
     np.testing.assert_allclose(out, ref, *(tol or tolerance(dtype)), err_msg=f"{pass_} {case_id(case)}")
 
 
-def tiny_cpu_tiles(monkeypatch):
-    """Shrink the CPU implicit GEMM's tiling (both ranks share it): one column micro-panel per
-    work item, tap blocks of one micro-panel, reduction chunks of MR steps (several per item),
-    and the backward-filter reduction split into slices."""
+def tiny_cpu_tiles(monkeypatch, turned=None):
+    """Shrink the CPU implicit GEMM's tiling (both ranks share it): one column micro-panel (or
+    micro-tile) per work item, tap blocks of one micro-panel, reduction chunks of MR steps
+    (several per item), the backward-filter reduction split into slices, and, with ``turned``,
+    every product turned round (True: ``*_rows_cpu`` kernels, rows in NB-wide blocks of one
+    panel each) or none (False)."""
     from convkern.kernels import conv_implicit_gemm as G
     monkeypatch.setattr(G, "CPU_PANEL_BYTES", 1)
     monkeypatch.setattr(G, "CPU_TILE_PANELS", 1)
     monkeypatch.setattr(G, "CPU_FILTER_PANELS", 1)
+    monkeypatch.setattr(G, "CPU_PIXEL_MICRO_TILES", 1)
+    monkeypatch.setattr(G, "CPU_TAP_MICRO_TILES", 1)
     monkeypatch.setattr(G, "CPU_MIN_ITEMS", 1000)
+    if turned is not None:
+        monkeypatch.setattr(G, "_turned_round", lambda rows, length, dtype: turned)
+    if turned:
+        plan = G._pixel_rows_plan
+
+        def one_panel_blocks(rows, cols, groups, dtype):
+            tile, _, _ = plan(rows, cols, groups, dtype)
+            nb = G.gather_panel_width(dtype)
+            return tile, nb, groups * -(-cols // tile) * -(-rows // nb)
+        monkeypatch.setattr(G, "_pixel_rows_plan", one_panel_blocks)

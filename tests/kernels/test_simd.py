@@ -1,4 +1,4 @@
-"""The explicit-vector micro-kernel and packing behind every CPU implicit GEMM (kernels/simd.py)."""
+"""The explicit-vector micro-kernels and packing behind every CPU implicit GEMM (kernels/simd.py)."""
 import numpy as np
 import pytest
 
@@ -18,6 +18,26 @@ def test_panel_gemm_accumulates_a_product_of_packed_panels(dtype, rng):
     simd.panel_gemm(kc, simd.pack_rows(a), 0, kc * mr, bp, panels, ct)
     tol = 1e-5 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(ct, expected, rtol=tol, atol=tol * kc)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gather_fma_broadcasts_its_rows_from_the_source(dtype, rng):
+    """c[i, :] += sum_l src[base[i0 + i] + idx[l0 + l]] * B[l, :] for PR rows at column c0 of c,
+    B one packed NB-wide panel; the rest of c untouched."""
+    pr, nb = simd.PR, simd.gather_panel_width(dtype)
+    kc, i0, l0, c0, ldc = 23, 3, 5, nb, 3 * nb
+    src = rng.standard_normal(500).astype(dtype)
+    base = rng.integers(0, 200, i0 + pr + 2)
+    idx = rng.integers(0, 300, l0 + kc + 4)
+    b = rng.standard_normal((kc, nb)).astype(dtype)
+    bp = np.concatenate([np.zeros(7, dtype), b.reshape(-1)])
+    c = rng.standard_normal((pr + 1, ldc)).astype(dtype)
+    a = src[base[i0:i0 + pr, None] + idx[None, l0:l0 + kc]].astype(np.float64)
+    expected = c.copy()
+    expected[:pr, c0:c0 + nb] += a @ b.astype(np.float64)
+    simd.gather_fma(kc, src, base, i0, idx, l0, bp, 7, c.reshape(-1), c0, ldc)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(c, expected, rtol=tol, atol=tol * kc)
 
 
 def test_panel_gemm_reads_a_row_block_and_a_reduction_window_of_a(rng):
