@@ -27,9 +27,9 @@ gathers do no integer division; backward data compares the remainders of ``d + p
 when they match. Backward filter cuts its long reduction N*O*P*Q into fixed slices (grid z =
 group x slice), added in order by ``sum_slices_cuda``.
 
-CPU: the 2-D file's ``implicit_gemm_cpu`` (forward; backward data once per stride phase d mod sd,
-h mod sh, w mod sw, whose exact-division taps alone contribute) and ``implicit_gemm_bwd_filter_cpu``,
-run on three-axis tables: a per-voxel window origin and a per-reduction-index offset in the
+CPU: the 2-D file's products (forward; backward data once per stride phase d mod sd, h mod sh,
+w mod sw, whose exact-division taps alone contribute; backward filter), gathered or turned round
+as that file chooses, run on three-axis tables: a per-voxel window origin and a per-reduction-index offset in the
 zero-padded source (``run_product``, ``run_filter_product``).
 """
 import math

@@ -37,6 +37,10 @@ maps still fill whole panels; backward data once per stride phase (h mod sh, w m
 only the taps whose divisions are exact contribute, so no zero of B' is gathered or multiplied).
 Backward filter is ``implicit_gemm_bwd_filter_cpu``: B's panels run along the taps, the
 reduction over pixels, cut into fixed slices only when the product has too few tiles to share out.
+A product with one or two NB-wide panels of output channels and a long reduction runs turned
+round (``_turned_round``): ``implicit_gemm_pixel_rows_cpu`` and
+``implicit_gemm_bwd_filter_tap_rows_cpu`` broadcast pixels or taps straight from the source as the
+micro-kernel's rows (``simd.gather_fma``) against packed panels of channels, gathering nothing.
 """
 import math
 

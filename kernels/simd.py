@@ -15,6 +15,10 @@ Measured on a 2-core AVX-512 Xeon (``python bench/micro_kernel.py``): 403-408 GF
 194 GF/s float64 in the L1/L2-resident micro-kernel loop, where NumPy's OpenBLAS GEMM 2048^2 ran
 at 405-415 and 193 in the same runs: BLAS speed, in a loop the convolutions can feed directly.
 
+``gather_fma`` is the same outer product turned round for products with few output channels:
+``PR`` rows broadcast straight from an unpacked source at ``base[i] + idx[l]`` (pixels or taps of
+a convolution), ``NB = 2 * lanes`` columns of a packed panel.
+
 Packed operands (``ap``, ``bp``, flat arrays): an A micro-panel is ``kc`` steps of ``MR``
 consecutive values, a B micro-panel ``kc`` steps of ``NR`` consecutive values; C is a flat
 row-major tile with row stride ``ldc``.
@@ -316,7 +320,7 @@ def _gather_fma_4x2(kc, src, base, i0, idx, l0, bp, b0, c, c0, ldc):
 # the gathered-rows micro-kernel: PR rows broadcast from the source x NB = 2 vectors of columns.
 # LLVM hoists all PR broadcasts of a step above its FMAs, so 2*PR accumulators + 2 B vectors + PR
 # broadcasts must fit: 26 of 32 registers on AVX-512, 14 of 16 on AVX2 (12 rows spilled and ran
-# at 74 GF/s per core where 8 ran at 110, bench/micro_kernel.py).
+# at 74 GF/s per core where 8 ran at 110, L1-resident, AMD EPYC znver4, 2026-12-03).
 PR = 8 if VECTOR_BYTES == 64 else 4
 gather_fma = _gather_fma_8x2 if PR == 8 else _gather_fma_4x2
 
