@@ -30,7 +30,7 @@ def training_step(script, model, batch, input_size=None):
     if input_size:
         shape = (shape[0], input_size, input_size)
     net = build()
-    opt = optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    opt = optim.SGD(net.parameters(), lr=0.01, momentum=0.9, flat=True)
     x = ck.tensor(np.random.default_rng(0).random((batch,) + tuple(shape), dtype=np.float32))
     y = ck.tensor(np.random.default_rng(1).integers(0, 10, batch))
 

@@ -88,8 +88,11 @@ def _add_arrays(a, b):
     return out
 
 
-def _copy(a):
-    out = backend.empty(a.shape, a.dtype, backend.device_of(a))
+def _copy(a, out=None):
+    """A copy of ``a``, written into ``out`` when that is an array of its shape, dtype and device."""
+    if out is None or tuple(out.shape) != tuple(a.shape) or out.dtype != a.dtype \
+            or backend.device_of(out) != backend.device_of(a):
+        out = backend.empty(a.shape, a.dtype, backend.device_of(a))
     elementwise.scalar("mul", backend.flat(a), 1.0, backend.flat(out))
     return out
 
@@ -135,7 +138,7 @@ def backward(root, grad=None, retain_graph=False):
         fn = node._ctx
         if fn is None:
             if node.grad is None:
-                node.grad = Tensor(_copy(g))
+                node.grad = Tensor(_copy(g, node._grad_home))
             else:
                 elementwise.binary("add", backend.flat(node.grad.data), backend.flat(g),
                                    backend.flat(node.grad.data))
@@ -165,6 +168,7 @@ class Tensor:
     def __init__(self, data, requires_grad=False, _ctx=None):
         self.data = data
         self.grad = None
+        self._grad_home = None     # where backward writes a leaf's new gradient (optim's flat buffers)
         self._ctx = _ctx
         if requires_grad and np.dtype(data.dtype) not in backend.GRAD_DTYPES:
             raise TypeError(f"requires_grad=True needs a float16, float32 or float64 tensor, got {data.dtype}")

@@ -89,9 +89,9 @@ def load_data(name, data, pad_to):
 
 def make_optimizer(kind, params, lr):
     if kind == "sgd":
-        return optim.SGD(params, lr=lr, momentum=0.9)
+        return optim.SGD(params, lr=lr, momentum=0.9, flat=True)
     if kind == "adam":
-        return optim.Adam(params, lr=lr)
+        return optim.Adam(params, lr=lr, flat=True)
     raise ValueError(f"train: optimizer must be 'sgd' or 'adam', got {kind!r}")
 
 

@@ -167,7 +167,7 @@ def _convkern_run(name, batch_size, device, dtype, steps, input_size):
     labels_h = np.random.default_rng(1).integers(0, classes, batch_size)
     x = tensor(xh, device=device)
     labels = tensor(labels_h, device=device)
-    opt = optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    opt = optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, flat=True)
 
     def step():
         loss = F.cross_entropy(model(x), labels)

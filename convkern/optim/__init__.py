@@ -4,6 +4,15 @@
     opt = convkern.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     opt = convkern.optim.Adam([{"params": convs}, {"params": fcs, "weight_decay": 4e-3}], lr=1e-3)
     loss.backward(); opt.step(); opt.zero_grad()
+
+With ``flat=True`` each parameter group is updated by one kernel call: the optimizer copies the
+group's parameters into one flat buffer and makes each ``p.data`` a view of it (an array the caller
+shared with a parameter is no longer that parameter's storage), backward writes each new gradient
+into its slice of a flat gradient buffer (a ``p.grad`` kept across ``zero_grad()`` is overwritten
+by the next backward), and the state lives in flat buffers too. A parameter given new data
+(``load_state_dict``, ``p.data = ...``) is copied back in at the next ``step()``; a group whose
+parameters differ in device or dtype, or only some of which have a gradient or a state, takes the
+per-parameter path for that step.
 """
 import abc
 import numbers
@@ -12,6 +21,7 @@ import numpy as np
 
 from convkern import backend
 from convkern.autograd import Tensor
+from convkern.kernels import elementwise
 from convkern.kernels import optim as kernels
 from convkern.optim import lr_scheduler  # noqa: F401
 
@@ -31,10 +41,14 @@ class Optimizer(abc.ABC):
     """Base class: ``param_groups`` (each a dict with "params" and its hyper-parameters), per-parameter
     ``state``, ``zero_grad()``, ``step()``, ``state_dict()``/``load_state_dict()``."""
 
-    def __init__(self, params, defaults):
+    def __init__(self, params, defaults, flat=False):
         self.defaults = defaults
         self.state = {}
         self.param_groups = []
+        if not isinstance(flat, bool):
+            raise TypeError(f"{type(self).__name__}: flat must be True or False, got {flat!r}")
+        self.flat = flat
+        self._flat_groups = {}      # group index -> _FlatGroup
         if isinstance(params, Tensor):
             raise TypeError(f"{type(self).__name__}: params must be an iterable of Tensors or of dicts, "
                             "got a single Tensor (wrap it in a list)")
@@ -81,7 +95,9 @@ class Optimizer(abc.ABC):
 
     def step(self):
         """One update of every parameter that has a gradient."""
-        for group in self.param_groups:
+        for j, group in enumerate(self.param_groups):
+            if self.flat and self._step_flat(j, group):
+                continue
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -99,6 +115,45 @@ class Optimizer(abc.ABC):
     @abc.abstractmethod
     def _update(self, p, g, state, group, param):
         """Update the flat parameter ``p`` in place from its flat gradient ``g`` and ``state``."""
+
+    @abc.abstractmethod
+    def _update_flat(self, flat, states, group):
+        """Update every parameter of ``flat`` (a _FlatGroup) with one kernel call; False when the
+        states are not uniform (then each parameter is updated on its own)."""
+
+    def _step_flat(self, j, group):
+        """The whole group in one kernel call, when every parameter has a gradient and all share a
+        device and dtype; False otherwise."""
+        params = group["params"]
+        if any(p.grad is None for p in params):
+            return False
+        flat = self._flat_groups.get(j)
+        if flat is None or not flat.holds(params):
+            if len({(p.device, p.dtype) for p in params}) != 1:
+                return False
+            flat = self._flat_groups[j] = _FlatGroup(params)
+        flat.gather_grads(params, type(self).__name__)
+        return self._update_flat(flat, [self.state.setdefault(id(p), {}) for p in params], group)
+
+    def _flat_states(self, flat, states, keys):
+        """The flat buffers of state ``keys`` and whether they are new (zero-filled), with each
+        parameter's state entry made a view of its slice (existing values copied in); None when some
+        parameters have these states and others not."""
+        present = {key in s for s in states for key in keys}
+        if len(present) != 1:
+            return None
+        buffers = []
+        for key in keys:
+            buffer, views = flat.state_buffer(key)
+            if present == {True}:
+                for s, p, view in zip(states, flat.params, views):
+                    arr = self._state_array(s, key, p, 0.0)
+                    if arr is not view:
+                        _copy_into(arr, view)
+            for s, view in zip(states, views):
+                s[key] = view
+            buffers.append(buffer)
+        return buffers, present == {False}
 
     def _state_array(self, state, key, param, fill):
         """State ``key`` of ``param`` as a flat array on its device and dtype (created filled with
@@ -201,14 +256,78 @@ class Optimizer(abc.ABC):
         return restored
 
 
+def _copy_into(src, dst):
+    elementwise.scalar("mul", backend.flat(src), 1.0, backend.flat(dst))
+
+
+class _FlatGroup:
+    """One parameter group's parameters, gradients and state as slices of one flat buffer each.
+    Building it copies the parameters (and any gradients) in and points ``p.data`` at the slices;
+    ``p._grad_home`` tells backward where to write each new gradient."""
+
+    def __init__(self, params):
+        self.params = list(params)
+        self.device, self.dtype = params[0].device, params[0].dtype
+        self.bounds = np.cumsum([0] + [p.size for p in params]).tolist()
+        self.data = backend.empty((self.bounds[-1],), self.dtype, self.device)
+        self.grad = backend.zeros((self.bounds[-1],), self.dtype, self.device)
+        self.data_views = self._views(self.data, True)
+        self.grad_views = self._views(self.grad, True)
+        self.state = {}
+        for p, view, home in zip(self.params, self.data_views, self.grad_views):
+            _copy_into(p.data, view)
+            p.data = view
+            p._grad_home = home
+
+    def _views(self, buffer, shaped):
+        return [buffer[lo:hi].reshape(p.shape) if shaped else buffer[lo:hi]
+                for p, lo, hi in zip(self.params, self.bounds[:-1], self.bounds[1:])]
+
+    def holds(self, params):
+        """Whether these parameters are still the ones laid out here; a parameter given new data of
+        the same shape, dtype and device is copied back into its slice."""
+        if len(params) != len(self.params):
+            return False
+        for p, mine, view, home in zip(params, self.params, self.data_views, self.grad_views):
+            if p is not mine:
+                return False
+            if p.data is not view:
+                if p.shape != tuple(view.shape) or p.dtype != self.dtype or p.device != self.device:
+                    return False
+                _copy_into(p.data, view)
+                p.data = view
+                p._grad_home = home
+        return True
+
+    def gather_grads(self, params, op):
+        """Copy into the flat gradient every gradient that backward did not write there."""
+        for p, home in zip(params, self.grad_views):
+            g = p.grad
+            if g.data is home:
+                continue
+            if g.device != p.device or g.dtype != p.dtype or g.shape != p.shape:
+                raise RuntimeError(f"{op}.step: a gradient of shape {g.shape} ({g.dtype}, {g.device}) does "
+                                   f"not match its parameter {p.shape} ({p.dtype}, {p.device})")
+            _copy_into(g.data, home)
+            p.grad = Tensor(home)
+
+    def state_buffer(self, key):
+        """State ``key``'s flat buffer (zero-filled when new) and its per-parameter 1-D slices."""
+        if key not in self.state:
+            buffer = backend.zeros((self.bounds[-1],), self.dtype, self.device)
+            self.state[key] = buffer, self._views(buffer, False)
+        return self.state[key]
+
+
 class SGD(Optimizer):
     """Stochastic gradient descent with momentum, dampening, Nesterov and L2 weight decay
     (PyTorch's rule: ``d = g + wd·p``; ``buf = d`` then ``buf = μ·buf + (1-τ)·d``; ``d = d + μ·buf``
-    with Nesterov, else ``d = buf``; ``p -= lr·d``)."""
+    with Nesterov, else ``d = buf``; ``p -= lr·d``). ``flat=True``: one kernel call per parameter
+    group, over flat buffers that hold the group's parameters, gradients and momenta (module docstring)."""
 
-    def __init__(self, params, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False):
+    def __init__(self, params, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, flat=False):
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
-                                      weight_decay=weight_decay, nesterov=nesterov))
+                                      weight_decay=weight_decay, nesterov=nesterov), flat)
 
     def _check_options(self, o):
         super()._check_options(o)
@@ -224,14 +343,26 @@ class SGD(Optimizer):
         kernels.sgd_step(p, g, buf, group["lr"], momentum, group["dampening"], group["weight_decay"],
                          group["nesterov"], first)
 
+    def _update_flat(self, flat, states, group):
+        momentum = group["momentum"]
+        buf, first = flat.grad, False
+        if momentum:
+            found = self._flat_states(flat, states, ["momentum_buffer"])
+            if found is None:
+                return False
+            (buf,), first = found
+        kernels.sgd_step(flat.data, flat.grad, buf, group["lr"], momentum, group["dampening"],
+                         group["weight_decay"], group["nesterov"], first)
+        return True
+
 
 class Adam(Optimizer):
     """Adam (Kingma & Ba) with bias correction and L2 weight decay added to the gradient, PyTorch's
     rule: ``m = β1·m + (1-β1)·d``, ``v = β2·v + (1-β2)·d²``,
-    ``p -= lr/(1-β1^t) · m / (sqrt(v)/sqrt(1-β2^t) + eps)``."""
+    ``p -= lr/(1-β1^t) · m / (sqrt(v)/sqrt(1-β2^t) + eps)``. ``flat=True`` as for SGD."""
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, flat=False):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay), flat)
 
     def _check_options(self, o):
         super()._check_options(o)
@@ -248,3 +379,17 @@ class Adam(Optimizer):
         state["step"] = state.get("step", 0) + 1
         beta1, beta2 = group["betas"]
         kernels.adam_step(p, g, m, v, group["lr"], beta1, beta2, group["eps"], group["weight_decay"], state["step"])
+
+    def _update_flat(self, flat, states, group):
+        steps = {s.get("step", 0) for s in states}
+        found = self._flat_states(flat, states, ["exp_avg", "exp_avg_sq"]) if len(steps) == 1 else None
+        if found is None:
+            return False
+        (m, v), _ = found
+        step = steps.pop() + 1
+        for s in states:
+            s["step"] = step
+        beta1, beta2 = group["betas"]
+        kernels.adam_step(flat.data, flat.grad, m, v, group["lr"], beta1, beta2, group["eps"],
+                          group["weight_decay"], step)
+        return True

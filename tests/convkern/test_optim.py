@@ -205,3 +205,102 @@ def test_state_follows_the_parameter_to_another_device():
         p.grad = ck.tensor(g, device=p.device)
         opt.step()
     np.testing.assert_allclose(p.numpy(), want, rtol=1e-12)
+
+
+SHAPES = [(3, 5), (4,), (2, 3, 2)]
+
+
+def _params(device, dtype=np.float64):
+    rng = np.random.default_rng(2)
+    return [ck.tensor(rng.standard_normal(s).astype(dtype), requires_grad=True, device=device) for s in SHAPES]
+
+
+@pytest.mark.parametrize("name, config", [("SGD", SGD_CONFIGS[1]), ("SGD", SGD_CONFIGS[3]), ("SGD", SGD_CONFIGS[4]),
+                                          ("Adam", ADAM_CONFIGS[2])], ids=str)
+def test_flat_groups_update_every_parameter_in_one_kernel_call(name, config, device, monkeypatch):
+    """flat=True: the same values as the per-parameter path, bit for bit, from one kernel call per step."""
+    grads = [_grads(s, STEPS, seed=i) for i, s in enumerate(SHAPES)]
+    results = {}
+    for flat in (False, True):
+        calls = []
+        step_kernel = getattr(optim.kernels, f"{name.lower()}_step")
+        monkeypatch.setattr(optim.kernels, f"{name.lower()}_step", lambda *a, **k: (calls.append(1), step_kernel(*a, **k)))
+        params = _params(device)
+        opt = getattr(optim, name)(params, flat=flat, **config)
+        for step in range(STEPS):
+            for p, g in zip(params, grads):
+                p.grad = ck.tensor(g[step], device=device)
+            opt.step()
+        assert len(calls) == (STEPS if flat else STEPS * len(SHAPES))
+        results[flat] = [p.numpy() for p in params]
+        monkeypatch.undo()
+    reference = _sgd_reference if name == "SGD" else _adam_reference
+    for p0, g, mine in zip(_params("cpu"), grads, results[True]):
+        np.testing.assert_allclose(mine, reference(p0.numpy(), g, **config), rtol=1e-12, atol=1e-12)
+    for a, b in zip(results[False], results[True]):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_flat_group_gradients_are_written_into_the_flat_buffer_by_backward(device):
+    params = _params(device)
+    opt = optim.SGD(params, lr=0.1, momentum=0.9, flat=True)
+    want = [p.numpy().copy() for p in params]
+    bufs = [np.zeros_like(w) for w in want]
+    for step in range(3):
+        loss = (params[0] * params[0]).sum()
+        for p in params[1:]:
+            loss = loss + (p * p).sum()
+        loss.backward()
+        flat = opt._flat_groups.get(0)
+        if flat is not None:         # built at the first step; backward has written into it since
+            assert all(p.grad.data is home for p, home in zip(params, flat.grad_views))
+        opt.step()
+        opt.zero_grad()
+        for i, w in enumerate(want):
+            g = 2 * w
+            bufs[i] = g if step == 0 else 0.9 * bufs[i] + g
+            want[i] = w - 0.1 * bufs[i]
+    for p, w in zip(params, want):
+        np.testing.assert_allclose(p.numpy(), w, rtol=1e-12)
+
+
+def test_flat_group_follows_new_data_missing_grads_and_state_loads():
+    params = _params("cpu")
+    opt = optim.SGD(params, lr=0.5, momentum=0.9, flat=True)
+    for p in params:
+        p.grad = ck.tensor(np.ones(p.shape))
+    opt.step()
+    saved = opt.state_dict()
+    params[1].data = np.full(params[1].shape, 3.0)          # e.g. Module.load_state_dict
+    for p in params:
+        p.grad = ck.tensor(np.ones(p.shape))
+    opt.step()
+    np.testing.assert_allclose(params[1].numpy(), 3.0 - 0.5 * 1.9)
+    params[0].grad = None                                    # skipped, the others still stepped
+    before = params[0].numpy().copy()
+    opt.step()
+    np.testing.assert_array_equal(params[0].numpy(), before)
+    np.testing.assert_allclose(params[1].numpy(), 3.0 - 0.5 * 1.9 - 0.5 * (0.9 * 1.9 + 1))
+    opt.load_state_dict(saved)                               # momentum 1.0 again for every parameter
+    for p in params:
+        p.grad = ck.tensor(np.ones(p.shape))
+    start = [p.numpy().copy() for p in params]
+    opt.step()
+    for p, s in zip(params, start):
+        np.testing.assert_allclose(p.numpy(), s - 0.5 * 1.9)
+
+
+def test_flat_group_of_mixed_dtypes_updates_each_parameter():
+    a = ck.tensor(np.ones(3), requires_grad=True)
+    b = ck.tensor(np.ones(2, np.float32), requires_grad=True)
+    opt = optim.SGD([a, b], lr=0.5, flat=True)
+    a.grad, b.grad = ck.tensor(np.ones(3)), ck.tensor(np.ones(2, np.float32))
+    opt.step()
+    np.testing.assert_allclose(a.numpy(), 0.5)
+    np.testing.assert_allclose(b.numpy(), 0.5)
+    assert b.dtype == np.float32
+
+
+def test_flat_must_be_a_bool():
+    with pytest.raises(TypeError, match="flat must be True or False"):
+        optim.SGD([_param()], lr=0.1, flat=1)
