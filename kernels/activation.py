@@ -37,12 +37,17 @@ from .float16 import accumulator, accumulator_dtype, cpu_view, narrow, widen, ze
 
 THREADS = 32 if SIMULATOR else 256
 
+# FMA contraction only (no other fast-math): the tanh polynomial and dy (1 - y²) in fused
+# multiply-adds (F.tanh 1.1-1.5x faster on an AVX-512 Xeon); NaN and infinity keep their IEEE behaviour
+CONTRACT = {"contract"}
+
 RELU, TANH, SIGMOID, TANH_RATIONAL, IDENTITY = range(5)   # TANH_RATIONAL: float32 tanh on the CPU
 ACTIVATIONS = {"relu": RELU, "tanh": TANH, "sigmoid": SIGMOID}
 EPILOGUES = {None: IDENTITY, **ACTIVATIONS}                  # what may follow a bias: nothing or an activation
 
 TANH_CLAMP = np.float32(7.90531110763549805)
 TANH_SMALL = np.float32(4e-4)
+TANH_ONE = np.float32(1)
 P1, P3, P5, P7, P9, P11, P13 = (np.float32(c) for c in (
     4.89352455891786e-03, 6.37261928875436e-04, 1.48572235717979e-05, 5.12229709037114e-08,
     -8.60467152213735e-11, 2.00018790482477e-13, -2.76076847742355e-16))
@@ -94,7 +99,9 @@ def _tanh_rational(v):
     x2 = x * x
     p = ((((((P13 * x2 + P11) * x2 + P9) * x2 + P7) * x2 + P5) * x2 + P3) * x2 + P1) * x
     q = ((Q6 * x2 + Q4) * x2 + Q2) * x2 + Q0
-    return v if abs(v) < TANH_SMALL else p / q
+    # ±1 exactly past the clamp (with FMAs the fit gives 1 - 2 ulp there); NaN fails both tests
+    saturated = TANH_ONE if v > 0 else -TANH_ONE
+    return v if abs(v) < TANH_SMALL else (saturated if abs(v) >= TANH_CLAMP else p / q)
 
 
 @njit(inline="always")
@@ -133,12 +140,12 @@ def _activation_fwd_body(op, x, y):
         y[i] = narrow(activate_cpu(op, widen(x[i]), zero_, one), y)
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
+@njit(parallel=True, cache=True, error_model="numpy", fastmath=CONTRACT)
 def activation_fwd_cpu(op, x, y):
     _activation_fwd_body(op, x, y)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", fastmath=CONTRACT)
 def activation_fwd_serial_cpu(op, x, y):
     _activation_fwd_body(op, x, y)
 
@@ -164,12 +171,12 @@ def _activation_bwd_body(op, y, dy, dx):
         dx[i] = narrow(_activation_grad_cpu(op, widen(y[i]), widen(dy[i]), zero_, one), dx)
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
+@njit(parallel=True, cache=True, error_model="numpy", fastmath=CONTRACT)
 def activation_bwd_cpu(op, y, dy, dx):
     _activation_bwd_body(op, y, dy, dx)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", fastmath=CONTRACT)
 def activation_bwd_serial_cpu(op, y, dy, dx):
     _activation_bwd_body(op, y, dy, dx)
 
@@ -227,12 +234,12 @@ def _bias_activation_body(op, y, b, n_images, channels, plane):
             yk[j] = narrow(activate_cpu(op, widen(yk[j]) + bk, zero_, one), yk)
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
+@njit(parallel=True, cache=True, error_model="numpy", fastmath=CONTRACT)
 def bias_activation_cpu(op, y, b, n_images, channels, plane):
     _bias_activation_body(op, y, b, n_images, channels, plane)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", fastmath=CONTRACT)
 def bias_activation_serial_cpu(op, y, b, n_images, channels, plane):
     _bias_activation_body(op, y, b, n_images, channels, plane)
 
@@ -285,12 +292,12 @@ def _activation_bias_grad_body(op, y, dy, dx, db, n_images, plane):
         db[k] = narrow(acc, db)
 
 
-@njit(parallel=True, cache=True, error_model="numpy", fastmath={"reassoc"})
+@njit(parallel=True, cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
 def activation_bias_grad_cpu(op, y, dy, dx, db, n_images, plane):
     _activation_bias_grad_body(op, y, dy, dx, db, n_images, plane)
 
 
-@njit(cache=True, error_model="numpy", fastmath={"reassoc"})
+@njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
 def activation_bias_grad_serial_cpu(op, y, dy, dx, db, n_images, plane):
     _activation_bias_grad_body(op, y, dy, dx, db, n_images, plane)
 
