@@ -40,8 +40,11 @@ fix-up). The max backward is a per-volume scatter ``dx[idx[o, p, q]] += dy[o, p,
 row-major (o, p, q) order: the CUDA gather's additions in the same order, so both give
 bitwise-identical results, and no two loop iterations touch one volume. The average backward
 adds dy/divisor at every tap's offset of the phase-split gradient slices, then copies the
-phases back. The CPU kernels' indices into flat arrays are cast to unsigned so that Numba drops
-its negative-index wraparound.
+phases back. 2-D average pooling with unpadded 2 x 2 windows at stride 2 inside the input (LeNet-5's
+subsampling, the commonest case) skips the phase split: ``avgpool2x2_fwd_cpu`` reads the four
+taps in place and ``avgpool2x2_bwd_cpu`` writes dy/4 to them, 2-3x faster on 10 x 10 planes. The
+CPU kernels' indices into flat arrays are cast to unsigned so that Numba drops its
+negative-index wraparound.
 
 float16 (kernels/float16.py): every kernel reads float16 data into float32, accumulates and
 compares in float32 and rounds once when it stores. On the CPU the phase-split slices and
@@ -498,6 +501,47 @@ def avgpool_bwd_cpu(dy1, dx1, planes, n_chunks, size, out, stride, pad, T, hq, w
                                   pad[1], pad[2], hq, wq)
 
 
+@njit(parallel=True, cache=True, error_model="numpy")
+def avgpool2x2_fwd_cpu(x1, y1, planes, n_chunks, H, W, P, Q):
+    """2 x 2 windows at stride 2 without padding, all inside the input (2P <= H, 2Q <= W):
+    y[p, q] = (x[2p, 2q] + x[2p, 2q+1] + x[2p+1, 2q] + x[2p+1, 2q+1]) / 4, summed in the general
+    kernel's tap order. Small planes (LeNet-5's 10 x 10) leave the phase split little to share."""
+    four = zero_of(y1) + np.float32(4)
+    for chunk in prange(n_chunks):
+        for nc in range(chunk * planes // n_chunks, (chunk + 1) * planes // n_chunks):
+            for p in range(P):
+                a = (nc * H + 2 * p) * W
+                b = a + W
+                o = (nc * P + p) * Q
+                for q in range(Q):
+                    s = widen(x1[a + 2 * q]) + widen(x1[a + 2 * q + 1]) + widen(x1[b + 2 * q])
+                    y1[o + q] = narrow((s + widen(x1[b + 2 * q + 1])) / four, y1)
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def avgpool2x2_bwd_cpu(dy1, dx1, planes, n_chunks, H, W, P, Q):
+    """The backward of ``avgpool2x2_fwd_cpu``: dx = dy[p, q] / 4 on its window, 0 on the rows and
+    columns past 2P and 2Q that no window covers."""
+    four = zero_of(dx1) + np.float32(4)
+    for chunk in prange(n_chunks):
+        for nc in range(chunk * planes // n_chunks, (chunk + 1) * planes // n_chunks):
+            for p in range(P):
+                a = (nc * H + 2 * p) * W
+                b = a + W
+                o = (nc * P + p) * Q
+                for q in range(Q):
+                    v = narrow(widen(dy1[o + q]) / four, dx1)
+                    dx1[a + 2 * q] = v
+                    dx1[a + 2 * q + 1] = v
+                    dx1[b + 2 * q] = v
+                    dx1[b + 2 * q + 1] = v
+                for w in range(2 * Q, W):
+                    dx1[a + w] = narrow(zero_of(dx1), dx1)
+                    dx1[b + w] = narrow(zero_of(dx1), dx1)
+            for k in range((nc * H + 2 * P) * W, (nc + 1) * H * W):
+                dx1[k] = narrow(zero_of(dx1), dx1)
+
+
 # ---------------------------------------------------------------------------------------------
 # adaptive average pooling
 # ---------------------------------------------------------------------------------------------
@@ -847,6 +891,13 @@ def _avg_args(name, g, count_include_pad):
                 int(bool(count_include_pad)))
 
 
+def _is_2x2(g3):
+    """Whether 2-D pooling ``g3`` has 2 x 2 windows at stride 2, no padding, all inside the input
+    (the CPU's avgpool2x2 kernels; the divisor is then 4 whatever count_include_pad says)."""
+    return (g3.in_size[0] == 1 and tuple(g3.kernel) == (1, 2, 2) and tuple(g3.stride) == (1, 2, 2)
+            and not any(g3.pad_before) and 2 * g3.out_size[1] <= g3.in_size[1] and 2 * g3.out_size[2] <= g3.in_size[2])
+
+
 def avgpool_fwd(x, y, g, count_include_pad=True):
     """y = mean over each window (divisor per ``count_include_pad``); x (N, C, *g.in_size),
     y (N, C, *g.out_size), ``g`` of any rank without dilation."""
@@ -854,6 +905,8 @@ def avgpool_fwd(x, y, g, count_include_pad=True):
     g3, args = _avg_args("avgpool_fwd", g, count_include_pad)
     if on_device:
         avgpool_fwd_cuda[x.dtype][blocks(y.size, THREADS), THREADS, stream()](_flat(x), _flat(y), *args)
+    elif _is_2x2(g3):
+        avgpool2x2_fwd_cpu(_cpu(x), _cpu(y), g.N * g.C, _chunks(g), *g3.in_size[1:], *g3.out_size[1:])
     else:
         hq, wq, toff = _phase_plan(g3)[:3]
         avgpool_fwd_cpu(_cpu(x), _cpu(y), g.N * g.C, _chunks(g), g3.in_size, g3.out_size, g3.stride, g3.pad_before,
@@ -866,6 +919,8 @@ def avgpool_bwd(dy, dx, g, count_include_pad=True):
     g3, args = _avg_args("avgpool_bwd", g, count_include_pad)
     if on_device:
         avgpool_bwd_cuda[dy.dtype][blocks(dx.size, THREADS), THREADS, stream()](_flat(dy), _flat(dx), *args)
+    elif _is_2x2(g3):
+        avgpool2x2_bwd_cpu(_cpu(dy), _cpu(dx), g.N * g.C, _chunks(g), *g3.in_size[1:], *g3.out_size[1:])
     else:
         hq, wq, toff = _phase_plan(g3)[:3]
         avgpool_bwd_cpu(_cpu(dy), _cpu(dx), g.N * g.C, _chunks(g), g3.in_size, g3.out_size, g3.stride, g3.pad_before,

@@ -33,7 +33,10 @@ CASES = [
     ((1, 2, 7, 5), (3, 3), (3, 1), (2, 0), (1, 2), (1, 1), False),     # explicit pairs up to kernel - 1
     ((1, 1, 6, 7), (2, 3), (1, 2), (1, 0), (0, 2), (2, 1), False),     # uneven with dilation
     ((2, 2, 5, 4), (4, 2), (3, 2), (1, 0), (3, 1), (1, 1), False),     # after pad beyond kernel // 2
+    ((2, 3, 10, 10), (2, 2), (2, 2), (0, 0), (0, 0), (1, 1), False),   # 2x2/2 (CPU avgpool2x2 kernels)
+    ((2, 2, 7, 9), (2, 2), (2, 2), (0, 0), (0, 0), (1, 1), False),     # ... a row and a column no window covers
 ]
+TWO_BY_TWO = CASES[-2:]
 CASES_3D = [
     ((1, 2, 4, 5, 4), (2, 3, 2), (1, 2, 2), (1, 1, 0), (1, 1, 0), (1, 1, 1), True),
     ((2, 1, 5, 4, 5), (3, 2, 3), (2, 1, 2), (0, 0, 1), (1, 1, 1), (1, 1, 1), False),   # TF SAME-style uneven
@@ -208,6 +211,11 @@ def test_maxpool(case, dtype, device):
     dx = empty(x.shape, dtype, device)
     pool.maxpool_bwd(put(dy, device), idx, dx, g)
     check(dx, maxpool_bwd_ref(dy, idx_ref, g), dtype)
+
+
+def test_2x2_windows_take_the_cpu_fast_path():
+    """Only the TWO_BY_TWO cases (2 x 2 at stride 2, unpadded, inside the input) take avgpool2x2."""
+    assert [c for c in AVG_CASES if pool._is_2x2(geometry(c).as_3d())] == TWO_BY_TWO
 
 
 @pytest.mark.parametrize("count_include_pad", [True, False])
