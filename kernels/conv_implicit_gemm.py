@@ -53,8 +53,8 @@ from .cuda_util import (SIMULATOR, array1, array2, blocks, device_empty, is_devi
                         resident_blocks, stream, wave_splits)
 from .activation import TANH, TANH_RATIONAL, activate_cpu, bias_activation, epilogue_code
 from .float16 import accumulator, zero
-from .simd import (MR, PR, gather_fma, gather_panel_width, pack_rows, panel_gemm, panel_width, round_up, vlanes,
-                   vload, vstore)
+from .simd import (MR, PR, gather_fma, gather_fma1, gather_panel_width, lanes, pack_rows, panel_gemm, panel_width,
+                   round_up, vlanes, vload, vstore)
 from .gemm import (A_LOADS, A_PITCH, B_PITCH, BK, BM, BN, INDEX_LIMIT, SMEM_ALIGN, THREADS, TX, element, jit_options,
                    stage, tile_origin, tile_step, unstage, zero_tile)
 
@@ -72,6 +72,8 @@ CPU_RUNS_PER_THREAD = 4
 CPU_PIXEL_MICRO_TILES = 8      # turned-round products (_turned_round): PR-pixel micro-tiles per work item (fwd,
 CPU_TAP_MICRO_TILES = 8        # bwd_data) and PR-tap micro-tiles per work item (bwd_filter)
 CPU_TURNED_MIN_LENGTH = 256    # ... and the shortest reduction they take
+CPU_ONE_VECTOR_MIN_ROWS = 8    # one-vector turned-round products (gather_fma1): the fewest rows
+CPU_ONE_VECTOR_MIN_LENGTH = 128  # ... and the shortest reduction
 
 
 @cuda.jit(device=True, inline="always")
@@ -570,22 +572,23 @@ def implicit_gemm_cpu(src, off, org, src_group, ap, rows, out, dst, out_row, out
 
 
 @njit(parallel=True, fastmath=True, cache=True)
-def implicit_gemm_pixel_rows_cpu(src, off, org, src_group, bp, rows, out, dst, out_row, out_group, groups, tile,
-                                 block, runs, chunk, bias, act):
+def implicit_gemm_pixel_rows_cpu(src, off, org, src_group, bp, nb, rows, out, dst, out_row, out_group, groups,
+                                 tile, block, runs, chunk, bias, act):
     """The product of ``implicit_gemm_cpu`` (same arguments and result) turned round: the micro-
     kernel's rows are the columns t (pixels), each broadcast straight from the source at
     ``org[t] + off[l]``, and its vector columns are A's rows (output channels), so no operand is
     gathered or packed per tile.
 
-    ``bp`` holds A_gi^T packed as NB-column panels (``simd.pack_rows(a, NB)``: rows padded to
-    ``Kp = round_up(rows, NB)``), group after group. One work item = (group, tile of ``tile``
+    ``bp`` holds A_gi^T packed as ``nb``-column panels (``simd.pack_rows(a, nb)``: rows padded to
+    ``Kp = round_up(rows, nb)``), group after group; ``nb`` is NB (``gather_fma``) or one vector
+    (``gather_fma1``). One work item = (group, tile of ``tile``
     columns (a multiple of PR), block of ``block`` rows (a multiple of NB)); it accumulates a
     (tile x block) product ``chunk`` reduction steps at a time, each NB-wide panel of A (in L1)
     against every PR-column micro-tile of the tile in turn.
     """
     cols = org.shape[0]
     L = off.shape[0]
-    nb = 2 * vlanes(src)
+    one_vector = nb == vlanes(src)
     kp = (rows + nb - 1) // nb * nb
     tiles = (cols + tile - 1) // tile
     kblocks = (kp + block - 1) // block
@@ -610,7 +613,10 @@ def implicit_gemm_pixel_rows_cpu(src, off, org, src_group, bp, rows, out, dst, o
                 for kb in range(0, kw, nb):
                     b0 = (gi * kp + k0 + kb) * L + l0 * nb
                     for m in range(micro):
-                        gather_fma(kc, grp, origins, m * PR, off, l0, bp, b0, ct, m * PR * kw + kb, kw)
+                        if one_vector:
+                            gather_fma1(kc, grp, origins, m * PR, off, l0, bp, b0, ct, m * PR * kw + kb, kw)
+                        else:
+                            gather_fma(kc, grp, origins, m * PR, off, l0, bp, b0, ct, m * PR * kw + kb, kw)
             for k in range(min(kw, rows - k0)):
                 base = gi * out_group + (k0 + k) * out_row
                 bk = bias[gi * rows + k0 + k] if bias.shape[0] > 0 else zero_
@@ -663,13 +669,13 @@ def implicit_gemm_bwd_filter_cpu(src, off, org, src_group, dyp, rows, ws, groups
 
 
 @njit(parallel=True, fastmath=True, cache=True)
-def implicit_gemm_bwd_filter_tap_rows_cpu(src, off, org, src_group, dyp, rows, ws, groups, tile, runs, chunk):
+def implicit_gemm_bwd_filter_tap_rows_cpu(src, off, org, src_group, dyp, nb, rows, ws, groups, tile, runs, chunk):
     """The product of ``implicit_gemm_bwd_filter_cpu`` (same result) turned round.
 
     The micro-kernel's rows are taps l, broadcast from the source at ``off[l] + org[t]`` for
-    reduction step t; its vector columns are output channels: ``dyp`` is dY^T packed as NB-column
-    panels over all columns (``simd.pack_rows(dY, NB)`` of the (groups, rows, T) matrix, rows
-    padded to ``Kp``). One work item = (group, tile of ``tile`` taps, slice of the columns); it
+    reduction step t; its vector columns are output channels: ``dyp`` is dY^T packed as ``nb``-column
+    panels over all columns (``simd.pack_rows(dY, nb)`` of the (groups, rows, T) matrix, rows
+    padded to ``Kp``; ``nb`` NB or one vector, as in ``implicit_gemm_pixel_rows_cpu``). One work item = (group, tile of ``tile`` taps, slice of the columns); it
     accumulates its (tile x Kp) block ``chunk`` columns at a time, each chunk's NB-wide panel of
     dY^T (in L1) against every PR-tap micro-tile in turn. Slice ``sl`` of ``ws.shape[0]`` covers
     columns [sl*T/slices, (sl+1)*T/slices).
@@ -677,7 +683,7 @@ def implicit_gemm_bwd_filter_tap_rows_cpu(src, off, org, src_group, dyp, rows, w
     T = org.shape[0]
     L = off.shape[0]
     slices = ws.shape[0]
-    nb = 2 * vlanes(src)
+    one_vector = nb == vlanes(src)
     kp = (rows + nb - 1) // nb * nb
     tiles = (L + tile - 1) // tile
     items = groups * tiles * slices
@@ -699,7 +705,10 @@ def implicit_gemm_bwd_filter_tap_rows_cpu(src, off, org, src_group, dyp, rows, w
                 for kb in range(0, kp, nb):
                     b0 = (gi * kp + kb) * T + s0 * nb
                     for m in range(micro):
-                        gather_fma(kc, grp, taps, m * PR, org, s0, dyp, b0, ct, m * PR * kp + kb, kp)
+                        if one_vector:
+                            gather_fma1(kc, grp, taps, m * PR, org, s0, dyp, b0, ct, m * PR * kp + kb, kp)
+                        else:
+                            gather_fma(kc, grp, taps, m * PR, org, s0, dyp, b0, ct, m * PR * kp + kb, kp)
             for k in range(rows):
                 wrow = ws[sl, gi * rows + k]
                 for i in range(nl):
@@ -796,14 +805,21 @@ def _cpu_chunk(length, dtype, width=None):
 
 
 def _turned_round(rows, length, dtype):
-    """Whether a product of ``rows`` output rows (channels) and a reduction of ``length`` runs
-    turned round (``implicit_gemm_pixel_rows_cpu``, ``implicit_gemm_bwd_filter_tap_rows_cpu``):
-    when the rows fill one or two NB-wide panels and the reduction is long. With more rows the
-    gathered B panels of ``implicit_gemm_cpu`` serve enough rows to pay for their gather; with
-    fewer, the padding to NB wastes the FMAs; with a short reduction, the accumulators' loads and
-    stores per micro-tile cost more than the packing they save (bench: docs/benchmarks.md)."""
+    """The panel width with which a product of ``rows`` output rows (channels) and a reduction of
+    ``length`` runs turned round (``implicit_gemm_pixel_rows_cpu``,
+    ``implicit_gemm_bwd_filter_tap_rows_cpu``), or 0 to run it gathered: NB when the rows fill one
+    or two NB-wide panels and the reduction is long, one vector (``gather_fma1``) for
+    CPU_ONE_VECTOR_MIN_ROWS up to a vector's worth of rows. With more rows the gathered B panels of
+    ``implicit_gemm_cpu`` serve enough rows to pay for their gather; between one vector and NB,
+    the padding to NB wastes the FMAs; with a short reduction, the accumulators' loads and stores
+    per micro-tile cost more than the packing they save (bench: docs/benchmarks.md)."""
     nb = gather_panel_width(dtype)
-    return nb <= rows <= 2 * nb and length >= CPU_TURNED_MIN_LENGTH
+    if nb <= rows <= 2 * nb and length >= CPU_TURNED_MIN_LENGTH:
+        return nb
+    one = lanes(dtype)
+    if CPU_ONE_VECTOR_MIN_ROWS <= rows <= one and length >= CPU_ONE_VECTOR_MIN_LENGTH:
+        return one
+    return 0
 
 
 def _product_plan(rows, cols, groups, dtype):
@@ -826,12 +842,11 @@ def _product_plan(rows, cols, groups, dtype):
     return tile, row_block, groups * tiles * -(-rp // row_block)
 
 
-def _pixel_rows_plan(rows, cols, groups, dtype):
+def _pixel_rows_plan(rows, cols, groups, nb):
     """(tile, block, items) for ``implicit_gemm_pixel_rows_cpu``: tiles of CPU_PIXEL_MICRO_TILES
     micro-tiles; the rows split into the fewest NB-wide blocks that share the items evenly among
     the threads or give each at least CPU_RUNS_PER_THREAD (a 2 x 2 map of 512 channels at batch
     32 has 128 columns: 2 tiles)."""
-    nb = gather_panel_width(dtype)
     threads = numba.get_num_threads()
     tile = PR * CPU_PIXEL_MICRO_TILES
     tiles = -(-cols // tile)
@@ -854,12 +869,12 @@ def run_product(src, off, org, src_group, a, out, dst, out_row, out_group, group
     if code == TANH and src.dtype == np.float32:
         code = TANH_RATIONAL
     bias = np.empty(0, src.dtype) if bias is None else bias
-    if _turned_round(rows, off.shape[0], src.dtype):
-        nb = gather_panel_width(src.dtype)
-        tile, block, items = _pixel_rows_plan(rows, org.shape[0], groups, src.dtype)
-        implicit_gemm_pixel_rows_cpu(src, off, org, src_group, pack_rows(a, nb), rows, out, dst, out_row, out_group,
-                                     groups, tile, block, _runs(items), _cpu_chunk(off.shape[0], src.dtype, nb),
-                                     bias, code)
+    nb = _turned_round(rows, off.shape[0], src.dtype)
+    if nb:
+        tile, block, items = _pixel_rows_plan(rows, org.shape[0], groups, nb)
+        implicit_gemm_pixel_rows_cpu(src, off, org, src_group, pack_rows(a, nb), nb, rows, out, dst, out_row,
+                                     out_group, groups, tile, block, _runs(items),
+                                     _cpu_chunk(off.shape[0], src.dtype, nb), bias, code)
         return
     tile, row_block, items = _product_plan(rows, org.shape[0], groups, src.dtype)
     chunk = _cpu_chunk(off.shape[0], src.dtype)
@@ -934,8 +949,8 @@ def run_filter_product(src, off, org, src_group, dy4, dw2, groups):
     T = N * pix
     L = off.shape[0]
     dy3 = dy4.transpose(1, 2, 0, 3).reshape(groups, Kg, T)
-    if _turned_round(Kg, T, src.dtype):
-        nb = gather_panel_width(src.dtype)
+    nb = _turned_round(Kg, T, src.dtype)
+    if nb:
         tile, chunk = PR * CPU_TAP_MICRO_TILES, _cpu_chunk(T, src.dtype, nb)
     else:
         tile, chunk = panel_width(src.dtype) * CPU_FILTER_PANELS, _cpu_chunk(T, src.dtype)
@@ -944,8 +959,8 @@ def run_filter_product(src, off, org, src_group, dy4, dw2, groups):
     slices = max(1, min(-(-T // chunk), -(-CPU_MIN_ITEMS // (groups * tiles))))
     ws = dw2.reshape(1, *dw2.shape) if slices == 1 else np.empty((slices,) + dw2.shape, dw2.dtype)
     runs = _runs(groups * tiles * slices)
-    if _turned_round(Kg, T, src.dtype):
-        implicit_gemm_bwd_filter_tap_rows_cpu(src, off, org, src_group, pack_rows(dy3, nb), Kg, ws, groups, tile,
+    if nb:
+        implicit_gemm_bwd_filter_tap_rows_cpu(src, off, org, src_group, pack_rows(dy3, nb), nb, Kg, ws, groups, tile,
                                               runs, chunk)
     else:
         implicit_gemm_bwd_filter_cpu(src, off, org, src_group, pack_rows(dy3), Kg, ws, groups, tile, chunk, runs)

@@ -17,7 +17,8 @@ at 405-415 and 193 in the same runs: BLAS speed, in a loop the convolutions can 
 
 ``gather_fma`` is the same outer product turned round for products with few output channels:
 ``PR`` rows broadcast straight from an unpacked source at ``base[i] + idx[l]`` (pixels or taps of
-a convolution), ``NB = 2 * lanes`` columns of a packed panel.
+a convolution), ``NB = 2 * lanes`` columns of a packed panel; ``gather_fma1`` the same with
+``NB = lanes``, for products of at most one vector of channels.
 
 Packed operands (``ap``, ``bp``, flat arrays): an A micro-panel is ``kc`` steps of ``MR``
 consecutive values, a B micro-panel ``kc`` steps of ``NR`` consecutive values; C is a flat
@@ -317,12 +318,62 @@ def _gather_fma_4x2(kc, src, base, i0, idx, l0, bp, b0, c, c0, ldc):
     vstore(c, r3, c30), vstore(c, r3 + w, c31)
 
 
+@njit(cache=True)
+def _gather_fma_8x1(kc, src, base, i0, idx, l0, bp, b0, c, c0, ldc):
+    """``_gather_fma_8x2`` with a one-vector panel (NB = lanes), for products of at most ``lanes``
+    channels: 9 loads (8 of them broadcasts) per 8 FMAs, where two vectors would pad the channels."""
+    w = vlanes(c)
+    p0, r0 = uint64(base[i0 + 0]), c0 + 0 * ldc
+    p1, r1 = uint64(base[i0 + 1]), c0 + 1 * ldc
+    p2, r2 = uint64(base[i0 + 2]), c0 + 2 * ldc
+    p3, r3 = uint64(base[i0 + 3]), c0 + 3 * ldc
+    p4, r4 = uint64(base[i0 + 4]), c0 + 4 * ldc
+    p5, r5 = uint64(base[i0 + 5]), c0 + 5 * ldc
+    p6, r6 = uint64(base[i0 + 6]), c0 + 6 * ldc
+    p7, r7 = uint64(base[i0 + 7]), c0 + 7 * ldc
+    c0_, c1_, c2_, c3_ = vload(c, r0), vload(c, r1), vload(c, r2), vload(c, r3)
+    c4_, c5_, c6_, c7_ = vload(c, r4), vload(c, r5), vload(c, r6), vload(c, r7)
+    for l in range(kc):
+        o = uint64(idx[l0 + l])
+        b = vload(bp, b0 + l * w)
+        c0_ = vfma(vbroadcast(src, p0 + o), b, c0_)
+        c1_ = vfma(vbroadcast(src, p1 + o), b, c1_)
+        c2_ = vfma(vbroadcast(src, p2 + o), b, c2_)
+        c3_ = vfma(vbroadcast(src, p3 + o), b, c3_)
+        c4_ = vfma(vbroadcast(src, p4 + o), b, c4_)
+        c5_ = vfma(vbroadcast(src, p5 + o), b, c5_)
+        c6_ = vfma(vbroadcast(src, p6 + o), b, c6_)
+        c7_ = vfma(vbroadcast(src, p7 + o), b, c7_)
+    vstore(c, r0, c0_), vstore(c, r1, c1_), vstore(c, r2, c2_), vstore(c, r3, c3_)
+    vstore(c, r4, c4_), vstore(c, r5, c5_), vstore(c, r6, c6_), vstore(c, r7, c7_)
+
+
+@njit(cache=True)
+def _gather_fma_4x1(kc, src, base, i0, idx, l0, bp, b0, c, c0, ldc):
+    """``_gather_fma_4x2`` with a one-vector panel (NB = lanes)."""
+    w = vlanes(c)
+    p0, r0 = uint64(base[i0 + 0]), c0 + 0 * ldc
+    p1, r1 = uint64(base[i0 + 1]), c0 + 1 * ldc
+    p2, r2 = uint64(base[i0 + 2]), c0 + 2 * ldc
+    p3, r3 = uint64(base[i0 + 3]), c0 + 3 * ldc
+    c0_, c1_, c2_, c3_ = vload(c, r0), vload(c, r1), vload(c, r2), vload(c, r3)
+    for l in range(kc):
+        o = uint64(idx[l0 + l])
+        b = vload(bp, b0 + l * w)
+        c0_ = vfma(vbroadcast(src, p0 + o), b, c0_)
+        c1_ = vfma(vbroadcast(src, p1 + o), b, c1_)
+        c2_ = vfma(vbroadcast(src, p2 + o), b, c2_)
+        c3_ = vfma(vbroadcast(src, p3 + o), b, c3_)
+    vstore(c, r0, c0_), vstore(c, r1, c1_), vstore(c, r2, c2_), vstore(c, r3, c3_)
+
+
 # the gathered-rows micro-kernel: PR rows broadcast from the source x NB = 2 vectors of columns.
 # LLVM hoists all PR broadcasts of a step above its FMAs, so 2*PR accumulators + 2 B vectors + PR
 # broadcasts must fit: 26 of 32 registers on AVX-512, 14 of 16 on AVX2 (12 rows spilled and ran
 # at 74 GF/s per core where 8 ran at 110, L1-resident, AMD EPYC znver4, 2026-12-03).
 PR = 8 if VECTOR_BYTES == 64 else 4
 gather_fma = _gather_fma_8x2 if PR == 8 else _gather_fma_4x2
+gather_fma1 = _gather_fma_8x1 if PR == 8 else _gather_fma_4x1     # NB = 1 vector
 
 
 def gather_panel_width(dtype):

@@ -121,8 +121,8 @@ def tiny_cpu_tiles(monkeypatch, turned=None):
     """Shrink the CPU implicit GEMM's tiling (both ranks share it): one column micro-panel (or
     micro-tile) per work item, tap blocks of one micro-panel, reduction chunks of MR steps
     (several per item), the backward-filter reduction split into slices, and, with ``turned``,
-    every product turned round (True: ``*_rows_cpu`` kernels, rows in NB-wide blocks of one
-    panel each) or none (False)."""
+    every product turned round ("nb": ``*_rows_cpu`` kernels with NB-wide panels, "vector": with
+    one-vector panels, rows in blocks of one panel each) or none (False)."""
     from convkern.kernels import conv_implicit_gemm as G
     monkeypatch.setattr(G, "CPU_PANEL_BYTES", 1)
     monkeypatch.setattr(G, "CPU_TILE_PANELS", 1)
@@ -130,13 +130,13 @@ def tiny_cpu_tiles(monkeypatch, turned=None):
     monkeypatch.setattr(G, "CPU_PIXEL_MICRO_TILES", 1)
     monkeypatch.setattr(G, "CPU_TAP_MICRO_TILES", 1)
     monkeypatch.setattr(G, "CPU_MIN_ITEMS", 1000)
+    width = {False: lambda dtype: 0, "nb": G.gather_panel_width, "vector": G.lanes}
     if turned is not None:
-        monkeypatch.setattr(G, "_turned_round", lambda rows, length, dtype: turned)
+        monkeypatch.setattr(G, "_turned_round", lambda rows, length, dtype: width[turned](dtype))
     if turned:
         plan = G._pixel_rows_plan
 
-        def one_panel_blocks(rows, cols, groups, dtype):
-            tile, _, _ = plan(rows, cols, groups, dtype)
-            nb = G.gather_panel_width(dtype)
+        def one_panel_blocks(rows, cols, groups, nb):
+            tile, _, _ = plan(rows, cols, groups, nb)
             return tile, nb, groups * -(-cols // tile) * -(-rows // nb)
         monkeypatch.setattr(G, "_pixel_rows_plan", one_panel_blocks)

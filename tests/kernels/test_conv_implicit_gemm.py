@@ -23,7 +23,7 @@ def test_wide_channels_match_reference(case, pass_, device):
     assert_pass_matches(LAUNCH[pass_], pass_, case, np.float32, device)
 
 
-@pytest.mark.parametrize("turned", [False, True], ids=["gathered", "turned-round"])
+@pytest.mark.parametrize("turned", [False, "nb", "vector"], ids=["gathered", "turned-round", "one-vector"])
 @pytest.mark.parametrize("case", [CASES[0], CASES[2], CASES[5], WIDE_CASES[1]], ids=case_id)
 def test_cpu_tile_edges(case, turned, monkeypatch):
     """Tiny CPU tiles (``tiny_cpu_tiles``) in both orientations of the product: columns and rows
@@ -38,26 +38,33 @@ def test_cpu_tile_edges(case, turned, monkeypatch):
 def test_cpu_turned_round_products_match_reference(dtype):
     """Shapes the rule turns round, at the CPU's real tile sizes: all three passes of a 5x5 layer
     with one and two NB-wide panels of channels (pixels as the micro-kernel's rows in the forward
-    and data gradient, taps in the filter gradient); the forward and filter gradient of a strided
-    3x3 layer in two groups."""
-    nb = G.gather_panel_width(dtype)
+    and data gradient, taps in the filter gradient), and of one with one-vector panels (8 and a
+    vector's worth of channels); the forward and filter gradient of a strided 3x3 layer in two
+    groups."""
+    nb, w = G.gather_panel_width(dtype), G.lanes(dtype)
     same = case2d(2, nb, 9, 7, 2 * nb - 3, 5, 5, (1, 1), (2, 2, 2, 2), (1, 1), 1)
+    few = case2d(2, 8, 9, 9, w, 5, 5, (1, 1), (2, 2, 2, 2), (1, 1), 1)
     strided = case2d(1, 4 * nb, 32, 32, 2 * nb, 3, 3, (2, 2), (1, 1, 1, 1), (1, 1), 2)
-    assert G._turned_round(same.K, same.C * 25, dtype) and G._turned_round(same.C, same.K * 25, dtype)
-    assert G._turned_round(strided.K // 2, strided.C // 2 * 9, dtype) and G._turned_round(nb, 16 * 16, dtype)
-    for case, passes in ((same, PASSES), (strided, ("fwd", "bwd_filter"))):
+    assert G._turned_round(same.K, same.C * 25, dtype) == G._turned_round(same.C, same.K * 25, dtype) == nb
+    assert G._turned_round(few.K, few.C * 25, dtype) == G._turned_round(few.C, few.K * 25, dtype) == w
+    assert G._turned_round(few.K, few.N * 9 * 9, dtype) == w     # the filter gradient: the same-size output
+    assert G._turned_round(strided.K // 2, strided.C // 2 * 9, dtype) == G._turned_round(nb, 16 * 16, dtype) == nb
+    for case, passes in ((same, PASSES), (few, PASSES), (strided, ("fwd", "bwd_filter"))):
         for pass_ in passes:
             assert_pass_matches(LAUNCH[pass_], pass_, case, dtype, "cpu")
 
 
 def test_turned_round_rule():
-    """One or two NB-wide panels of rows and a reduction of at least CPU_TURNED_MIN_LENGTH."""
-    nb = G.gather_panel_width(np.float32)
-    long = G.CPU_TURNED_MIN_LENGTH
-    assert G._turned_round(nb, long, np.float32) and G._turned_round(2 * nb, long, np.float32)
-    assert not G._turned_round(nb - 1, long, np.float32)
-    assert not G._turned_round(2 * nb + 1, long, np.float32)
-    assert not G._turned_round(nb, long - 1, np.float32)
+    """NB-wide panels for one or two panels of rows and a reduction of at least
+    CPU_TURNED_MIN_LENGTH; one-vector panels for CPU_ONE_VECTOR_MIN_ROWS up to a vector of rows
+    and a reduction of at least CPU_ONE_VECTOR_MIN_LENGTH; otherwise gathered (0)."""
+    nb, w = G.gather_panel_width(np.float32), G.lanes(np.float32)
+    long, short = G.CPU_TURNED_MIN_LENGTH, G.CPU_ONE_VECTOR_MIN_LENGTH
+    assert G._turned_round(nb, long, np.float32) == G._turned_round(2 * nb, long, np.float32) == nb
+    assert G._turned_round(w, short, np.float32) == G._turned_round(G.CPU_ONE_VECTOR_MIN_ROWS, short, np.float32) == w
+    for rows, length in ((w + 1, long), (2 * nb + 1, long), (nb, long - 1), (w, short - 1),
+                         (G.CPU_ONE_VECTOR_MIN_ROWS - 1, long)):
+        assert G._turned_round(rows, length, np.float32) == 0
 
 
 @pytest.mark.parametrize("case", [case2d(2, 3, 3, 70, 5, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),

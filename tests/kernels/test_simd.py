@@ -21,10 +21,12 @@ def test_panel_gemm_accumulates_a_product_of_packed_panels(dtype, rng):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_gather_fma_broadcasts_its_rows_from_the_source(dtype, rng):
+@pytest.mark.parametrize("one_vector", [False, True], ids=["NB", "one-vector"])
+def test_gather_fma_broadcasts_its_rows_from_the_source(dtype, one_vector, rng):
     """c[i, :] += sum_l src[base[i0 + i] + idx[l0 + l]] * B[l, :] for PR rows at column c0 of c,
-    B one packed NB-wide panel; the rest of c untouched."""
-    pr, nb = simd.PR, simd.gather_panel_width(dtype)
+    B one packed panel NB wide (``gather_fma``) or one vector wide (``gather_fma1``); the rest of
+    c untouched."""
+    pr, nb = simd.PR, simd.lanes(dtype) if one_vector else simd.gather_panel_width(dtype)
     kc, i0, l0, c0, ldc = 23, 3, 5, nb, 3 * nb
     src = rng.standard_normal(500).astype(dtype)
     base = rng.integers(0, 200, i0 + pr + 2)
@@ -35,7 +37,7 @@ def test_gather_fma_broadcasts_its_rows_from_the_source(dtype, rng):
     a = src[base[i0:i0 + pr, None] + idx[None, l0:l0 + kc]].astype(np.float64)
     expected = c.copy()
     expected[:pr, c0:c0 + nb] += a @ b.astype(np.float64)
-    simd.gather_fma(kc, src, base, i0, idx, l0, bp, 7, c.reshape(-1), c0, ldc)
+    (simd.gather_fma1 if one_vector else simd.gather_fma)(kc, src, base, i0, idx, l0, bp, 7, c.reshape(-1), c0, ldc)
     tol = 1e-5 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(c, expected, rtol=tol, atol=tol * kc)
 
