@@ -501,6 +501,13 @@ def avgpool_bwd_cpu(dy1, dx1, planes, n_chunks, size, out, stride, pad, T, hq, w
                                   pad[1], pad[2], hq, wq)
 
 
+@njit(inline="always")
+def _rows_2x2(nc, p, H, W, P, Q):
+    """Flat starts of input rows 2p and 2p + 1 and of output row p in plane nc."""
+    a = (nc * H + 2 * p) * W
+    return a, a + W, (nc * P + p) * Q
+
+
 @njit(parallel=True, cache=True, error_model="numpy")
 def avgpool2x2_fwd_cpu(x1, y1, planes, n_chunks, H, W, P, Q):
     """2 x 2 windows at stride 2 without padding, all inside the input (2P <= H, 2Q <= W):
@@ -510,9 +517,7 @@ def avgpool2x2_fwd_cpu(x1, y1, planes, n_chunks, H, W, P, Q):
     for chunk in prange(n_chunks):
         for nc in range(chunk * planes // n_chunks, (chunk + 1) * planes // n_chunks):
             for p in range(P):
-                a = (nc * H + 2 * p) * W
-                b = a + W
-                o = (nc * P + p) * Q
+                a, b, o = _rows_2x2(nc, p, H, W, P, Q)
                 for q in range(Q):
                     s = widen(x1[a + 2 * q]) + widen(x1[a + 2 * q + 1]) + widen(x1[b + 2 * q])
                     y1[o + q] = narrow((s + widen(x1[b + 2 * q + 1])) / four, y1)
@@ -526,9 +531,7 @@ def avgpool2x2_bwd_cpu(dy1, dx1, planes, n_chunks, H, W, P, Q):
     for chunk in prange(n_chunks):
         for nc in range(chunk * planes // n_chunks, (chunk + 1) * planes // n_chunks):
             for p in range(P):
-                a = (nc * H + 2 * p) * W
-                b = a + W
-                o = (nc * P + p) * Q
+                a, b, o = _rows_2x2(nc, p, H, W, P, Q)
                 for q in range(Q):
                     v = narrow(widen(dy1[o + q]) / four, dx1)
                     dx1[a + 2 * q] = v

@@ -77,3 +77,21 @@ def test_batch_chunks_give_the_same_result(images_per_chunk, device):
     for pass_, f in launch.items():
         assert_pass_matches(lambda a, b, out, g: f(a, b, out, g, max_workspace=workspace), pass_, case,
                             np.float64, device)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", [case2d(3, 5, 6, 7, 4, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), 1),
+                                  case2d(2, 3, 7, 6, 5, 1, 1, (2, 3), (0, 0, 0, 0), (1, 1), 1)], ids=case_id)
+def test_pointwise_layers_take_blas_without_a_column_matrix(case, dtype, monkeypatch):
+    """1 x 1 unpadded single-group layers on the CPU, strided too: no im2col or col2im, every pass
+    matches the reference; a grouped 1 x 1 layer still takes the column matrix."""
+    def refuse(*args):
+        raise AssertionError("the pointwise path built a column matrix")
+    monkeypatch.setattr(I, "im2col", refuse)
+    monkeypatch.setattr(I, "col2im", refuse)
+    launch = {"fwd": I.conv2d_fwd_im2col, "bwd_data": I.conv2d_bwd_data_im2col,
+              "bwd_filter": I.conv2d_bwd_filter_im2col}
+    for pass_, f in launch.items():
+        assert_pass_matches(f, pass_, case, dtype, "cpu")
+    grouped = geometry(case2d(2, 4, 5, 5, 2, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), 2))
+    assert I._pointwise_cpu(geometry(case), np.zeros(1, dtype)) and not I._pointwise_cpu(grouped, np.zeros(1, dtype))
