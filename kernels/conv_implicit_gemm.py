@@ -69,8 +69,9 @@ CPU_TILE_PANELS = 8            # column micro-panels per work item (gathered onc
 CPU_FILTER_PANELS = 2          # backward filter: micro-panels of taps (c, r, s) per work item
 CPU_MIN_ITEMS = 8              # backward filter slices its reduction until it has this many work items
 CPU_RUNS_PER_THREAD = 4
-CPU_PIXEL_MICRO_TILES = 8      # turned-round products (_turned_round): PR-pixel micro-tiles per work item (fwd,
-CPU_TAP_MICRO_TILES = 8        # bwd_data) and PR-tap micro-tiles per work item (bwd_filter)
+CPU_PIXEL_MICRO_TILES = 16     # turned-round products (_turned_round): PR-pixel micro-tiles per work item (fwd,
+CPU_TAP_MICRO_TILES = 16       # bwd_data) and PR-tap micro-tiles per work item (bwd_filter)
+CPU_TURNED_PANEL_BYTES = 16 << 10  # ... and the L1 their NB-wide reduction chunk takes
 CPU_TURNED_MIN_LENGTH = 256    # ... and the shortest reduction they take
 CPU_ONE_VECTOR_MIN_ROWS = 8    # one-vector turned-round products (gather_fma1): the fewest rows
 CPU_ONE_VECTOR_MIN_LENGTH = 128  # ... and the shortest reduction
@@ -795,11 +796,13 @@ def _stride_phases(n_in, n_out, k, stride, pad, dil):
 
 
 def _cpu_chunk(length, dtype, width=None):
-    """Reduction steps per micro-panel: a panel (chunk x ``width``, default NR) fills at most about
-    CPU_PANEL_BYTES of L1, and ``length`` is cut into chunks as even as possible (no short last
-    chunk)."""
+    """Reduction steps per micro-panel: a panel (chunk x ``width``) fills at most about
+    CPU_PANEL_BYTES of L1 (``width`` None: NR, the gathered kernels), or CPU_TURNED_PANEL_BYTES
+    (a turned-round panel width), and ``length`` is cut into chunks as even as possible (no
+    short last chunk)."""
+    budget = CPU_PANEL_BYTES if width is None else CPU_TURNED_PANEL_BYTES
     width = panel_width(dtype) if width is None else width
-    most = max(MR, CPU_PANEL_BYTES // (width * np.dtype(dtype).itemsize))
+    most = max(MR, budget // (width * np.dtype(dtype).itemsize))
     length = max(1, length)
     return -(-length // -(-length // most))
 
@@ -951,7 +954,10 @@ def run_filter_product(src, off, org, src_group, dy4, dw2, groups):
     dy3 = dy4.transpose(1, 2, 0, 3).reshape(groups, Kg, T)
     nb = _turned_round(Kg, T, src.dtype)
     if nb:
-        tile, chunk = PR * CPU_TAP_MICRO_TILES, _cpu_chunk(T, src.dtype, nb)
+        # tap tiles of even size: a short last tile would leave its thread's slices idle
+        # (cifar10.conv1's 75 taps: 64 + 11)
+        tiles = -(-L // (PR * CPU_TAP_MICRO_TILES))
+        tile, chunk = round_up(-(-L // tiles), PR), _cpu_chunk(T, src.dtype, nb)
     else:
         tile, chunk = panel_width(src.dtype) * CPU_FILTER_PANELS, _cpu_chunk(T, src.dtype)
     tiles = -(-L // tile)

@@ -125,6 +125,7 @@ def tiny_cpu_tiles(monkeypatch, turned=None):
     one-vector panels, rows in blocks of one panel each) or none (False)."""
     from convkern.kernels import conv_implicit_gemm as G
     monkeypatch.setattr(G, "CPU_PANEL_BYTES", 1)
+    monkeypatch.setattr(G, "CPU_TURNED_PANEL_BYTES", 1)
     monkeypatch.setattr(G, "CPU_TILE_PANELS", 1)
     monkeypatch.setattr(G, "CPU_FILTER_PANELS", 1)
     monkeypatch.setattr(G, "CPU_PIXEL_MICRO_TILES", 1)
