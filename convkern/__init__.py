@@ -21,6 +21,29 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # otherwise.
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
+
+def _keep_freed_memory():
+    """glibc serves each array of more than 128 KiB-32 MiB from fresh mmap'd pages and returns
+    freed heap tops to the kernel, so a training step, which frees and reallocates the same
+    activations every time, pays a page fault per 4 KiB written (a LeNet-5 step at batch 64: 13 %
+    of its time). Serve up to 32 MiB from the heap and keep up to 256 MiB of freed heap instead
+    (docs/architecture.md, "CPU memory"); CONVKERN_MALLOC_TUNING=0 leaves malloc alone."""
+    if os.environ.get("CONVKERN_MALLOC_TUNING", "1") == "0":
+        return
+    import ctypes
+    import ctypes.util
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError, TypeError):     # not glibc (macOS, musl, Windows): nothing to tune
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    mallopt(m_mmap_threshold, 32 << 20)
+    mallopt(m_trim_threshold, 256 << 20)
+
+
+_keep_freed_memory()
+
 from convkern.autograd import Function, Tensor, from_dlpack, is_grad_enabled, no_grad, tensor  # noqa: E402
 from convkern.backend import cuda_available  # noqa: E402
 from convkern.ops.conv import allow_tf32, conv_algorithms, conv_geometry, conv_transpose_geometry  # noqa: E402

@@ -38,9 +38,10 @@ from typing import NamedTuple
 
 import numba
 import numpy as np
-from numba import cuda, int32, int64, njit, prange
+from numba import cuda, int32, int64, njit, prange, uint64
 
 from .conv_algorithm import WITH_HALF, ConvAlgorithm, by_rank, check_conv_arrays
+from .cpu_util import cpu_kernel
 from .cuda_util import SIMULATOR, array4, blocks, is_device_array, per_dtype, resident_blocks, stream, wave_splits
 from .float16 import accumulator, accumulator_dtype, cpu_view, narrow, widen
 
@@ -99,18 +100,30 @@ def pad_phases_cpu(x, xs, pad_h, pad_w, sh, sw, hq, wq, h_need, w_need):
                         xs[n, row + j] = widen(x[n, c, h, j * sw + b - pad_w])
 
 
-@njit(cache=True)
-def flatten_rows_cpu(dy, dyz, front, ld, wq):
-    """dyz[n, k*ld + front + p*wq + q] = dy[n, k, p, q]; dyz arrives zero-filled, so the
-    columns q >= Q of the wq-wide rows and the ``front`` lead-in read as zero."""
+@njit(inline="always")
+def _flatten_rows_body(dy, dyz, front, ld, wq):
     n_, k_, p_, q_ = dy.shape
-    for nk in range(n_ * k_):
+    for nk in prange(n_ * k_):
         n = nk // k_
-        k = nk % k_
+        k = nk - n * k_
+        src = dy[n, k]
+        dst = dyz[n]
         for p in range(p_):
             row = k * ld + front + p * wq
             for q in range(q_):
-                dyz[n, row + q] = widen(dy[n, k, p, q])
+                dst[uint64(row + q)] = widen(src[p, q])
+
+
+@njit(parallel=True, cache=True)
+def flatten_rows_cpu(dy, dyz, front, ld, wq):
+    """dyz[n, k*ld + front + p*wq + q] = dy[n, k, p, q]; dyz arrives zero-filled, so the
+    columns q >= Q of the wq-wide rows and the ``front`` lead-in read as zero."""
+    _flatten_rows_body(dy, dyz, front, ld, wq)
+
+
+@njit(cache=True)
+def flatten_rows_serial_cpu(dy, dyz, front, ld, wq):
+    _flatten_rows_body(dy, dyz, front, ld, wq)
 
 
 @njit(fastmath=FASTMATH, cache=True)
@@ -663,7 +676,7 @@ def _phase_split(x, g, plan):
 
 def _flat_dy(dy, g, front, ld, wq, slack):
     dyz = np.zeros((g.N, g.K * ld + slack), accumulator_dtype(dy.dtype))
-    flatten_rows_cpu(cpu_view(dy), dyz, front, ld, wq)
+    cpu_kernel(flatten_rows_cpu, flatten_rows_serial_cpu, dy.size)(cpu_view(dy), dyz, front, ld, wq)
     return dyz
 
 

@@ -42,6 +42,7 @@ round (``_turned_round``): ``implicit_gemm_pixel_rows_cpu`` and
 ``implicit_gemm_bwd_filter_tap_rows_cpu`` broadcast pixels or taps straight from the source as the
 micro-kernel's rows (``simd.gather_fma``) against packed panels of channels, gathering nothing.
 """
+import functools
 import math
 
 import numba
@@ -759,8 +760,10 @@ def _padded_source(x, g):
     return xp, Hp, Wp
 
 
+@functools.lru_cache(maxsize=256)
 def _patch_offsets(Cg, Hp, Wp, g):
-    """off[(c*R + r)*S + s] = (c*Hp + r*dh)*Wp + s*dw: where tap (c, r, s) sits from a window's origin."""
+    """off[(c*R + r)*S + s] = (c*Hp + r*dh)*Wp + s*dw: where tap (c, r, s) sits from a window's
+    origin (cached per shape, like ``_columns``)."""
     c = np.arange(Cg)[:, None, None]
     r = np.arange(g.R)[None, :, None]
     s = np.arange(g.S)[None, None, :]
@@ -890,10 +893,12 @@ def run_product(src, off, org, src_group, a, out, dst, out_row, out_group, group
                       chunk, row_block, _runs(items), gathered, bias, code)
 
 
+@functools.lru_cache(maxsize=256)
 def _columns(N, src_image, P, src_row, Q, src_col, dst_image, dst_row, dst_col, dst_base):
     """(org, dst): the product's columns, pixel (n, p, q) of every image at ``org = n*src_image +
     p*src_row + q*src_col`` in the source and ``dst = n*dst_image + p*dst_row + q*dst_col +
-    dst_base`` in the output, image-major."""
+    dst_base`` in the output, image-major. Cached per shape (0.16 ms of a LeNet-5 step), so the
+    arrays are shared: the kernels only read them."""
     n = np.arange(N, dtype=np.int64)[:, None, None]
     p = np.arange(P, dtype=np.int64)[None, :, None]
     q = np.arange(Q, dtype=np.int64)[None, None, :]
