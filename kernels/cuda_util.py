@@ -72,6 +72,8 @@ def per_dtype(signature: Callable, *, threads, half=False):
 
 def is_device_array(a):
     """True for a Numba CUDA device array (or the simulator's stand-in)."""
+    if type(a) is np.ndarray:       # the CPU's common case first: ~190 calls per LeNet-5 step
+        return False
     if SIMULATOR:
         from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
         return isinstance(a, FakeCUDAArray)
