@@ -57,6 +57,7 @@ import numba
 import numpy as np
 from numba import cuda, int64, njit, prange, types, uint64
 
+from .cpu_util import cpu_kernel
 from .cuda_util import (SIMULATOR, array1, array4, blocks, check_flag, device_check, device_empty, is_device_array,
                         per_dtype, stream)
 from .elementwise import cast
@@ -508,11 +509,8 @@ def _rows_2x2(nc, p, H, W, P, Q):
     return a, a + W, (nc * P + p) * Q
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
-def avgpool2x2_fwd_cpu(x1, y1, planes, n_chunks, H, W, P, Q):
-    """2 x 2 windows at stride 2 without padding, all inside the input (2P <= H, 2Q <= W):
-    y[p, q] = (x[2p, 2q] + x[2p, 2q+1] + x[2p+1, 2q] + x[2p+1, 2q+1]) / 4, summed in the general
-    kernel's tap order. Small planes (LeNet-5's 10 x 10) leave the phase split little to share."""
+@njit(inline="always")
+def _avgpool2x2_fwd_body(x1, y1, planes, n_chunks, H, W, P, Q):
     four = zero_of(y1) + np.float32(4)
     for chunk in prange(n_chunks):
         for nc in range(chunk * planes // n_chunks, (chunk + 1) * planes // n_chunks):
@@ -524,9 +522,20 @@ def avgpool2x2_fwd_cpu(x1, y1, planes, n_chunks, H, W, P, Q):
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def avgpool2x2_bwd_cpu(dy1, dx1, planes, n_chunks, H, W, P, Q):
-    """The backward of ``avgpool2x2_fwd_cpu``: dx = dy[p, q] / 4 on its window, 0 on the rows and
-    columns past 2P and 2Q that no window covers."""
+def avgpool2x2_fwd_cpu(x1, y1, planes, n_chunks, H, W, P, Q):
+    """2 x 2 windows at stride 2 without padding, all inside the input (2P <= H, 2Q <= W):
+    y[p, q] = (x[2p, 2q] + x[2p, 2q+1] + x[2p+1, 2q] + x[2p+1, 2q+1]) / 4, summed in the general
+    kernel's tap order. Small planes (LeNet-5's 10 x 10) leave the phase split little to share."""
+    _avgpool2x2_fwd_body(x1, y1, planes, n_chunks, H, W, P, Q)
+
+
+@njit(cache=True, error_model="numpy")
+def avgpool2x2_fwd_serial_cpu(x1, y1, planes, n_chunks, H, W, P, Q):
+    _avgpool2x2_fwd_body(x1, y1, planes, n_chunks, H, W, P, Q)
+
+
+@njit(inline="always")
+def _avgpool2x2_bwd_body(dy1, dx1, planes, n_chunks, H, W, P, Q):
     four = zero_of(dx1) + np.float32(4)
     for chunk in prange(n_chunks):
         for nc in range(chunk * planes // n_chunks, (chunk + 1) * planes // n_chunks):
@@ -543,6 +552,18 @@ def avgpool2x2_bwd_cpu(dy1, dx1, planes, n_chunks, H, W, P, Q):
                     dx1[b + w] = narrow(zero_of(dx1), dx1)
             for k in range((nc * H + 2 * P) * W, (nc + 1) * H * W):
                 dx1[k] = narrow(zero_of(dx1), dx1)
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def avgpool2x2_bwd_cpu(dy1, dx1, planes, n_chunks, H, W, P, Q):
+    """The backward of ``avgpool2x2_fwd_cpu``: dx = dy[p, q] / 4 on its window, 0 on the rows and
+    columns past 2P and 2Q that no window covers."""
+    _avgpool2x2_bwd_body(dy1, dx1, planes, n_chunks, H, W, P, Q)
+
+
+@njit(cache=True, error_model="numpy")
+def avgpool2x2_bwd_serial_cpu(dy1, dx1, planes, n_chunks, H, W, P, Q):
+    _avgpool2x2_bwd_body(dy1, dx1, planes, n_chunks, H, W, P, Q)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -909,7 +930,8 @@ def avgpool_fwd(x, y, g, count_include_pad=True):
     if on_device:
         avgpool_fwd_cuda[x.dtype][blocks(y.size, THREADS), THREADS, stream()](_flat(x), _flat(y), *args)
     elif _is_2x2(g3):
-        avgpool2x2_fwd_cpu(_cpu(x), _cpu(y), g.N * g.C, _chunks(g), *g3.in_size[1:], *g3.out_size[1:])
+        kernel = cpu_kernel(avgpool2x2_fwd_cpu, avgpool2x2_fwd_serial_cpu, y.size)
+        kernel(_cpu(x), _cpu(y), g.N * g.C, _chunks(g), *g3.in_size[1:], *g3.out_size[1:])
     else:
         hq, wq, toff = _phase_plan(g3)[:3]
         avgpool_fwd_cpu(_cpu(x), _cpu(y), g.N * g.C, _chunks(g), g3.in_size, g3.out_size, g3.stride, g3.pad_before,
@@ -923,7 +945,8 @@ def avgpool_bwd(dy, dx, g, count_include_pad=True):
     if on_device:
         avgpool_bwd_cuda[dy.dtype][blocks(dx.size, THREADS), THREADS, stream()](_flat(dy), _flat(dx), *args)
     elif _is_2x2(g3):
-        avgpool2x2_bwd_cpu(_cpu(dy), _cpu(dx), g.N * g.C, _chunks(g), *g3.in_size[1:], *g3.out_size[1:])
+        kernel = cpu_kernel(avgpool2x2_bwd_cpu, avgpool2x2_bwd_serial_cpu, dy.size)
+        kernel(_cpu(dy), _cpu(dx), g.N * g.C, _chunks(g), *g3.in_size[1:], *g3.out_size[1:])
     else:
         hq, wq, toff = _phase_plan(g3)[:3]
         avgpool_bwd_cpu(_cpu(dy), _cpu(dx), g.N * g.C, _chunks(g), g3.in_size, g3.out_size, g3.stride, g3.pad_before,

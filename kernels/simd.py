@@ -31,6 +31,8 @@ from numba import njit, prange, types, uint64
 from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
+from .cpu_util import cpu_kernel
+
 
 def _host_vector_bytes():
     """64 where the CPU (or NUMBA_CPU_FEATURES) has AVX-512F, 32 with AVX, else 16."""
@@ -398,10 +400,8 @@ def panel_gemm(kc, ap, a_panel, a_step, bp, n_panels, ct):
             tile_fma(kc, ap, a_panel + m * a_step, bp, jb * kc * nr, flat, m * MR * ldc + jb * nr, ldc)
 
 
-@njit(parallel=True, cache=True)
-def _pack_rows_cpu(a, out):
-    """out[g, m, l, i] = a[g, m*h + i, l] (h = out.shape[3]), zero past a's rows; one iteration
-    per micro-panel."""
+@njit(inline="always")
+def _pack_rows_body(a, out):
     groups, rows, L = a.shape
     panels = out.shape[1]
     h = out.shape[3]
@@ -419,12 +419,24 @@ def _pack_rows_cpu(a, out):
                     out[g, m, l, i] = 0
 
 
+@njit(parallel=True, cache=True)
+def _pack_rows_cpu(a, out):
+    """out[g, m, l, i] = a[g, m*h + i, l] (h = out.shape[3]), zero past a's rows; one iteration
+    per micro-panel."""
+    _pack_rows_body(a, out)
+
+
+@njit(cache=True)
+def _pack_rows_serial_cpu(a, out):
+    _pack_rows_body(a, out)
+
+
 def pack_rows(a, height=MR):
     """A (groups, rows, L) as ``height``-row micro-panels, group after group: ``out[g, m, l, i] =
     a[g, m*height + i, l]``, rows zero-padded to a multiple of ``height``; flat, C-contiguous."""
     groups, rows, L = a.shape
     out = np.empty((groups, round_up(rows, height) // height, L, height), a.dtype)
-    _pack_rows_cpu(a, out)
+    cpu_kernel(_pack_rows_cpu, _pack_rows_serial_cpu, out.size)(a, out)
     return out.reshape(-1)
 
 
