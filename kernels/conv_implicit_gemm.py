@@ -74,6 +74,7 @@ CPU_PIXEL_MICRO_TILES = 16     # turned-round products (_turned_round): PR-pixel
 CPU_TAP_MICRO_TILES = 16       # bwd_data) and PR-tap micro-tiles per work item (bwd_filter)
 CPU_TURNED_PANEL_BYTES = 16 << 10  # ... and the L1 their NB-wide reduction chunk takes
 CPU_TURNED_MIN_LENGTH = 256    # ... and the shortest reduction they take
+CPU_TURNED_MIN_TAPS = 256      # ... and, with NB-wide panels, the fewest taps a turned-round filter gradient takes
 CPU_ONE_VECTOR_MIN_ROWS = 8    # one-vector turned-round products (gather_fma1): the fewest rows
 CPU_ONE_VECTOR_MIN_LENGTH = 128  # ... and the shortest reduction
 
@@ -958,6 +959,8 @@ def run_filter_product(src, off, org, src_group, dy4, dw2, groups):
     L = off.shape[0]
     dy3 = dy4.transpose(1, 2, 0, 3).reshape(groups, Kg, T)
     nb = _turned_round(Kg, T, src.dtype)
+    if nb == gather_panel_width(src.dtype) and L < CPU_TURNED_MIN_TAPS:
+        nb = 0
     if nb:
         # tap tiles of even size: a short last tile would leave its thread's slices idle
         # (cifar10.conv1's 75 taps: 64 + 11)

@@ -102,3 +102,18 @@ def test_cuda_filter_reduction_slices(slots, monkeypatch):
     """Backward filter on CUDA with its N*P*Q reduction in one slice and in as many as it allows."""
     monkeypatch.setattr(G, "resident_blocks", lambda kernel, threads: slots)
     assert_pass_matches(LAUNCH["bwd_filter"], "bwd_filter", CASES[5], np.float64, "cuda")
+
+
+def test_filter_gradients_with_few_taps_stay_gathered(monkeypatch):
+    """With NB-wide panels the filter gradient turns round only for at least CPU_TURNED_MIN_TAPS
+    taps (cifar10.conv1's 75 ran at half the gathered kernel's speed); the results match either way."""
+    nb = G.gather_panel_width(np.float32)
+    few = case2d(2, 3, 16, 16, nb, 5, 5, (1, 1), (2, 2, 2, 2), (1, 1), 1)        # 75 taps
+    many = case2d(1, 16, 16, 16, nb, 5, 5, (1, 1), (2, 2, 2, 2), (1, 1), 1)      # 400 taps
+    turned = G.implicit_gemm_bwd_filter_tap_rows_cpu
+    calls = []
+    monkeypatch.setattr(G, "implicit_gemm_bwd_filter_tap_rows_cpu", lambda *a: (calls.append(1), turned(*a)))
+    assert_pass_matches(LAUNCH["bwd_filter"], "bwd_filter", few, np.float32, "cpu")
+    assert not calls
+    assert_pass_matches(LAUNCH["bwd_filter"], "bwd_filter", many, np.float32, "cpu")
+    assert calls
