@@ -894,7 +894,7 @@ def run_product(src, off, org, src_group, a, out, dst, out_row, out_group, group
                       chunk, row_block, _runs(items), gathered, bias, code)
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=64)     # a model's shapes and phases; each entry is 2 * N*P*Q int64
 def _columns(N, src_image, P, src_row, Q, src_col, dst_image, dst_row, dst_col, dst_base):
     """(org, dst): the product's columns, pixel (n, p, q) of every image at ``org = n*src_image +
     p*src_row + q*src_col`` in the source and ``dst = n*dst_image + p*dst_row + q*dst_col +

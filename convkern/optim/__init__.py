@@ -262,8 +262,9 @@ def _copy_into(src, dst):
 
 class _FlatGroup:
     """One parameter group's parameters, gradients and state as slices of one flat buffer each.
-    Building it copies the parameters (and any gradients) in and points ``p.data`` at the slices;
-    ``p._grad_home`` tells backward where to write each new gradient."""
+    Building it copies the parameters in and points ``p.data`` at the slices; ``p._grad_home``
+    tells backward where to write each new gradient, and ``gather_grads`` copies in any gradient
+    that arrived some other way (set by hand, or from before the group was built)."""
 
     def __init__(self, params):
         self.params = list(params)
